@@ -1,0 +1,22 @@
+# Data: generate the demo's synthetic tasks (or use the user's VTAB-1K root), then validate and
+# prepare each task into Parquet shards once.
+if CFG.study.data.kind == "synthetic":
+
+    rule synth:
+        output:
+            directory(f"{CFG.study.data.root}/{{task}}"),
+        log:
+            f"{LOGS}/synth/{{task}}.log",
+        shell:
+            vpeft("synth") + " --task {wildcards.task} > {log} 2>&1"
+
+
+rule prepare:
+    input:
+        lambda w: str(layout.raw_task(CFG, w.task)),
+    output:
+        directory(f"{PREPARED}/{{task}}"),
+    log:
+        f"{LOGS}/prepare/{{task}}.log",
+    shell:
+        vpeft("prepare") + " --task {wildcards.task} > {log} 2>&1"

@@ -1,0 +1,15 @@
+# Collect every final evaluation into Parquet tables and render the study's HTML report.
+
+
+rule report:
+    input:
+        expand(f"{RUNS}/{{task}}/{{method}}/final/{layout.TEST_EVAL}", task=PLAN.tasks,
+               method=PLAN.methods),
+    output:
+        REPORT,
+        *[str(layout.report_dir(CFG) / t) for t in ("results.parquet", "grid.parquet",
+                                                      "summary.parquet")],
+    log:
+        f"{LOGS}/report.log",
+    shell:
+        vpeft("report") + " > {log} 2>&1"

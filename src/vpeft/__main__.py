@@ -1,0 +1,5 @@
+import sys
+
+from vpeft.cli import main
+
+sys.exit(main())

@@ -1,0 +1,177 @@
+"""``python -m vpeft <verb>``: every pipeline step, each one a Snakemake rule.
+
+Every verb takes ``--study NAME`` and any number of Hydra overrides (``-o train.epochs=5``); it
+reads the paths it works on from the composed config (``vpeft.layout``), the same paths the
+Snakefile declares.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Callable, Sequence
+
+log = logging.getLogger("vpeft")
+
+
+def _plan(args: argparse.Namespace):
+    from vpeft.config import load_study
+
+    return load_study(args.study, args.override)
+
+
+def cmd_plan(args: argparse.Namespace) -> None:
+    plan = _plan(args)
+    points = {m: [p.id for p in plan.points[m]] for m in plan.methods}
+    n_grid = len(plan.tasks) * sum(len(v) for v in points.values())
+    print(json.dumps({"study": plan.name, "tasks": plan.tasks, "methods": plan.methods,
+                      "grid_points": points, "grid_runs": n_grid,
+                      "final_runs": len(plan.tasks) * len(plan.methods)}, indent=2))
+
+
+def cmd_synth(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from vpeft import layout
+    from vpeft.data import synthetic
+
+    plan = _plan(args)
+    data = plan.cfg.study.data
+    sizes = {k: v for k, v in data.split_sizes.items() if k != "train800val200"}
+    target = layout.raw_task(plan.cfg, args.task)
+    if args.task == layout.SOURCE_TASK:
+        synthetic.generate_source(Path(data.root), image_size=int(data.image_size), seed=args.seed)
+    else:
+        synthetic.generate_task(args.task, Path(data.root), sizes=sizes,
+                                image_size=int(data.image_size), seed=args.seed)
+    log.info("generated %s", target)
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from vpeft import layout
+    from vpeft.data.catalog import task_entry
+    from vpeft.data.vtab import prepare_task
+
+    plan = _plan(args)
+    cfg = plan.cfg
+    entry = task_entry(cfg, args.task)
+    sizes = None if args.task == layout.SOURCE_TASK else dict(cfg.study.data.split_sizes)
+    manifest = prepare_task(layout.raw_task(cfg, args.task), layout.prepared_task(cfg, args.task),
+                            task=args.task, image_size=int(cfg.model.img_size),
+                            num_classes=entry.num_classes, group=entry.group, split_sizes=sizes)
+    counts = {k: v["count"] for k, v in manifest["splits"].items()}
+    log.info("prepared %s: %s", args.task, counts)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    from vpeft.models.pretrain import pretrain
+
+    pretrain(_plan(args).cfg)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from vpeft.protocol import run_final, run_point
+
+    plan = _plan(args)
+    if args.phase == "final":
+        run_final(plan, args.task, args.method)
+    else:
+        if not args.point:
+            raise SystemExit("vpeft train --phase grid needs --point")
+        run_point(plan, args.task, args.method, plan.point(args.method, args.point), "grid")
+
+
+def cmd_select(args: argparse.Namespace) -> None:
+    from vpeft.protocol import select
+
+    select(_plan(args), args.task, args.method)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from vpeft.protocol import evaluate
+
+    evaluate(_plan(args), args.task, args.method)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from vpeft import layout
+    from vpeft.protocol import study_metadata, versions, git_commit
+    from vpeft.report import collect_study, render_report, write_study_tables
+
+    plan = _plan(args)
+    study = study_metadata(plan)
+    results = collect_study(Path(plan.cfg.paths.runs) / plan.name, study)
+    out = layout.report_dir(plan.cfg)
+    write_study_tables(results, out)
+    published = plan.cfg.study.get("published")
+    render_report(results, study, out / "index.html",
+                  published_csv=Path(published) if published else None,
+                  provenance={"versions": versions(), "git_commit": git_commit()})
+    log.info("report: %s", out / "index.html")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--study", default="demo", help="params/study/<name>.yaml (default: demo)")
+    p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="Hydra override, repeatable (e.g. -o train.epochs=5)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def _task_method(p: argparse.ArgumentParser, method: bool = True) -> None:
+    p.add_argument("--task", required=True)
+    if method:
+        p.add_argument("--method", required=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vpeft", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="verb", required=True)
+    verbs: dict[str, tuple[Callable, str]] = {
+        "plan": (cmd_plan, "print the study's tasks, methods and grid points as JSON"),
+        "synth": (cmd_synth, "generate one synthetic demo task in the VTAB-1K on-disk format"),
+        "prepare": (cmd_prepare, "validate a VTAB-1K task and write its Parquet shards"),
+        "pretrain": (cmd_pretrain, "pretrain the demo backbone on the synthetic source set"),
+        "train": (cmd_train, "train one grid point (train800 -> val200) or the final run"),
+        "select": (cmd_select, "choose the grid point with the best val200 top-1"),
+        "evaluate": (cmd_evaluate, "score the final run on test (reads test labels, once)"),
+        "report": (cmd_report, "collect results into Parquet tables and render the HTML report"),
+    }
+    for name, (fn, help_text) in verbs.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        _common(p)
+        if name in ("synth", "prepare"):
+            _task_method(p, method=False)
+        if name == "synth":
+            p.add_argument("--seed", type=int, default=0)
+        if name in ("train", "select", "evaluate"):
+            _task_method(p)
+        if name == "train":
+            p.add_argument("--phase", choices=["grid", "final"], default="grid")
+            p.add_argument("--point", help="grid point id (see `vpeft plan`)")
+        p.set_defaults(func=fn)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from vpeft.config import ConfigError
+    from vpeft.data.vtab import DataError
+    from vpeft.methods import MethodError
+    from vpeft.models.backbone import WeightsError
+
+    try:
+        args.func(args)
+    except (ConfigError, DataError, MethodError, WeightsError, KeyError) as err:
+        # User-facing errors: one clear line, no traceback.
+        print(f"vpeft {args.verb}: error: {err}", file=sys.stderr)
+        return 2
+    return 0

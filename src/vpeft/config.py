@@ -1,0 +1,156 @@
+"""Compose the Hydra config tree under ``params/`` and expand a study into its run plan.
+
+A study is the product tasks x methods x grid points. A list value under a method's ``hparams`` or
+``optim`` is a sweep axis (the study's own convention); a scalar is fixed. The plan is a pure
+function of the config, so Snakemake (which builds the DAG) and each job (which runs one point)
+derive the same grid points from the same files.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+CONFIG_DIR_ENV = "VPEFT_PARAMS"
+
+
+class ConfigError(ValueError):
+    """A config key is missing or holds a value of the wrong kind."""
+
+
+def params_dir() -> Path:
+    """The Hydra config root: ``$VPEFT_PARAMS``, else ``./params`` of the working directory."""
+    path = Path(os.environ.get(CONFIG_DIR_ENV, "params")).resolve()
+    if not (path / "config.yaml").is_file():
+        raise ConfigError(
+            f"{path}/config.yaml not found: run from the repository root or set {CONFIG_DIR_ENV} "
+            "to the params/ directory")
+    return path
+
+
+def compose(study: str, method: str | None = None, overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose ``params/config.yaml`` for one study (and optionally one method)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+
+    cfg_overrides = [f"study={study}", *([f"method={method}"] if method else []), *overrides]
+    try:
+        with initialize_config_dir(config_dir=str(params_dir()), version_base="1.3"):
+            cfg = hydra_compose(config_name="config", overrides=cfg_overrides)
+    except HydraException as err:
+        raise ConfigError(f"cannot compose params/ with overrides {cfg_overrides}: {err}") from err
+    return cfg
+
+
+def method_config(cfg: DictConfig, method: str, overrides: Sequence[str] = ()) -> DictConfig:
+    """``params/method/<method>.yaml`` with the study's reduced grid (``study.grid.<method>``) merged in."""
+    study_name = cfg.study.name
+    mcfg = compose(study_name, method=method, overrides=overrides).method
+    study_grid = OmegaConf.select(cfg, f"study.grid.{method}", default=None)
+    if study_grid is not None:
+        mcfg = OmegaConf.merge(mcfg, study_grid)
+    return mcfg
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    """One point of a method's grid: method hyper-parameters and optimiser settings."""
+
+    id: str
+    hparams: Mapping[str, Any]
+    optim: Mapping[str, Any]
+
+
+def _axes(section: Mapping[str, Any]) -> list[tuple[str, list[Any]]]:
+    return [(key, list(value) if isinstance(value, (list, tuple, ListConfig)) else [value])
+            for key, value in section.items()]
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def grid_points(mcfg: Mapping[str, Any]) -> list[GridPoint]:
+    """Expand list-valued keys of ``hparams`` and ``optim`` into grid points with readable ids.
+
+    The id names only swept keys (``lr0.001-wd0.0001-rank8``); fixed keys stay in the values.
+    """
+    plain = OmegaConf.to_container(mcfg, resolve=True) if isinstance(mcfg, DictConfig) else dict(mcfg)
+    optim, hparams = plain.get("optim") or {}, plain.get("hparams") or {}
+    for key in ("lr", "weight_decay"):
+        if key not in optim:
+            raise ConfigError(f"method '{plain.get('name')}': optim.{key} is required")
+    optim_axes, hparam_axes = _axes(optim), _axes(hparams)
+    short = {"lr": "lr", "weight_decay": "wd"}
+    points = []
+    for combo in itertools.product(*(values for _, values in optim_axes + hparam_axes)):
+        o = {k: v for (k, _), v in zip(optim_axes, combo[: len(optim_axes)])}
+        h = {k: v for (k, _), v in zip(hparam_axes, combo[len(optim_axes):])}
+        parts = [f"{short.get(k, k)}{_fmt(o[k])}" for k, vals in optim_axes if len(vals) > 1 or k in short]
+        parts += [f"{k}{_fmt(h[k])}" for k, vals in hparam_axes if len(vals) > 1]
+        points.append(GridPoint(id="-".join(parts), hparams=h, optim=o))
+    ids = [p.id for p in points]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"method '{plain.get('name')}': duplicate values in a sweep list: {ids}")
+    return points
+
+
+@dataclass
+class StudyPlan:
+    """Everything Snakemake needs to lay out the DAG of one study."""
+
+    cfg: DictConfig
+    name: str
+    tasks: list[str]
+    methods: list[str]
+    points: dict[str, list[GridPoint]] = field(default_factory=dict)
+
+    def point(self, method: str, point_id: str) -> GridPoint:
+        for p in self.points[method]:
+            if p.id == point_id:
+                return p
+        raise ConfigError(f"method '{method}' has no grid point '{point_id}'; "
+                          f"known: {[p.id for p in self.points[method]]}")
+
+
+def load_study(study: str, overrides: Sequence[str] = ()) -> StudyPlan:
+    """Compose a study and expand the grid of every method it lists."""
+    cfg = compose(study, overrides=overrides)
+    _require(cfg, ["study.name", "study.tasks", "study.methods", "study.data.root", "model.name",
+                   "model.weights"])
+    if cfg.study.name != study:
+        raise ConfigError(f"params/study/{study}.yaml sets study.name={cfg.study.name!r}; "
+                          f"expected {study!r}")
+    methods = list(cfg.study.methods)
+    from vpeft.methods import names as method_names  # local: keeps config import light
+
+    unknown = sorted(set(methods) - set(method_names()))
+    if unknown:
+        raise ConfigError(f"study.methods: unknown method(s) {unknown}; known: {method_names()}")
+    plan = StudyPlan(cfg=cfg, name=study, tasks=list(cfg.study.tasks), methods=methods)
+    for method in methods:
+        plan.points[method] = grid_points(method_config(cfg, method, overrides))
+    return plan
+
+
+def _require(cfg: DictConfig, keys: Iterable[str]) -> None:
+    for key in keys:
+        try:
+            value = OmegaConf.select(cfg, key, throw_on_missing=True)
+        except Exception as err:  # MissingMandatoryValue or an interpolation that cannot resolve
+            raise ConfigError(f"config key '{key}' has no value ({err}); set it in params/ or on "
+                              f"the command line") from err
+        if value is None:
+            raise ConfigError(f"config key '{key}' is required")
+
+
+def to_plain(cfg: DictConfig) -> dict:
+    """The resolved config as plain JSON-able Python (recorded beside every result)."""
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)  # type: ignore[return-value]

@@ -1,0 +1,47 @@
+"""Which tasks a study can use: the 19 VTAB-1K tasks, or the demo's synthetic ones."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from omegaconf import DictConfig
+
+from vpeft.layout import SOURCE_TASK
+
+
+@dataclass(frozen=True)
+class TaskEntry:
+    name: str
+    num_classes: int
+    group: str
+    description: str = ""
+
+
+def task_entry(cfg: DictConfig, task: str) -> TaskEntry:
+    """Class count and group of ``task`` under the study's data kind.
+
+    ``study.task_info.<task>: {num_classes, group}`` declares a task vpeft does not know
+    (a user's own dataset in the VTAB-1K layout).
+    """
+    declared = (cfg.study.get("task_info") or {}).get(task)
+    if declared is not None:
+        return TaskEntry(task, int(declared.num_classes), str(declared.group),
+                         str(declared.get("description", "")))
+    kind = cfg.study.data.kind
+    if kind == "synthetic":
+        from vpeft.data.synthetic import DEMO_TASKS, SOURCE_TASK as SOURCE
+
+        known = {**DEMO_TASKS, SOURCE_TASK: SOURCE}
+        if task not in known:
+            raise KeyError(f"study.tasks: '{task}' is not a synthetic demo task; known: "
+                           f"{sorted(known)}")
+        t = known[task]
+        return TaskEntry(task, t.num_classes, t.group, f"{t.description} ({t.source})")
+    if kind == "vtab":
+        from vpeft.data.vtab import VTAB_TASKS
+
+        if task not in VTAB_TASKS:
+            raise KeyError(f"study.tasks: '{task}' is not a VTAB-1K task; known: "
+                           f"{sorted(VTAB_TASKS)}; declare others under study.task_info")
+        t = VTAB_TASKS[task]
+        return TaskEntry(task, t.num_classes, t.group)
+    raise KeyError(f"study.data.kind: '{kind}' is not one of 'synthetic', 'vtab'")

@@ -1,0 +1,51 @@
+"""Where every artefact lives. The Snakefile and the CLI both use these functions, so the paths a
+rule declares are exactly the paths its command writes."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+SOURCE_TASK = "source"  # the demo's pretraining set, prepared like any task
+
+
+def raw_task(cfg: DictConfig, task: str) -> Path:
+    return Path(cfg.study.data.root) / task
+
+
+def prepared_task(cfg: DictConfig, task: str) -> Path:
+    return Path(cfg.paths.data) / "prepared" / cfg.study.name / task
+
+
+def method_dir(cfg: DictConfig, task: str, method: str) -> Path:
+    return Path(cfg.paths.runs) / cfg.study.name / task / method
+
+
+def grid_dir(cfg: DictConfig, task: str, method: str, point: str) -> Path:
+    return method_dir(cfg, task, method) / "grid" / point
+
+
+def final_dir(cfg: DictConfig, task: str, method: str) -> Path:
+    return method_dir(cfg, task, method) / "final"
+
+
+def selection_file(cfg: DictConfig, task: str, method: str) -> Path:
+    return method_dir(cfg, task, method) / "selection.json"
+
+
+def report_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.reports) / cfg.study.name
+
+
+# Files inside a run directory.
+METRICS = "metrics.json"
+PREDICTIONS = "predictions.parquet"          # grid runs: val200 predictions with labels
+TEST_LOGITS = "test_logits.parquet"          # final run: test predictions, no labels
+ADAPTER = "adapter.safetensors"              # trainable parameters only (method + head)
+ADAPTER_CONFIG = "adapter_config.json"
+TEST_EVAL = "test_eval.json"                 # the single test evaluation
+TEST_PREDICTIONS = "test_predictions.parquet"
+
+GRID_OUTPUTS = (METRICS, PREDICTIONS, ADAPTER, ADAPTER_CONFIG)
+FINAL_OUTPUTS = (METRICS, TEST_LOGITS, ADAPTER, ADAPTER_CONFIG)
+EVAL_OUTPUTS = (TEST_EVAL, TEST_PREDICTIONS)

@@ -1,0 +1,65 @@
+"""LoRA (Hu et al., 2022) on the fused qkv projection of every attention block.
+
+``qkv(x) + scale * B(A(dropout(x)))`` with A kaiming-uniform, B zero (so the pretrained function
+is unchanged at init) and ``scale = alpha / rank``; the study uses alpha = rank (scale 1).
+The wrapper keeps the original ``nn.Linear`` as ``base`` so it can be merged back (#3).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from timm.models.vision_transformer import Attention
+
+from vpeft.methods.base import check_range, register
+
+
+@dataclass(frozen=True)
+class LoRAConfig:
+    rank: int = 8
+    alpha: float | None = None  # None: alpha = rank, i.e. scale 1 (the study's choice)
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        check_range("lora", "rank", self.rank, low=1, integer=True)
+        check_range("lora", "dropout", self.dropout, low=0.0, high=0.99)
+        if self.alpha is not None:
+            check_range("lora", "alpha", self.alpha, low=0.0)
+
+    @property
+    def scale(self) -> float:
+        return 1.0 if self.alpha is None else self.alpha / self.rank
+
+
+class LoRALinear(nn.Module):
+    """A frozen ``nn.Linear`` plus a trainable low-rank update."""
+
+    def __init__(self, base: nn.Linear, rank: int, scale: float, dropout: float) -> None:
+        super().__init__()
+        self.base = base
+        self.scale = scale
+        self.dropout = nn.Dropout(dropout)
+        self.lora_a = nn.Parameter(torch.empty(rank, base.in_features))
+        self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank))
+        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        update = nn.functional.linear(nn.functional.linear(self.dropout(x), self.lora_a), self.lora_b)
+        return self.base(x) + self.scale * update
+
+    def merged_weight(self) -> torch.Tensor:
+        return self.base.weight + self.scale * self.lora_b @ self.lora_a
+
+
+@register("lora", LoRAConfig, "low-rank update of the fused qkv projection")
+def attach(model: nn.Module, config: LoRAConfig) -> list[nn.Parameter]:
+    params: list[nn.Parameter] = []
+    for attn in [m for m in model.modules() if isinstance(m, Attention)]:
+        wrapped = LoRALinear(attn.qkv, int(config.rank), config.scale, config.dropout)
+        attn.qkv = wrapped
+        params += [wrapped.lora_a, wrapped.lora_b]
+    if not params:
+        raise ValueError("lora: the model has no timm Attention module to attach to")
+    return params

@@ -1,0 +1,1 @@
+"""Backbones: timm ViTs loaded from local weight files, and the demo's own pretraining."""

@@ -1,0 +1,51 @@
+"""Shared fixtures: a tiny timm ViT saved as a timm-format safetensors file, and tiny prepared
+tasks made by the real generator and loader. Nothing touches the network."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import vpeft  # noqa: F401  (torchvision guard)
+import timm
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_VIT = {"name": "vit_tiny_patch16_224",
+            "kwargs": {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}}
+
+
+def tiny_vit(num_classes: int = 5, **overrides) -> torch.nn.Module:
+    torch.manual_seed(0)
+    kwargs = {**TINY_VIT["kwargs"], **overrides}
+    return timm.create_model(TINY_VIT["name"], pretrained=False, num_classes=num_classes, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> Path:
+    """A 'pretrained' tiny ViT with a 7-class source head, saved like a downloaded checkpoint."""
+    model = tiny_vit(num_classes=7)
+    path = tmp_path_factory.mktemp("weights") / "tiny_vit.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def prepared_task(tmp_path_factory) -> Path:
+    """The synthetic `count` task at 16 px with tiny splits, prepared by the real loader."""
+    from vpeft.data.synthetic import DEMO_TASKS, generate_task
+    from vpeft.data.vtab import prepare_task
+
+    root = tmp_path_factory.mktemp("raw")
+    sizes = {"train800": 36, "val200": 18, "test": 24}
+    generate_task("count", root, sizes=sizes, image_size=16, seed=0)
+    info = DEMO_TASKS["count"]
+    out = tmp_path_factory.mktemp("prepared") / "count"
+    prepare_task(root / "count", out, task="count", image_size=16, num_classes=info.num_classes,
+                 group=info.group,
+                 split_sizes={"train800": 36, "val200": 18, "train800val200": 54, "test": 24})
+    return out
