@@ -11,8 +11,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import vpeft  # noqa: F401  (torchvision guard)
-import timm
+from vpeft._compat import ensure_torchvision_importable
+
+ensure_torchvision_importable()
+import timm  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_VIT = {"name": "vit_tiny_patch16_224",

@@ -1,6 +1,6 @@
-"""vpeft: parameter-efficient fine-tuning of Vision Transformers, studied reproducibly."""
-from vpeft._compat import ensure_torchvision_importable
+"""vpeft: parameter-efficient fine-tuning of Vision Transformers, studied reproducibly.
 
-ensure_torchvision_importable()
-
+Importing vpeft stays light (no torch): the CLI's bookkeeping verbs and Snakemake's DAG building
+start fast. Modules that need timm call ``vpeft._compat.ensure_torchvision_importable()`` first.
+"""
 __version__ = "0.1.0"

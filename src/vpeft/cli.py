@@ -56,7 +56,9 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     plan = _plan(args)
     cfg = plan.cfg
     entry = task_entry(cfg, args.task)
-    sizes = None if args.task == layout.SOURCE_TASK else dict(cfg.study.data.split_sizes)
+    # The pretraining source set has no fixed split sizes; study tasks have the study's.
+    sizes = (dict.fromkeys(("train800", "val200", "train800val200", "test"))
+             if args.task == layout.SOURCE_TASK else dict(cfg.study.data.split_sizes))
     manifest = prepare_task(layout.raw_task(cfg, args.task), layout.prepared_task(cfg, args.task),
                             task=args.task, image_size=int(cfg.model.img_size),
                             num_classes=entry.num_classes, group=entry.group, split_sizes=sizes)
@@ -159,18 +161,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    import torch
-
     if args.threads:
+        import torch
+
         torch.set_num_threads(args.threads)
-    from vpeft.config import ConfigError
-    from vpeft.data.vtab import DataError
-    from vpeft.methods import MethodError
-    from vpeft.models.backbone import WeightsError
+    from vpeft.errors import UserError
 
     try:
         args.func(args)
-    except (ConfigError, DataError, MethodError, WeightsError, KeyError) as err:
+    except UserError as err:
         # User-facing errors: one clear line, no traceback.
         print(f"vpeft {args.verb}: error: {err}", file=sys.stderr)
         return 2

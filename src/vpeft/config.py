@@ -7,6 +7,8 @@ derive the same grid points from the same files.
 """
 from __future__ import annotations
 
+from vpeft.errors import UserError
+
 import itertools
 import os
 from dataclasses import dataclass, field
@@ -18,7 +20,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 CONFIG_DIR_ENV = "VPEFT_PARAMS"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config key is missing or holds a value of the wrong kind."""
 
 

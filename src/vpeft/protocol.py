@@ -18,18 +18,16 @@ from typing import Any, Mapping
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 from omegaconf import DictConfig, OmegaConf
-from safetensors.torch import save_file
 
 import vpeft
 from vpeft import layout
 from vpeft.config import GridPoint, StudyPlan, to_plain
 from vpeft.data.vtab import read_split, read_test_labels, read_manifest
-from vpeft.io import read_json, write_json, write_parquet
-from vpeft.methods import apply, count_trainable
-from vpeft.models.backbone import create_backbone, normalisation
-from vpeft.train.loop import Normaliser, TrainSettings, predict, top1, train
+from vpeft.io import atomic_path, read_json, write_json, write_parquet
+
+# torch, timm and the training modules are imported inside the functions that train: selection,
+# evaluation and reporting are bookkeeping and start in a fraction of the time.
 
 log = logging.getLogger("vpeft.protocol")
 
@@ -38,11 +36,17 @@ SELECTION_CRITERION = "last-epoch val200 top-1"
 
 
 def versions() -> dict[str, str]:
-    import timm
+    """Versions of what produced a result (from package metadata: importing timm is slow)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return {"vpeft": vpeft.__version__, "python": platform.python_version(),
-            "torch": torch.__version__, "timm": timm.__version__, "numpy": np.__version__,
-            "pyarrow": pa.__version__, "platform": platform.platform()}
+    found = {"vpeft": vpeft.__version__, "python": platform.python_version(),
+             "platform": platform.platform()}
+    for package in ("torch", "timm", "numpy", "pyarrow", "safetensors", "hydra-core"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "not installed"
+    return found
 
 
 def git_commit() -> str | None:
@@ -57,7 +61,7 @@ def git_commit() -> str | None:
     return f"{head}-dirty" if dirty else head
 
 
-def _logits_table(index: np.ndarray, logits: torch.Tensor, labels: np.ndarray | None) -> pa.Table:
+def _logits_table(index: np.ndarray, logits: "torch.Tensor", labels: np.ndarray | None) -> pa.Table:
     n, c = logits.shape if logits.ndim == 2 else (0, 0)
     columns: dict[str, Any] = {"index": pa.array(index, pa.int64())}
     if labels is not None:
@@ -71,10 +75,10 @@ def _logits_table(index: np.ndarray, logits: torch.Tensor, labels: np.ndarray | 
 
 def _save_adapter(model: torch.nn.Module, out_dir: Path, meta: Mapping[str, Any]) -> None:
     """Trainable tensors only (method parameters + head), with the config to rebuild them."""
+    from safetensors.torch import save_file
+
     state = {name: p.detach().contiguous().clone() for name, p in model.named_parameters()
              if p.requires_grad}
-    from vpeft.io import atomic_path
-
     with atomic_path(out_dir / layout.ADAPTER) as tmp:
         save_file(state, str(tmp), metadata={"vpeft": json.dumps(meta)})
     write_json(out_dir / layout.ADAPTER_CONFIG, {**meta, "tensors": sorted(state)})
@@ -84,6 +88,12 @@ def run_point(plan: StudyPlan, task: str, method: str, point: GridPoint, phase: 
               seed: int | None = None) -> dict[str, Any]:
     """Train one grid point (``phase='grid'``) or the final run (``phase='final'``) and write its
     outputs; returns the metrics."""
+    import torch
+
+    from vpeft.methods import apply, count_trainable
+    from vpeft.models.backbone import create_backbone, normalisation
+    from vpeft.train.loop import Normaliser, TrainSettings, predict, top1, train
+
     cfg = plan.cfg
     train_split, eval_split = PHASES[phase]
     out_dir = layout.grid_dir(cfg, task, method, point.id) if phase == "grid" else \
@@ -177,6 +187,9 @@ def run_final(plan: StudyPlan, task: str, method: str) -> dict[str, Any]:
 
 def _write_diverged_final(plan: StudyPlan, task: str, method: str) -> dict[str, Any]:
     """Every grid point diverged: record the final run as diverged, with empty outputs."""
+    import torch
+    from safetensors.torch import save_file
+
     cfg = plan.cfg
     out_dir = layout.final_dir(cfg, task, method)
     manifest = read_manifest(layout.prepared_task(cfg, task))
@@ -184,8 +197,6 @@ def _write_diverged_final(plan: StudyPlan, task: str, method: str) -> dict[str, 
                                                               torch.zeros(0, 0), None))
     meta = {"study": plan.name, "task": task, "method": method, "point": None, "hparams": {},
             "model": cfg.model.name, "num_classes": manifest["num_classes"]}
-    from vpeft.io import atomic_path
-
     with atomic_path(out_dir / layout.ADAPTER) as tmp:
         save_file({}, str(tmp), metadata={"vpeft": json.dumps(meta)})
     write_json(out_dir / layout.ADAPTER_CONFIG, {**meta, "tensors": []})

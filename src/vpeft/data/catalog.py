@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig
 
+from vpeft.errors import UserError
 from vpeft.layout import SOURCE_TASK
 
 
@@ -32,7 +33,7 @@ def task_entry(cfg: DictConfig, task: str) -> TaskEntry:
 
         known = {**DEMO_TASKS, SOURCE_TASK: SOURCE}
         if task not in known:
-            raise KeyError(f"study.tasks: '{task}' is not a synthetic demo task; known: "
+            raise UserError(f"study.tasks: '{task}' is not a synthetic demo task; known: "
                            f"{sorted(known)}")
         t = known[task]
         return TaskEntry(task, t.num_classes, t.group, f"{t.description} ({t.source})")
@@ -40,8 +41,8 @@ def task_entry(cfg: DictConfig, task: str) -> TaskEntry:
         from vpeft.data.vtab import VTAB_TASKS
 
         if task not in VTAB_TASKS:
-            raise KeyError(f"study.tasks: '{task}' is not a VTAB-1K task; known: "
+            raise UserError(f"study.tasks: '{task}' is not a VTAB-1K task; known: "
                            f"{sorted(VTAB_TASKS)}; declare others under study.task_info")
         t = VTAB_TASKS[task]
         return TaskEntry(task, t.num_classes, t.group)
-    raise KeyError(f"study.data.kind: '{kind}' is not one of 'synthetic', 'vtab'")
+    raise UserError(f"study.data.kind: '{kind}' is not one of 'synthetic', 'vtab'")

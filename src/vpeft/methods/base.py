@@ -7,6 +7,8 @@ by parameter-name substrings, and always trains the classification head.
 """
 from __future__ import annotations
 
+from vpeft.errors import UserError
+
 import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
@@ -16,7 +18,7 @@ from torch import nn
 AttachFn = Callable[[nn.Module, Any], Iterable[nn.Parameter]]
 
 
-class MethodError(ValueError):
+class MethodError(UserError):
     """Unknown method, unknown hyper-parameter, or a value out of range."""
 
 

@@ -11,8 +11,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from timm.models.vision_transformer import Attention
-
 from vpeft.methods.base import check_range, register
 
 
@@ -55,6 +53,11 @@ class LoRALinear(nn.Module):
 
 @register("lora", LoRAConfig, "low-rank update of the fused qkv projection")
 def attach(model: nn.Module, config: LoRAConfig) -> list[nn.Parameter]:
+    from vpeft._compat import ensure_torchvision_importable
+
+    ensure_torchvision_importable()
+    from timm.models.vision_transformer import Attention  # lazy: timm is slow to import
+
     params: list[nn.Parameter] = []
     for attn in [m for m in model.modules() if isinstance(m, Attention)]:
         wrapped = LoRALinear(attn.qkv, int(config.rank), config.scale, config.dropout)

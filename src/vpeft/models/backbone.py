@@ -8,6 +8,8 @@ with the right shape, and (3) always replaces the head with a fresh, seeded one 
 """
 from __future__ import annotations
 
+from vpeft.errors import UserError
+
 import logging
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -15,16 +17,18 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-import vpeft  # noqa: F401  (torchvision guard before timm)
-import timm
-from timm.models.vision_transformer import VisionTransformer
+from vpeft._compat import ensure_torchvision_importable
+
+ensure_torchvision_importable()  # before timm, which imports torchvision
+import timm  # noqa: E402
+from timm.models.vision_transformer import VisionTransformer  # noqa: E402
 
 log = logging.getLogger("vpeft.models")
 
 WEIGHT_SUFFIXES = (".safetensors", ".npz", ".pth", ".pt", ".bin")
 
 
-class WeightsError(ValueError):
+class WeightsError(UserError):
     """A weights file is missing, unreadable, or does not fit the architecture."""
 
 

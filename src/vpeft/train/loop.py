@@ -87,6 +87,9 @@ def _optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimiz
 
 
 def _scheduler(optimizer: torch.optim.Optimizer, settings: TrainSettings):
+    from vpeft._compat import ensure_torchvision_importable
+
+    ensure_torchvision_importable()
     from timm.scheduler import CosineLRScheduler
 
     return CosineLRScheduler(optimizer, t_initial=settings.epochs, lr_min=settings.lr_min,

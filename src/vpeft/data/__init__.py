@@ -1,0 +1,1 @@
+"""Data: validation and preparation of VTAB-1K tasks into Parquet shards (see :mod:`vpeft.data.vtab`)."""

@@ -1,0 +1,476 @@
+"""Collect a study's run directories into three Arrow tables: results, grid and summary.
+
+The training pipeline leaves one directory per task x method::
+
+    runs/<study>/<task>/<method>/grid/<point>/metrics.json
+    runs/<study>/<task>/<method>/selection.json
+    runs/<study>/<task>/<method>/final/metrics.json
+    runs/<study>/<task>/<method>/final/test_eval.json
+    runs/<study>/<task>/<method>/final/test_predictions.parquet
+
+This module only reads those files and cross-checks them (a file in the wrong directory, a
+selection that disagrees with its grid, or a test accuracy that disagrees with the saved
+predictions is an error, not a silently wrong table). The report is then rendered from the
+tables alone, so every number on the page has one source.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from vpeft import layout
+from vpeft.io import read_json, write_parquet
+
+GROUPS: tuple[str, ...] = ("natural", "specialized", "structured")
+STATUSES: tuple[str, ...] = ("ok", "diverged", "missing")
+
+# Explicit schemas: a column that happens to be all-null (e.g. every final run diverged) must keep
+# its type, or the parquet files of two studies would not concatenate.
+RESULTS_SCHEMA = pa.schema([
+    ("study", pa.string()),
+    ("task", pa.string()),
+    ("group", pa.string()),
+    ("method", pa.string()),
+    ("status", pa.string()),
+    ("test_top1", pa.float64()),
+    ("val_top1", pa.float64()),
+    ("point", pa.string()),
+    ("hparams_json", pa.string()),
+    ("optim_json", pa.string()),
+    ("lr", pa.float64()),
+    ("weight_decay", pa.float64()),
+    ("trainable_params", pa.int64()),
+    ("trainable_params_with_head", pa.int64()),
+    ("total_params", pa.int64()),
+    ("trainable_pct", pa.float64()),
+    ("seed", pa.int64()),
+    ("epochs", pa.int64()),
+    ("num_test", pa.int64()),
+    ("wall_time_s", pa.float64()),
+    ("grid_wall_time_s", pa.float64()),
+    ("num_grid_points", pa.int64()),
+    ("num_diverged", pa.int64()),
+    ("git_commit", pa.string()),
+    ("versions_json", pa.string()),
+    ("config_json", pa.string()),
+])
+
+GRID_SCHEMA = pa.schema([
+    ("study", pa.string()),
+    ("task", pa.string()),
+    ("group", pa.string()),
+    ("method", pa.string()),
+    ("point", pa.string()),
+    ("selected", pa.bool_()),
+    ("status", pa.string()),
+    ("val_top1", pa.float64()),
+    ("hparams_json", pa.string()),
+    ("optim_json", pa.string()),
+    ("lr", pa.float64()),
+    ("weight_decay", pa.float64()),
+    ("seed", pa.int64()),
+    ("epochs", pa.int64()),
+    ("wall_time_s", pa.float64()),
+])
+
+SUMMARY_SCHEMA = pa.schema([
+    ("method", pa.string()),
+    ("natural", pa.float64()),
+    ("specialized", pa.float64()),
+    ("structured", pa.float64()),
+    ("mean", pa.float64()),
+    ("num_tasks", pa.int64()),
+    ("num_ok", pa.int64()),
+    ("num_diverged", pa.int64()),
+    ("num_missing", pa.int64()),
+    ("trainable_params", pa.float64()),
+    ("trainable_pct", pa.float64()),
+])
+
+TABLE_FILES: dict[str, str] = {
+    "results": "results.parquet",
+    "grid": "grid.parquet",
+    "summary": "summary.parquet",
+}
+
+
+class RunDataError(ValueError):
+    """A run file exists but is inconsistent with its location or with the other run files."""
+
+
+class MissingRunFileError(FileNotFoundError):
+    """One or more run files the report needs do not exist (the message lists them)."""
+
+    def __init__(self, paths: Sequence[Path]):
+        shown = "\n  ".join(str(p) for p in paths[:25])
+        more = f"\n  ... and {len(paths) - 25} more" if len(paths) > 25 else ""
+        super().__init__(
+            f"{len(paths)} run file(s) missing (pass allow_missing=True to report them as empty "
+            f"cells):\n  {shown}{more}")
+        self.paths = list(paths)
+        self.filename = str(paths[0]) if paths else None
+
+
+@dataclass(frozen=True)
+class StudyResults:
+    """The three tables of one study (schemas: RESULTS_SCHEMA, GRID_SCHEMA, SUMMARY_SCHEMA)."""
+
+    results: pa.Table
+    grid: pa.Table
+    summary: pa.Table
+
+
+# --------------------------------------------------------------------------------------------
+# study metadata
+# --------------------------------------------------------------------------------------------
+
+def study_tasks(study: Mapping) -> list[tuple[str, str]]:
+    """``[(task, group), ...]`` in study order, validated (known group, no duplicate task)."""
+    tasks: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for entry in study.get("tasks") or []:
+        name, group = str(entry["name"]), str(entry["group"])
+        if group not in GROUPS:
+            raise ValueError(f"task {name!r}: group {group!r} is not one of {GROUPS}")
+        if name in seen:
+            raise ValueError(f"task {name!r} is listed twice in study {study.get('name')!r}")
+        seen.add(name)
+        tasks.append((name, group))
+    if not tasks:
+        raise ValueError(f"study {study.get('name')!r} lists no tasks")
+    return tasks
+
+
+def study_methods(study: Mapping) -> list[str]:
+    """The study's methods in order, validated (non-empty, no duplicates)."""
+    methods = [str(m) for m in study.get("methods") or []]
+    if not methods:
+        raise ValueError(f"study {study.get('name')!r} lists no methods")
+    if len(set(methods)) != len(methods):
+        raise ValueError(f"study {study.get('name')!r} lists a method twice: {methods}")
+    return methods
+
+
+# --------------------------------------------------------------------------------------------
+# reading one task x method directory
+# --------------------------------------------------------------------------------------------
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = read_json(path)
+    except ValueError as err:   # malformed JSON; vpeft.io names the file and position
+        raise RunDataError(str(err)) from err
+    if not isinstance(data, dict):
+        raise RunDataError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _dumps(value: Any) -> str:
+    """Canonical JSON (sorted keys) so equal dicts give equal strings across runs."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _accuracy(value: Any, where: str) -> float | None:
+    """A top-1 value in 0..100 or None; anything else (NaN, out of range, a string) is an error."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RunDataError(f"{where}: top-1 {value!r} is not a number")
+    value = float(value)
+    if not math.isfinite(value) or not 0.0 <= value <= 100.0:
+        raise RunDataError(f"{where}: top-1 {value!r} is outside 0..100 (percent expected)")
+    return value
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _expect(data: Mapping, path: Path, **expected: Any) -> None:
+    """Fail if a file's identifying keys disagree with where the file lives."""
+    for key, want in expected.items():
+        if data.get(key) != want:
+            raise RunDataError(f"{path}: {key}={data.get(key)!r}, expected {want!r} "
+                               "(file copied into the wrong run directory?)")
+
+
+def _predictions_top1(path: Path) -> tuple[float, int]:
+    """Top-1 (%) and row count recomputed from the saved test predictions."""
+    table = pq.read_table(path, columns=["label", "pred"])
+    n = table.num_rows
+    if n == 0:
+        return 0.0, 0
+    labels = table.column("label").to_pylist()
+    preds = table.column("pred").to_pylist()
+    correct = sum(1 for y, p in zip(labels, preds) if y == p)
+    return 100.0 * correct / n, n
+
+
+@dataclass
+class _Cell:
+    """What was read for one task x method (None fields when absent)."""
+
+    row: dict[str, Any]
+    grid_rows: list[dict[str, Any]]
+    missing: list[Path]
+
+
+def _collect_cell(run_dir: Path, study_name: str, task: str, group: str, method: str,
+                  check_predictions: bool) -> _Cell:
+    """Read and cross-check one task x method directory; missing files are returned, not raised."""
+    base = {"study": study_name, "task": task, "group": group, "method": method}
+    row: dict[str, Any] = {name: None for name in RESULTS_SCHEMA.names} | base
+    missing: list[Path] = []
+    grid_rows: list[dict[str, Any]] = []
+
+    selection_path = run_dir / "selection.json"  # layout.selection_file needs a cfg
+    if not selection_path.is_file():
+        row["status"] = "missing"
+        return _Cell(row, grid_rows, [selection_path])
+    selection = _read_json(selection_path)
+    _expect(selection, selection_path, task=task, method=method)
+    best_point = selection.get("best_point")
+    candidates = selection.get("candidates") or []
+    points = [str(c["point"]) for c in candidates]
+    if len(set(points)) != len(points):
+        raise RunDataError(f"{selection_path}: a grid point is listed twice: {points}")
+    if best_point is not None and best_point not in points:
+        raise RunDataError(f"{selection_path}: best_point {best_point!r} is not a candidate")
+
+    # Grid: the selection's candidate list is the authoritative set of points, so a stale
+    # directory left over from an older grid definition is not counted.
+    grid_metrics: dict[str, dict[str, Any]] = {}
+    for point in points:
+        path = run_dir / "grid" / point / layout.METRICS
+        if not path.is_file():
+            missing.append(path)
+            continue
+        m = _read_json(path)
+        _expect(m, path, study=study_name, task=task, method=method, point=point, phase="grid",
+                group=group)
+        status = m.get("status")
+        if status not in ("ok", "diverged"):
+            raise RunDataError(f"{path}: status {status!r} is not 'ok' or 'diverged'")
+        grid_metrics[point] = m
+        optim = m.get("optim") or {}
+        grid_rows.append(base | {
+            "point": point,
+            "selected": point == best_point,
+            "status": status,
+            "val_top1": _accuracy(m.get("val_top1"), str(path)),
+            "hparams_json": _dumps(m.get("hparams") or {}),
+            "optim_json": _dumps(optim),
+            "lr": _opt_float(optim.get("lr")),
+            "weight_decay": _opt_float(optim.get("weight_decay")),
+            "seed": _opt_int(m.get("seed")),
+            "epochs": _opt_int(m.get("epochs")),
+            "wall_time_s": _opt_float(m.get("wall_time_s")),
+        })
+
+    final_path = run_dir / "final" / layout.METRICS
+    test_path = run_dir / "final" / layout.TEST_EVAL
+    # With no selectable point there may legitimately be no final run at all.
+    final_required = best_point is not None
+    for path in (final_path, test_path):
+        if final_required and not path.is_file():
+            missing.append(path)
+    if missing:
+        row["status"] = "missing"
+        return _Cell(row, grid_rows, missing)
+
+    row["num_grid_points"] = len(points)
+    row["num_diverged"] = sum(1 for p in points if grid_metrics[p]["status"] == "diverged")
+    row["grid_wall_time_s"] = math.fsum(float(grid_metrics[p].get("wall_time_s") or 0.0)
+                                        for p in points)
+
+    if best_point is None:
+        row["status"] = "diverged"
+    else:
+        best_val = _accuracy(selection.get("best_val_top1"), str(selection_path))
+        grid_val = grid_metrics[best_point].get("val_top1")
+        if grid_val is None or best_val is None or float(grid_val) != best_val:
+            raise RunDataError(f"{selection_path}: best_val_top1 {best_val!r} disagrees with "
+                               f"grid/{best_point}/metrics.json val_top1 {grid_val!r}")
+        row["val_top1"] = best_val
+        row["point"] = best_point
+
+    if final_path.is_file():
+        final = _read_json(final_path)
+        _expect(final, final_path, study=study_name, task=task, method=method, phase="final",
+                group=group, **({"point": best_point} if best_point is not None else {}))
+        optim = final.get("optim") or {}
+        row |= {
+            "point": row["point"] or final.get("point"),
+            "hparams_json": _dumps(final.get("hparams") or {}),
+            "optim_json": _dumps(optim),
+            "lr": _opt_float(optim.get("lr")),
+            "weight_decay": _opt_float(optim.get("weight_decay")),
+            "trainable_params": _opt_int(final.get("trainable_params")),
+            "trainable_params_with_head": _opt_int(final.get("trainable_params_with_head")),
+            "total_params": _opt_int(final.get("total_params")),
+            "seed": _opt_int(final.get("seed")),
+            "epochs": _opt_int(final.get("epochs")),
+            "wall_time_s": _opt_float(final.get("wall_time_s")),
+            "git_commit": final.get("git_commit"),
+            "versions_json": _dumps(final.get("versions") or {}),
+            "config_json": _dumps(final.get("config") or {}),
+        }
+        row["trainable_pct"] = _trainable_pct(row["trainable_params"],
+                                              row["trainable_params_with_head"],
+                                              row["total_params"])
+        final_status = final.get("status")
+    else:
+        final_status = "diverged"
+
+    if test_path.is_file():
+        test = _read_json(test_path)
+        _expect(test, test_path, task=task, method=method,
+                **({"point": best_point} if best_point is not None else {}))
+        test_top1 = _accuracy(test.get("test_top1"), str(test_path))
+        row["num_test"] = _opt_int(test.get("num_test"))
+        diverged = (final_status == "diverged" or test.get("status") == "diverged"
+                    or best_point is None)
+        if diverged:
+            row["status"] = "diverged"
+        elif test_top1 is None:
+            raise RunDataError(f"{test_path}: status ok but test_top1 is null")
+        else:
+            row["status"] = "ok"
+            row["test_top1"] = test_top1
+            preds = run_dir / "final" / layout.TEST_PREDICTIONS
+            if check_predictions and preds.is_file():
+                _check_predictions(preds, test_path, test_top1, row["num_test"])
+    else:
+        row["status"] = "diverged"
+    return _Cell(row, grid_rows, [])
+
+
+def _check_predictions(preds: Path, test_path: Path, test_top1: float,
+                       num_test: int | None) -> None:
+    """The reported test accuracy must be the one the saved predictions give."""
+    top1, n = _predictions_top1(preds)
+    if num_test is not None and n != num_test:
+        raise RunDataError(f"{preds}: {n} rows but {test_path} says num_test={num_test}")
+    # 1e-4 points absorbs float32 accumulation in the evaluator yet is far below one test
+    # example (100 / 73728 for the largest VTAB test split), so a real mismatch still fails.
+    if abs(top1 - test_top1) > 1e-4:
+        raise RunDataError(f"{test_path}: test_top1={test_top1!r} but {preds} gives {top1!r}")
+
+
+def _trainable_pct(trainable: int | None, with_head: int | None, total: int | None
+                   ) -> float | None:
+    """Trainable params as % of the model without its classifier head (the paper's convention)."""
+    if trainable is None or with_head is None or total is None:
+        return None
+    backbone = total - (with_head - trainable)
+    return 100.0 * trainable / backbone if backbone > 0 else None
+
+
+# --------------------------------------------------------------------------------------------
+# public API
+# --------------------------------------------------------------------------------------------
+
+def _study_dir(runs_dir: Path, name: str, tasks: Sequence[tuple[str, str]]) -> Path:
+    """``runs_dir`` may be the study's own directory (``runs/<study>``, as the CLI passes it) or
+    the root above it (``runs``); the study directory is the one holding the task folders."""
+    if any((runs_dir / task).is_dir() for task, _ in tasks):
+        return runs_dir
+    if (runs_dir / name).is_dir():
+        return runs_dir / name
+    return runs_dir   # nothing there: the missing-file error then names paths under runs_dir
+
+
+def collect_study(runs_dir: Path, study: Mapping, *, allow_missing: bool = False,
+                  check_predictions: bool = True) -> StudyResults:
+    """Read every task x method of ``study`` from its run directories.
+
+    ``runs_dir`` is the study's directory ``runs/<study>`` (the root ``runs`` is accepted too).
+    A missing file raises :class:`MissingRunFileError` listing every missing path, unless
+    ``allow_missing`` is set: then the cell gets status ``"missing"`` and null values. With
+    ``check_predictions`` the saved test predictions (when present) must reproduce ``test_top1``.
+    """
+    name = str(study["name"])
+    tasks, methods = study_tasks(study), study_methods(study)
+    study_dir = _study_dir(Path(runs_dir), name, tasks)
+    rows: list[dict[str, Any]] = []
+    grid_rows: list[dict[str, Any]] = []
+    missing: list[Path] = []
+    for task, group in tasks:
+        for method in methods:
+            cell = _collect_cell(study_dir / task / method, name, task, group, method,
+                                 check_predictions)
+            rows.append(cell.row)
+            grid_rows.extend(cell.grid_rows)
+            missing.extend(cell.missing)
+    if missing and not allow_missing:
+        raise MissingRunFileError(missing)
+    results = pa.Table.from_pylist(rows, schema=RESULTS_SCHEMA)
+    grid = pa.Table.from_pylist(grid_rows, schema=GRID_SCHEMA)
+    return StudyResults(results=results, grid=grid, summary=summarize(results, study))
+
+
+def _mean(values: Iterable[float]) -> float | None:
+    values = list(values)
+    return math.fsum(values) / len(values) if values else None
+
+
+def summarize(results: pa.Table, study: Mapping) -> pa.Table:
+    """One row per method: group means, mean over tasks, mean trainable params.
+
+    A group mean (and the overall mean) exists only when every task it covers has a test
+    accuracy, so a diverged or missing run cannot silently raise a method's average. The overall
+    ``mean`` is the plain mean over tasks (the paper's "mean over 19"), not a mean of group means.
+    """
+    tasks = study_tasks(study)
+    by_key = {(r["task"], r["method"]): r for r in results.to_pylist()}
+    out: list[dict[str, Any]] = []
+    for method in study_methods(study):
+        cells = [by_key.get((task, method)) for task, _ in tasks]
+        acc = [c["test_top1"] if c and c["status"] == "ok" else None for c in cells]
+        row: dict[str, Any] = {"method": method}
+        for group in GROUPS:
+            values = [a for a, (_, g) in zip(acc, tasks) if g == group]
+            row[group] = _mean(values) if values and None not in values else None
+        row["mean"] = _mean(acc) if None not in acc else None
+        statuses = [c["status"] if c else "missing" for c in cells]
+        row |= {
+            "num_tasks": len(tasks),
+            "num_ok": statuses.count("ok"),
+            "num_diverged": statuses.count("diverged"),
+            "num_missing": statuses.count("missing"),
+            "trainable_params": _mean(float(c["trainable_params"]) for c in cells
+                                      if c and c["trainable_params"] is not None),
+            "trainable_pct": _mean(c["trainable_pct"] for c in cells
+                                   if c and c["trainable_pct"] is not None),
+        }
+        out.append(row)
+    return pa.Table.from_pylist(out, schema=SUMMARY_SCHEMA)
+
+
+def write_study_tables(results: StudyResults, out_dir: Path) -> dict[str, Path]:
+    """Write ``results.parquet``, ``grid.parquet`` and ``summary.parquet`` atomically."""
+    out_dir = Path(out_dir)
+    written: dict[str, Path] = {}
+    for attr, filename in TABLE_FILES.items():
+        table: pa.Table = getattr(results, attr)
+        path = out_dir / filename
+        write_parquet(path, table)
+        written[attr] = path
+    return written
+
+
+def read_study_tables(out_dir: Path) -> StudyResults:
+    """Read back the tables written by :func:`write_study_tables`."""
+    out_dir = Path(out_dir)
+    tables = {attr: pq.read_table(out_dir / filename) for attr, filename in TABLE_FILES.items()}
+    return StudyResults(**tables)
