@@ -8,7 +8,7 @@ if CFG.study.get("pretrain") is not None:
         output:
             weights=WEIGHTS,
             info=str(layout.Path(WEIGHTS).with_suffix(".json")),
-        threads: config["threads"]
+        threads: workflow.cores  # it runs alone: nothing else can start before it
         log:
             f"{LOGS}/pretrain.log",
         shell:

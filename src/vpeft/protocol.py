@@ -92,7 +92,7 @@ def run_point(plan: StudyPlan, task: str, method: str, point: GridPoint, phase: 
 
     from vpeft.methods import apply, count_trainable
     from vpeft.models.backbone import create_backbone, normalisation
-    from vpeft.train.loop import Normaliser, TrainSettings, predict, top1, train
+    from vpeft.train.loop import Normaliser, TrainSettings, predict, resolve_device, top1, train
 
     cfg = plan.cfg
     train_split, eval_split = PHASES[phase]
@@ -107,6 +107,8 @@ def run_point(plan: StudyPlan, task: str, method: str, point: GridPoint, phase: 
     model = create_backbone(cfg.model.name, cfg.model.weights, num_classes,
                             kwargs=cfg.model.kwargs, drop_path=float(cfg.train.drop_path), seed=seed)
     apply(model, method, **point.hparams)
+    device = resolve_device(cfg.train.get("device", "auto"))
+    model.to(device)
     counts = count_trainable(model)
     mean, std = normalisation(model, cfg.model.mean, cfg.model.std)
     normaliser = Normaliser(mean, std, int(cfg.model.img_size))
@@ -141,7 +143,8 @@ def run_point(plan: StudyPlan, task: str, method: str, point: GridPoint, phase: 
         "eval_split": eval_split if phase == "grid" else None, "status": result.status,
         "val_top1": val_top1, "hparams": dict(point.hparams), "optim": dict(point.optim),
         **counts, "seed": seed, "wall_time_s": time.perf_counter() - started,
-        "epochs": settings.epochs, "steps": result.steps, "train_images_per_s": result.images_per_s,
+        "epochs": settings.epochs, "steps": result.steps, "device": str(device),
+        "train_images_per_s": result.images_per_s,
         "loss_curve": result.loss_curve, "diverged_at": result.diverged_at,
         "config": to_plain(cfg), "method_config": {"name": method, "hparams": dict(point.hparams),
                                                    "optim": dict(point.optim)},

@@ -211,11 +211,11 @@ def _hsv(h: float, s: float, v: float) -> tuple[int, int, int]:
 def _contrasting_colour(rng: np.random.Generator, background: Sequence[float],
                         min_distance: float = 120.0) -> tuple[int, int, int]:
     """A random saturated colour at least ``min_distance`` (RGB Euclidean) from ``background``."""
-    bg = np.asarray(background, dtype=np.float32)
+    bg = tuple(float(c) for c in background)
     best, best_d = (255, 255, 255), -1.0
     for _ in range(32):
         colour = _hsv(rng.random(), rng.uniform(0.3, 1.0), rng.uniform(0.2, 1.0))
-        d = float(np.linalg.norm(np.asarray(colour, np.float32) - bg))
+        d = math.dist(colour, bg)  # plain floats: numpy is slow on 3-element arrays
         if d >= min_distance:
             return colour
         if d > best_d:

@@ -16,7 +16,7 @@ from vpeft.data.vtab import read_manifest, read_split
 from vpeft.io import atomic_path, write_json
 from vpeft.methods import apply
 from vpeft.models.backbone import create_backbone, normalisation
-from vpeft.train.loop import Normaliser, TrainSettings, predict, top1, train
+from vpeft.train.loop import Normaliser, TrainSettings, predict, resolve_device, top1, train
 
 log = logging.getLogger("vpeft.pretrain")
 
@@ -35,6 +35,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     model = create_backbone(cfg.model.name, None, int(manifest["num_classes"]),
                             kwargs=cfg.model.kwargs, drop_path=0.0)
     apply(model, "full")
+    model.to(resolve_device(cfg.train.get("device", "auto")))
     mean, std = normalisation(model, cfg.model.mean, cfg.model.std)
     normaliser = Normaliser(mean, std, int(cfg.model.img_size))
     settings = TrainSettings(epochs=int(settings_cfg.epochs), lr=float(settings_cfg.lr),
@@ -50,7 +51,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     val = read_split(prepared, "val200")
     val_top1 = top1(predict(model, normaliser, torch.from_numpy(val.images)), val.labels)
     out = Path(cfg.model.weights)
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(out) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt", "architecture": cfg.model.name})
     info = {"architecture": cfg.model.name, "kwargs": dict(cfg.model.kwargs),

@@ -97,7 +97,11 @@ def _fmt_delta(value: float | None) -> str:
 
 
 def _fmt_params(value: float | None) -> str:
-    return "–" if value is None else f"{value / 1e6:.2f} M"
+    if value is None:
+        return "–"
+    if value >= 1e5:  # the study's convention: millions
+        return f"{value / 1e6:.2f} M"
+    return f"{value / 1e3:.1f} K" if value >= 1e3 else f"{value:.0f}"
 
 
 def _fmt_pct(value: float | None) -> str:

@@ -56,6 +56,13 @@ class TrainResult:
     images_per_s: float = 0.0
 
 
+def resolve_device(name: str | None = "auto") -> torch.device:
+    """``auto``: the first CUDA GPU when there is one, else the CPU."""
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -99,8 +106,14 @@ def _scheduler(optimizer: torch.optim.Optimizer, settings: TrainSettings):
 
 def train(model: nn.Module, normaliser: Normaliser, images: torch.Tensor, labels: torch.Tensor,
           settings: TrainSettings, *, seed: int, desc: str = "train") -> TrainResult:
-    """Train ``model`` in place on uint8 ``images`` [N,H,W,3] with integer ``labels`` [N]."""
+    """Train ``model`` in place on uint8 ``images`` [N,H,W,3] with integer ``labels`` [N].
+
+    Runs on the device of the model's parameters; the uint8 images move there once.
+    """
     seed_everything(seed)
+    device = next(model.parameters()).device
+    images, labels = images.to(device), labels.to(device)
+    normaliser = normaliser.to(device)
     optimizer = _optimizer(model, settings)
     scheduler = _scheduler(optimizer, settings)
     generator = torch.Generator().manual_seed(seed)
@@ -116,7 +129,7 @@ def train(model: nn.Module, normaliser: Normaliser, images: torch.Tensor, labels
         order = torch.randperm(n, generator=generator)
         epoch_loss, seen = 0.0, 0
         for batch_idx, start in enumerate(range(0, n, settings.batch_size)):
-            idx = order[start:start + settings.batch_size]
+            idx = order[start:start + settings.batch_size].to(device)
             x, y = normaliser(images[idx]), labels[idx]
             loss = F.cross_entropy(model(x), y, label_smoothing=settings.label_smoothing)
             if not torch.isfinite(loss):
@@ -164,7 +177,9 @@ def predict(model: nn.Module, normaliser: Normaliser, images: torch.Tensor,
             batch_size: int = 256) -> torch.Tensor:
     """Logits [N, C] in eval mode (float32, CPU)."""
     model.eval()
-    out = [model(normaliser(images[i:i + batch_size])).float().cpu()
+    device = next(model.parameters()).device
+    normaliser = normaliser.to(device)
+    out = [model(normaliser(images[i:i + batch_size].to(device))).float().cpu()
            for i in range(0, len(images), batch_size)]
     return torch.cat(out) if out else torch.empty(0)
 

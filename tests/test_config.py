@@ -1,0 +1,51 @@
+"""Hydra composition of params/ and grid expansion."""
+from __future__ import annotations
+
+import pytest
+
+from vpeft.config import ConfigError, grid_points, load_study
+
+
+def test_a_list_is_a_sweep_axis_and_a_scalar_is_fixed():
+    points = grid_points({"name": "lora", "hparams": {"rank": [1, 8], "dropout": 0.1},
+                          "optim": {"lr": [1e-3, 1e-2], "weight_decay": 1e-4}})
+    assert [p.id for p in points] == ["lr0.001-wd0.0001-rank1", "lr0.001-wd0.0001-rank8",
+                                      "lr0.01-wd0.0001-rank1", "lr0.01-wd0.0001-rank8"]
+    assert all(p.hparams["dropout"] == 0.1 for p in points)
+    assert points[1].hparams == {"rank": 8, "dropout": 0.1}
+    assert points[2].optim == {"lr": 1e-2, "weight_decay": 1e-4}
+
+
+def test_missing_optimiser_key_is_named():
+    with pytest.raises(ConfigError, match="optim.weight_decay"):
+        grid_points({"name": "x", "hparams": {}, "optim": {"lr": [1e-3]}})
+
+
+def test_the_paper_study_is_a_config_choice(tmp_path):
+    weights = tmp_path / "vit.npz"
+    plan = load_study("vtab1k", [f"study.data.root={tmp_path}", f"model.weights={weights}"])
+    assert len(plan.tasks) == 19
+    assert plan.cfg.model.name == "vit_base_patch16_224.augreg_in21k"
+    assert plan.cfg.train.epochs == 100 and plan.cfg.train.batch_size == 64
+    # the paper's grids: lr {1e-3, 1e-2} x wd {1e-4, 1e-3} (x rank {1, 8, 16, 32} for LoRA);
+    # full fine-tuning has its own, lower learning rates
+    assert len(plan.points["linear"]) == 4 and len(plan.points["bitfit"]) == 4
+    assert len(plan.points["lora"]) == 16
+    assert max(p.optim["lr"] for p in plan.points["full"]) <= 1e-3
+    assert min(p.optim["lr"] for p in plan.points["full"]) == 1e-5
+
+
+def test_the_paper_study_without_a_data_root_names_the_key(monkeypatch):
+    monkeypatch.delenv("VPEFT_VTAB_ROOT", raising=False)
+    with pytest.raises(ConfigError, match="study.data.root"):
+        load_study("vtab1k", ["model.weights=/w.npz"])
+
+
+def test_unknown_study_is_a_clear_error():
+    with pytest.raises(ConfigError, match="no_such_study"):
+        load_study("no_such_study")
+
+
+def test_unknown_method_in_a_study_lists_known_ones():
+    with pytest.raises(ConfigError, match="unknown method.*'nope'.*known"):
+        load_study("smoke", ["study.methods=[linear,nope]"])

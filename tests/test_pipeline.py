@@ -1,0 +1,95 @@
+"""The smoke study end to end through real Snakemake, and the report checked against its data."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import REPO
+
+
+class CellParser(HTMLParser):
+    """Every <td> of the main table that carries a raw value."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cells: list[dict[str, str]] = []
+        self.table: str | None = None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "table":
+            self.table = attrs.get("id")
+        if tag == "td" and self.table == "main-table" and "data-value" in attrs:
+            self.cells.append(attrs)
+
+
+def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", *args],
+                          cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("smoke")
+    for item in ("Snakefile", "rules", "params"):
+        src = REPO / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, workdir / item)
+    proc = snakemake(workdir, "all", "--config", "study=smoke", "threads=1")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return workdir
+
+
+def test_smoke_study_produces_every_artefact(smoke_run):
+    runs = smoke_run / "runs" / "smoke"
+    for task in ("digits", "count"):
+        assert (smoke_run / "data" / "prepared" / "smoke" / task / "manifest.json").is_file()
+        for method in ("linear", "lora"):
+            final = runs / task / method / "final"
+            for name in ("metrics.json", "test_logits.parquet", "adapter.safetensors",
+                         "test_eval.json", "test_predictions.parquet"):
+                assert (final / name).is_file(), final / name
+    assert (smoke_run / "models" / "vit_smoke.safetensors").is_file()
+    assert (smoke_run / "reports" / "smoke" / "index.html").is_file()
+
+
+def test_report_numbers_equal_the_data_they_came_from(smoke_run):
+    runs = smoke_run / "runs" / "smoke"
+    html = (smoke_run / "reports" / "smoke" / "index.html").read_text()
+    parser = CellParser()
+    parser.feed(html)
+    shown = {(c["data-task"], c["data-method"]): float(c["data-value"])
+             for c in parser.cells if c.get("data-column") == "test_top1"}
+    expected = {}
+    for task in ("digits", "count"):
+        for method in ("linear", "lora"):
+            evaluation = json.loads((runs / task / method / "final" / "test_eval.json").read_text())
+            preds = pq.read_table(runs / task / method / "final" / "test_predictions.parquet")
+            accuracy = 100.0 * (preds.column("pred").to_numpy() == preds.column("label").to_numpy()).mean()
+            assert evaluation["test_top1"] == pytest.approx(accuracy)
+            expected[(task, method)] = evaluation["test_top1"]
+    assert shown == pytest.approx(expected)
+    results = pq.read_table(smoke_run / "reports" / "smoke" / "results.parquet").to_pylist()
+    assert {(r["task"], r["method"]): r["test_top1"] for r in results} == pytest.approx(expected)
+    # overall mean per method = mean over tasks
+    means = {c["data-method"]: float(c["data-value"]) for c in parser.cells
+             if c.get("data-column") == "mean"}
+    for method in ("linear", "lora"):
+        assert means[method] == pytest.approx((expected[("digits", method)]
+                                               + expected[("count", method)]) / 2)
+    assert "<script" not in html and "http://" not in html and "https://" not in html
+
+
+def test_a_second_run_has_nothing_to_do(smoke_run):
+    proc = snakemake(smoke_run, "all", "--config", "study=smoke", "threads=1", "--dry-run")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Nothing to be done" in proc.stdout + proc.stderr
