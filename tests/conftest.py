@@ -17,6 +17,9 @@ ensure_torchvision_importable()
 import timm  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+# The tiny ViT used by the method tests: width 32, depth 2, MLP 128, 4x4 patches of a 16 px image
+# (16 patches + CLS), heads 2; the head has CLASSES outputs.
+DIM, DEPTH, MLP, CLASSES = 32, 2, 128, 5
 TINY_VIT = {"name": "vit_tiny_patch16_224",
             "kwargs": {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}}
 

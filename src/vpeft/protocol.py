@@ -73,24 +73,13 @@ def _logits_table(index: np.ndarray, logits: "torch.Tensor", labels: np.ndarray 
     return pa.table(columns)
 
 
-def _save_adapter(model: torch.nn.Module, out_dir: Path, meta: Mapping[str, Any]) -> None:
-    """Trainable tensors only (method parameters + head), with the config to rebuild them."""
-    from safetensors.torch import save_file
-
-    state = {name: p.detach().contiguous().clone() for name, p in model.named_parameters()
-             if p.requires_grad}
-    with atomic_path(out_dir / layout.ADAPTER) as tmp:
-        save_file(state, str(tmp), metadata={"vpeft": json.dumps(meta)})
-    write_json(out_dir / layout.ADAPTER_CONFIG, {**meta, "tensors": sorted(state)})
-
-
 def run_point(plan: StudyPlan, task: str, method: str, point: GridPoint, phase: str,
               seed: int | None = None) -> dict[str, Any]:
     """Train one grid point (``phase='grid'``) or the final run (``phase='final'``) and write its
     outputs; returns the metrics."""
     import torch
 
-    from vpeft.methods import apply, count_trainable
+    from vpeft.methods import apply, count_trainable, save_adapter
     from vpeft.models.backbone import create_backbone, normalisation
     from vpeft.train.loop import Normaliser, TrainSettings, predict, resolve_device, top1, train
 
@@ -129,16 +118,16 @@ def run_point(plan: StudyPlan, task: str, method: str, point: GridPoint, phase: 
         result.status = "diverged"
     val_top1 = top1(logits, eval_data.labels) if phase == "grid" and result.status == "ok" else None
 
-    meta = {"study": plan.name, "task": task, "method": method, "point": point.id,
-            "hparams": dict(point.hparams), "model": cfg.model.name, "num_classes": num_classes}
+    meta = {"study": plan.name, "task": task, "point": point.id, "model": cfg.model.name,
+            "num_classes": num_classes}
     if phase == "grid":
         write_parquet(out_dir / layout.PREDICTIONS, _logits_table(eval_data.index, logits,
                                                                   eval_data.labels))
     else:
         write_parquet(out_dir / layout.TEST_LOGITS, _logits_table(eval_data.index, logits, None))
-    _save_adapter(model, out_dir, meta)
+    save_adapter(model, out_dir / layout.ADAPTER, extra=meta)
     metrics = {
-        **{k: meta[k] for k in ("study", "task", "method", "point")},
+        "study": plan.name, "task": task, "method": method, "point": point.id,
         "group": manifest.get("group"), "phase": phase, "train_split": train_split,
         "eval_split": eval_split if phase == "grid" else None, "status": result.status,
         "val_top1": val_top1, "hparams": dict(point.hparams), "optim": dict(point.optim),

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable
 from torch import nn
 
 AttachFn = Callable[[nn.Module, Any], Iterable[nn.Parameter]]
+MergeFn = Callable[[nn.Module], None]
 
 
 class MethodError(UserError):
@@ -28,21 +29,33 @@ class MethodSpec:
     config_cls: type
     attach: AttachFn
     description: str
+    identity_at_init: bool  # the published init leaves the pretrained function unchanged
+    merge: MergeFn | None   # folds the method into plain timm modules in place (None: cannot)
 
 
 _REGISTRY: dict[str, MethodSpec] = {}
 
 
-def register(name: str, config_cls: type, description: str) -> Callable[[AttachFn], AttachFn]:
-    """Register ``attach`` under ``name`` with its typed hyper-parameter config."""
+def register(name: str, config_cls: type, description: str, *, identity_at_init: bool,
+             merge: MergeFn | None = None) -> Callable[[AttachFn], AttachFn]:
+    """Register ``attach`` under ``name`` with its typed hyper-parameter config.
+
+    ``merge`` (optional) folds the attached method back into the plain timm modules, in place,
+    so the merged model is an ordinary timm ViT with identical outputs.
+    """
 
     def decorator(attach: AttachFn) -> AttachFn:
         if name in _REGISTRY:
             raise MethodError(f"method '{name}' registered twice")
-        _REGISTRY[name] = MethodSpec(name, config_cls, attach, description)
+        _REGISTRY[name] = MethodSpec(name, config_cls, attach, description, identity_at_init,
+                                     merge)
         return attach
 
     return decorator
+
+
+def merge_nothing(model: nn.Module) -> None:
+    """For methods that only train existing timm parameters: the model already is plain timm."""
 
 
 def names() -> list[str]:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from vpeft.methods.base import register
+from vpeft.methods.base import merge_nothing, register
 
 BIASED_MODULES = (nn.Linear, nn.Conv2d, nn.LayerNorm)
 
@@ -19,7 +19,7 @@ class BitFitConfig:
     pass
 
 
-@register("bitfit", BitFitConfig, "every bias")
+@register("bitfit", BitFitConfig, "every bias", identity_at_init=True, merge=merge_nothing)
 def attach(model: nn.Module, config: BitFitConfig) -> list[nn.Parameter]:
     return [m.bias for m in model.modules()
             if isinstance(m, BIASED_MODULES) and isinstance(m.bias, nn.Parameter)]

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from vpeft.methods.base import register
+from vpeft.methods.base import merge_nothing, register
 
 
 @dataclass(frozen=True)
@@ -13,6 +13,6 @@ class FullConfig:
     pass
 
 
-@register("full", FullConfig, "every parameter")
+@register("full", FullConfig, "every parameter", identity_at_init=True, merge=merge_nothing)
 def attach(model: nn.Module, config: FullConfig) -> list[nn.Parameter]:
     return list(model.parameters())

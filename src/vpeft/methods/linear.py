@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from vpeft.methods.base import register
+from vpeft.methods.base import merge_nothing, register
 
 
 @dataclass(frozen=True)
@@ -13,6 +13,6 @@ class LinearConfig:
     pass
 
 
-@register("linear", LinearConfig, "head only")
+@register("linear", LinearConfig, "head only", identity_at_init=True, merge=merge_nothing)
 def attach(model: nn.Module, config: LinearConfig) -> list[nn.Parameter]:
     return []

@@ -51,7 +51,18 @@ class LoRALinear(nn.Module):
         return self.base.weight + self.scale * self.lora_b @ self.lora_a
 
 
-@register("lora", LoRAConfig, "low-rank update of the fused qkv projection")
+def merge(model: nn.Module) -> None:
+    """Fold every LoRA update into its qkv Linear and put the plain Linear back."""
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, LoRALinear):
+                with torch.no_grad():
+                    child.base.weight.copy_(child.merged_weight())
+                setattr(parent, child_name, child.base)
+
+
+@register("lora", LoRAConfig, "low-rank update of the fused qkv projection",
+          identity_at_init=True, merge=merge)
 def attach(model: nn.Module, config: LoRAConfig) -> list[nn.Parameter]:
     from vpeft._compat import ensure_torchvision_importable
 
