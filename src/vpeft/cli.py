@@ -115,6 +115,45 @@ def cmd_report(args: argparse.Namespace) -> None:
     log.info("report: %s", out / "index.html")
 
 
+def _parse_value(text: str):
+    """``8`` -> 8, ``0.1`` -> 0.1, ``true`` -> True, anything else stays a string."""
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def cmd_params(args: argparse.Namespace) -> None:
+    """Trainable parameters of a method on a timm model, built on the meta device (no weights)."""
+    import torch
+
+    from vpeft._compat import ensure_torchvision_importable
+    from vpeft.errors import UserError
+    from vpeft.methods import apply, count_trainable
+
+    ensure_torchvision_importable()
+    import timm
+
+    hparams = {}
+    for item in args.param:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--param {item!r}: expected KEY=VALUE")
+        hparams[key] = _parse_value(value)
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(args.model, pretrained=False, num_classes=args.classes)
+    except RuntimeError as err:
+        raise UserError(f"--model {args.model!r}: {err}") from err
+    apply(model, args.method, **hparams)
+    counts = count_trainable(model)
+    head = counts["trainable_params_with_head"] - counts["trainable_params"]
+    backbone = counts["total_params"] - head
+    print(json.dumps({"model": args.model, "method": args.method, "hparams": hparams,
+                      "num_classes": args.classes, **counts,
+                      "trainable_pct_of_backbone": 100.0 * counts["trainable_params"] / backbone},
+                     indent=2))
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--study", default="demo", help="params/study/<name>.yaml (default: demo)")
     p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
@@ -141,6 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate": (cmd_evaluate, "score the final run on test (reads test labels, once)"),
         "report": (cmd_report, "collect results into Parquet tables and render the HTML report"),
     }
+    params = sub.add_parser("params", help="trainable parameters of a method on a timm model (JSON)",
+                            description=cmd_params.__doc__)
+    params.add_argument("--model", default="vit_base_patch16_224", help="timm model name")
+    params.add_argument("--method", required=True)
+    params.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="method hyper-parameter, repeatable (e.g. -p rank=8)")
+    params.add_argument("--classes", type=int, default=100, help="head size")
+    params.add_argument("--threads", type=int, default=None)
+    params.set_defaults(func=cmd_params)
     for name, (fn, help_text) in verbs.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         _common(p)
