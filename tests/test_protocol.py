@@ -102,3 +102,30 @@ def test_all_points_diverged_gives_a_diverged_final_not_a_crash(tmp_path, prepar
     assert selection["best_point"] is None
     result = evaluate(plan, "count", "lora")
     assert result["status"] == "diverged" and result["test_top1"] is None
+
+
+def test_export_folds_lora_into_a_plain_timm_checkpoint(tmp_path, prepared_task, tiny_weights):
+    import torch
+
+    from vpeft._compat import ensure_torchvision_importable
+    from vpeft.data.vtab import read_split
+    from vpeft.export import export_merged
+    from vpeft.methods import load_adapter
+    from vpeft.models.backbone import create_backbone
+
+    ensure_torchvision_importable()
+    import timm
+
+    plan = _plan(tmp_path, prepared_task, tiny_weights)
+    _run_study(plan, "lora")
+    merged = export_merged(plan, "count", "lora")
+    cfg = plan.cfg
+    plain = timm.create_model(cfg.model.name, pretrained=True, num_classes=6,
+                              pretrained_cfg_overlay={"file": str(merged), "source": "",
+                                                      "num_classes": 6}, **cfg.model.kwargs)
+    assert not any("lora" in type(m).__name__.lower() for m in plain.modules())
+    adapted = create_backbone(cfg.model.name, tiny_weights, 6, kwargs=cfg.model.kwargs)
+    load_adapter(adapted, layout.final_dir(cfg, "count", "lora") / layout.ADAPTER)
+    images = torch.from_numpy(read_split(layout.prepared_task(cfg, "count"), "val200").images[:8])
+    x = (images.permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.5
+    torch.testing.assert_close(plain.eval()(x), adapted.eval()(x), rtol=1e-5, atol=1e-5)

@@ -96,6 +96,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     evaluate(_plan(args), args.task, args.method)
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from vpeft.export import export_merged
+
+    print(export_merged(_plan(args), args.task, args.method, Path(args.out) if args.out else None))
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from pathlib import Path
 
@@ -179,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
         "select": (cmd_select, "choose the grid point with the best val200 top-1"),
         "evaluate": (cmd_evaluate, "score the final run on test (reads test labels, once)"),
         "report": (cmd_report, "collect results into Parquet tables and render the HTML report"),
+        "export": (cmd_export, "fold a final run's method into a plain timm checkpoint"),
     }
     params = sub.add_parser("params", help="trainable parameters of a method on a timm model (JSON)",
                             description=cmd_params.__doc__)
@@ -196,8 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
             _task_method(p, method=False)
         if name == "synth":
             p.add_argument("--seed", type=int, default=0)
-        if name in ("train", "select", "evaluate"):
+        if name in ("train", "select", "evaluate", "export"):
             _task_method(p)
+        if name == "export":
+            p.add_argument("--out", help="output .safetensors (default: final/merged.safetensors)")
         if name == "train":
             p.add_argument("--phase", choices=["grid", "final"], default="grid")
             p.add_argument("--point", help="grid point id (see `vpeft plan`)")
