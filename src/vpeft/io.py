@@ -10,6 +10,8 @@ import hashlib
 import json
 import math
 import os
+import tempfile
+import shutil
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -50,6 +52,44 @@ def atomic_path(path: str | os.PathLike[str], *, fsync: bool = False) -> Iterato
         except FileNotFoundError:
             pass
         raise
+
+
+@contextmanager
+def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield an empty temporary directory beside ``path``; on success it replaces ``path``.
+
+    On an exception the temporary directory is removed and an existing ``path`` is left as it was,
+    so a reader (or Snakemake) never sees a half-written directory.
+    """
+    target = Path(path).absolute()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        os.chmod(tmp, 0o755)  # mkdtemp creates 0700; the published directory should look ordinary
+        yield tmp
+        _replace_dir(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move ``src`` onto ``dst``. os.replace cannot overwrite a non-empty directory, so an existing
+    ``dst`` is moved aside first (two renames) and put back if the swap fails."""
+    if not dst.exists() and not dst.is_symlink():
+        os.replace(src, dst)
+        return
+    if not dst.is_dir() or dst.is_symlink():
+        raise FileExistsError(f"{dst}: exists and is not a directory; refusing to replace it")
+    old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
+    old.rmdir()  # only the unique name is needed
+    os.replace(dst, old)
+    try:
+        os.replace(src, dst)
+    except BaseException:
+        os.replace(old, dst)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def json_safe(obj: Any) -> Any:

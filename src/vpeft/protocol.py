@@ -12,8 +12,7 @@ import logging
 import platform
 import subprocess
 import time
-from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -25,6 +24,9 @@ from vpeft import layout
 from vpeft.config import GridPoint, StudyPlan, to_plain
 from vpeft.data.vtab import read_split, read_test_labels, read_manifest
 from vpeft.io import atomic_path, read_json, write_json, write_parquet
+
+if TYPE_CHECKING:
+    import torch
 
 # torch, timm and the training modules are imported inside the functions that train: selection,
 # evaluation and reporting are bookkeeping and start in a fraction of the time.
@@ -61,7 +63,7 @@ def git_commit() -> str | None:
     return f"{head}-dirty" if dirty else head
 
 
-def _logits_table(index: np.ndarray, logits: "torch.Tensor", labels: np.ndarray | None) -> pa.Table:
+def _logits_table(index: np.ndarray, logits: torch.Tensor, labels: np.ndarray | None) -> pa.Table:
     n, c = logits.shape if logits.ndim == 2 else (0, 0)
     columns: dict[str, Any] = {"index": pa.array(index, pa.int64())}
     if labels is not None:

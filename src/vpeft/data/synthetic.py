@@ -21,9 +21,6 @@ import functools
 import importlib.util
 import io
 import math
-import os
-import shutil
-import tempfile
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from vpeft.io import atomic_dir
 
 __all__ = [
     "DEFAULT_SIZES",
@@ -576,9 +575,7 @@ def generate_task(name: str, root: Path, *, sizes: Mapping[str, int] | None = No
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     target = root / name
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
-    try:
-        os.chmod(tmp, 0o755)  # mkdtemp creates 0700; the task directory should look ordinary
+    with atomic_dir(target) as tmp:
         base = seed + _task_offset(name)
         lines: dict[str, list[str]] = {}
         # val200 continues train800's round-robin of labels, so train800 + val200 covers every
@@ -600,27 +597,7 @@ def generate_task(name: str, root: Path, *, sizes: Mapping[str, int] | None = No
         lines["train800val200"] = lines["train800"] + lines["val200"]
         for split in ("train800", "val200", "train800val200", "test"):
             (tmp / f"{split}.txt").write_text("".join(lines[split]), encoding="utf-8")
-        _replace_dir(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move ``src`` to ``dst``; an existing ``dst`` is moved aside first and removed after."""
-    if not dst.exists():
-        os.replace(src, dst)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
-    old.rmdir()  # only the unique name is needed: os.replace cannot overwrite a non-empty dir
-    os.replace(dst, old)
-    try:
-        os.replace(src, dst)
-    except BaseException:
-        os.replace(old, dst)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def generate_source(root: Path, *, per_class: int = 100, sizes: Mapping[str, int] | None = None,

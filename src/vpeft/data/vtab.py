@@ -21,10 +21,8 @@ from vpeft.errors import UserError
 import hashlib
 import io
 import logging
-import os
 import posixpath
 import re
-import shutil
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -37,7 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from vpeft.io import read_json, sha256_file, write_json, write_parquet
+from vpeft.io import atomic_dir, read_json, sha256_file, write_json, write_parquet
 
 __all__ = [
     "GROUPS", "SPLITS", "TaskInfo", "VTAB_TASKS", "DEFAULT_SPLIT_SIZES", "FORMAT", "DataError",
@@ -393,18 +391,11 @@ def prepare_task(task_dir: Path, out_dir: Path, *, task: str, image_size: int, n
     out_dir = Path(out_dir).absolute()
     entries = validate_task(task_dir, task, num_classes, split_sizes)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    if tmp.exists():  # left by an earlier crashed run of this same pid
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
+    if out_dir.exists() and (not out_dir.is_dir() or out_dir.is_symlink()):
+        raise DataError(f"{out_dir}: exists and is not a directory; refusing to replace it")
+    with atomic_dir(out_dir) as tmp:
         manifest = _build(task_dir, tmp, entries, task=task, image_size=image_size,
                           num_classes=num_classes, group=group, shard_rows=shard_rows)
-        _publish(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 
@@ -485,27 +476,6 @@ def _build(task_dir: Path, tmp: Path, entries: Mapping[str, list[Entry]], *, tas
     }
     write_json(tmp / "manifest.json", manifest)  # last: its presence marks a complete build
     return manifest
-
-
-def _publish(tmp: Path, out_dir: Path) -> None:
-    """Move the finished temp dir onto ``out_dir``, replacing an existing one."""
-    if not out_dir.exists() and not out_dir.is_symlink():
-        os.replace(tmp, out_dir)
-        return
-    if not out_dir.is_dir() or out_dir.is_symlink():
-        raise DataError(f"{out_dir}: exists and is not a directory; refusing to replace it")
-    # os.replace cannot rename onto a non-empty directory: move the old one aside first, so the
-    # window without a valid out_dir is two renames long, and put it back if the swap fails.
-    old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-    if old.exists():
-        shutil.rmtree(old)
-    os.replace(out_dir, old)
-    try:
-        os.replace(tmp, out_dir)
-    except BaseException:
-        os.replace(old, out_dir)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------
