@@ -49,3 +49,10 @@ def test_unknown_study_is_a_clear_error():
 def test_unknown_method_in_a_study_lists_known_ones():
     with pytest.raises(ConfigError, match="unknown method.*'nope'.*known"):
         load_study("smoke", ["study.methods=[linear,nope]"])
+
+
+def test_every_method_file_has_a_registered_method_and_back():
+    from vpeft import methods
+    from vpeft.config import method_names_in_params
+
+    assert set(method_names_in_params()) == set(methods.names())
