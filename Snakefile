@@ -21,6 +21,18 @@ rule all:
         REPORT,
 
 
+rule data:  # every task prepared (and, for the demo, the backbone pretrained)
+    input:
+        expand(f"{PREPARED}/{{task}}", task=PLAN.tasks),
+        WEIGHTS,
+
+
+rule train:  # every final run evaluated
+    input:
+        expand(f"{RUNS}/{{task}}/{{method}}/final/{layout.TEST_EVAL}", task=PLAN.tasks,
+               method=PLAN.methods),
+
+
 include: "rules/data.smk"
 include: "rules/pretrain.smk"
 include: "rules/train.smk"
