@@ -99,9 +99,17 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from vpeft.export import export_merged
+    from vpeft import layout
+    from vpeft.export import export_merged, export_peft_adapter, final_model
 
-    print(export_merged(_plan(args), args.task, args.method, Path(args.out) if args.out else None))
+    plan = _plan(args)
+    out = Path(args.out) if args.out else None
+    if args.format == "peft":
+        model, _ = final_model(plan, args.task, args.method)
+        out = out or layout.final_dir(plan.cfg, args.task, args.method) / "peft_adapter"
+        print(export_peft_adapter(model, out))
+    else:
+        print(export_merged(plan, args.task, args.method, out))
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -208,7 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("train", "select", "evaluate", "export"):
             _task_method(p)
         if name == "export":
-            p.add_argument("--out", help="output .safetensors (default: final/merged.safetensors)")
+            p.add_argument("--format", choices=["merged", "peft"], default="merged",
+                           help="merged: plain timm checkpoint; peft: Hugging Face peft adapter "
+                                "directory (lora only)")
+            p.add_argument("--out", help="output file or directory (default: inside final/)")
         if name == "train":
             p.add_argument("--phase", choices=["grid", "final"], default="grid")
             p.add_argument("--point", help="grid point id (see `vpeft plan`)")
