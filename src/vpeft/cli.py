@@ -112,6 +112,22 @@ def cmd_export(args: argparse.Namespace) -> None:
         print(export_merged(plan, args.task, args.method, out))
 
 
+def _published_csv(name: str | None):
+    """``study.published``: a CSV path, or the name of one shipped in vpeft/report/reference."""
+    from pathlib import Path
+
+    from vpeft.errors import UserError
+
+    if not name:
+        return None
+    path = Path(name)
+    if not path.is_file():
+        path = Path(__file__).parent / "report" / "reference" / name
+    if not path.is_file():
+        raise UserError(f"study.published: {name!r} is neither a file nor a CSV shipped with vpeft")
+    return path
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from pathlib import Path
 
@@ -124,9 +140,8 @@ def cmd_report(args: argparse.Namespace) -> None:
     results = collect_study(Path(plan.cfg.paths.runs) / plan.name, study)
     out = layout.report_dir(plan.cfg)
     write_study_tables(results, out)
-    published = plan.cfg.study.get("published")
     render_report(results, study, out / "index.html",
-                  published_csv=Path(published) if published else None,
+                  published_csv=_published_csv(plan.cfg.study.get("published")),
                   provenance={"versions": versions(), "git_commit": git_commit()})
     log.info("report: %s", out / "index.html")
 

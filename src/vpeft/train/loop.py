@@ -185,8 +185,9 @@ def predict(model: nn.Module, normaliser: Normaliser, images: torch.Tensor,
 
 
 def top1(logits: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray) -> float:
-    """Top-1 accuracy in percent."""
+    """Top-1 accuracy in percent (exact: an integer count over the split size)."""
     logits, labels = torch.as_tensor(logits), torch.as_tensor(labels)
     if len(labels) == 0:
         raise ValueError("top1 of an empty split")
-    return 100.0 * (logits.argmax(dim=1) == labels).float().mean().item()
+    correct = int((logits.argmax(dim=1) == labels).sum().item())
+    return 100.0 * correct / len(labels)
