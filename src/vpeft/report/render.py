@@ -17,7 +17,7 @@ import os
 from decimal import ROUND_HALF_UP, Decimal
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import jinja2
 from markupsafe import Markup
@@ -190,36 +190,39 @@ def _vtab_table(results: StudyResults, study: Mapping) -> VtabTable:
     )
 
 
+def _runs_in_study_order(results: StudyResults, study: Mapping) -> Iterator[tuple[str, str, dict]]:
+    """(task, method, results row) for every collected run, in the study's task x method order."""
+    by_key = {(r["task"], r["method"]): r for r in results.results.to_pylist()}
+    for task, _ in study_tasks(study):
+        for method in study_methods(study):
+            if (task, method) in by_key:
+                yield task, method, by_key[(task, method)]
+
+
 def _hparam_rows(results: StudyResults, study: Mapping) -> list[Row]:
     """One row per task x method with the selected grid point and its settings."""
-    tasks, methods = study_tasks(study), study_methods(study)
-    by_key = {(r["task"], r["method"]): r for r in results.results.to_pylist()}
     rows: list[Row] = []
-    for task, _ in tasks:
-        for method in methods:
-            r = by_key.get((task, method))
-            if r is None:
-                continue
-            hp = json.loads(r["hparams_json"]) if r["hparams_json"] else {}
-            hp_text = ", ".join(f"{k}={_fmt_hparam(v)}" for k, v in sorted(hp.items())) or "–"
+    for task, method, r in _runs_in_study_order(results, study):
+        hp = json.loads(r["hparams_json"]) if r["hparams_json"] else {}
+        hp_text = ", ".join(f"{k}={_fmt_hparam(v)}" for k, v in sorted(hp.items())) or "–"
 
-            def cell(text: str, value: Any, column: str, *classes: str) -> Cell:
-                return Cell(text, _raw(value), column, task, method, list(classes))
+        def cell(text: str, value: Any, column: str, *classes: str) -> Cell:
+            return Cell(text, _raw(value), column, task, method, list(classes))
 
-            rows.append(Row(task, [
-                cell(method, method, "method"),
-                cell(r["status"], r["status"], "status", f"status-{r['status']}"),
-                cell(r["point"] or "–", r["point"], "point", "mono"),
-                cell("–" if r["lr"] is None else f"{r['lr']:g}", r["lr"], "lr", "num"),
-                cell("–" if r["weight_decay"] is None else f"{r['weight_decay']:g}",
-                     r["weight_decay"], "weight_decay", "num"),
-                cell(hp_text, r["hparams_json"], "hparams_json", "mono"),
-                cell(_fmt_acc(r["val_top1"]), r["val_top1"], "val_top1", "num"),
-                cell("–" if r["num_grid_points"] is None else str(r["num_grid_points"]),
-                     r["num_grid_points"], "num_grid_points", "num"),
-                cell("–" if r["num_diverged"] is None else str(r["num_diverged"]),
-                     r["num_diverged"], "num_diverged", "num"),
-            ], method=method, task=task))
+        rows.append(Row(task, [
+            cell(method, method, "method"),
+            cell(r["status"], r["status"], "status", f"status-{r['status']}"),
+            cell(r["point"] or "–", r["point"], "point", "mono"),
+            cell("–" if r["lr"] is None else f"{r['lr']:g}", r["lr"], "lr", "num"),
+            cell("–" if r["weight_decay"] is None else f"{r['weight_decay']:g}",
+                 r["weight_decay"], "weight_decay", "num"),
+            cell(hp_text, r["hparams_json"], "hparams_json", "mono"),
+            cell(_fmt_acc(r["val_top1"]), r["val_top1"], "val_top1", "num"),
+            cell("–" if r["num_grid_points"] is None else str(r["num_grid_points"]),
+                 r["num_grid_points"], "num_grid_points", "num"),
+            cell("–" if r["num_diverged"] is None else str(r["num_diverged"]),
+                 r["num_diverged"], "num_diverged", "num"),
+        ], method=method, task=task))
     return rows
 
 
@@ -331,28 +334,22 @@ def _short_commit(commit: str | None) -> str:
 
 
 def _provenance_rows(results: StudyResults, study: Mapping) -> list[Row]:
-    tasks, methods = study_tasks(study), study_methods(study)
-    by_key = {(r["task"], r["method"]): r for r in results.results.to_pylist()}
     rows: list[Row] = []
-    for task, _ in tasks:
-        for method in methods:
-            r = by_key.get((task, method))
-            if r is None:
-                continue
-            commit = r["git_commit"]
-            rows.append(Row(task, [
-                Cell(method, method, "method", task, method),
-                Cell(_short_commit(commit), commit, "git_commit", task, method,
-                     ["mono"], title=commit),
-                Cell("–" if r["seed"] is None else str(r["seed"]), _raw(r["seed"]), "seed", task,
-                     method, ["num"]),
-                Cell(_fmt_seconds(r["wall_time_s"]), _raw(r["wall_time_s"]), "wall_time_s", task,
-                     method, ["num"]),
-                Cell(_fmt_seconds(r["grid_wall_time_s"]), _raw(r["grid_wall_time_s"]),
-                     "grid_wall_time_s", task, method, ["num"]),
-                Cell(_versions_text(r["versions_json"]), r["versions_json"], "versions_json",
-                     task, method, ["small"]),
-            ], method=method, task=task))
+    for task, method, r in _runs_in_study_order(results, study):
+        commit = r["git_commit"]
+        rows.append(Row(task, [
+            Cell(method, method, "method", task, method),
+            Cell(_short_commit(commit), commit, "git_commit", task, method,
+                 ["mono"], title=commit),
+            Cell("–" if r["seed"] is None else str(r["seed"]), _raw(r["seed"]), "seed", task,
+                 method, ["num"]),
+            Cell(_fmt_seconds(r["wall_time_s"]), _raw(r["wall_time_s"]), "wall_time_s", task,
+                 method, ["num"]),
+            Cell(_fmt_seconds(r["grid_wall_time_s"]), _raw(r["grid_wall_time_s"]),
+                 "grid_wall_time_s", task, method, ["num"]),
+            Cell(_versions_text(r["versions_json"]), r["versions_json"], "versions_json",
+                 task, method, ["small"]),
+        ], method=method, task=task))
     return rows
 
 
