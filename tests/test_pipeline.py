@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -93,3 +94,24 @@ def test_a_second_run_has_nothing_to_do(smoke_run):
     proc = snakemake(smoke_run, "all", "--config", "study=smoke", "threads=1", "--dry-run")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_the_paper_study_is_planned_from_config_alone(tmp_path):
+    """study=vtab1k + a data root + a weights file: the full paper grid, no code change."""
+    for item in ("Snakefile", "rules", "params"):
+        src = REPO / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / item)
+    root = tmp_path / "vtab-1k"
+    for task in ("dtd", "eurosat"):
+        (root / task).mkdir(parents=True)
+    weights = tmp_path / "ViT-B_16.npz"
+    weights.touch()
+    proc = snakemake(tmp_path, "all", "--dry-run", "--config", "study=vtab1k", f"data_root={root}",
+                     f"weights={weights}", 'overrides=["study.tasks=[dtd,eurosat]"]')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    stats = dict(re.findall(r"^(\w+)\s+(\d+)$", out, flags=re.M))
+    # 482 grid points per task over the 16 methods' paper grids; one final run per task x method
+    assert stats["train_grid"] == str(2 * 482)
+    assert stats["train_final"] == stats["evaluate"] == str(2 * 16)
+    assert stats["prepare"] == "2" and "pretrain" not in stats
