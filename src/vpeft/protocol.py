@@ -12,12 +12,11 @@ import logging
 import platform
 import subprocess
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from omegaconf import DictConfig, OmegaConf
 
 import vpeft
 from vpeft import layout
@@ -128,24 +127,27 @@ def run_point(plan: StudyPlan, task: str, method: str, point: GridPoint, phase: 
     else:
         write_parquet(out_dir / layout.TEST_LOGITS, _logits_table(eval_data.index, logits, None))
     save_adapter(model, out_dir / layout.ADAPTER, extra=meta)
-    metrics = {
-        "study": plan.name, "task": task, "method": method, "point": point.id,
-        "group": manifest.get("group"), "phase": phase, "train_split": train_split,
-        "eval_split": eval_split if phase == "grid" else None, "status": result.status,
-        "val_top1": val_top1, "hparams": dict(point.hparams), "optim": dict(point.optim),
-        **counts, "seed": seed, "wall_time_s": time.perf_counter() - started,
-        "epochs": settings.epochs, "steps": result.steps, "device": str(device),
-        "train_images_per_s": result.images_per_s,
-        "loss_curve": result.loss_curve, "diverged_at": result.diverged_at,
-        "config": to_plain(cfg), "method_config": {"name": method, "hparams": dict(point.hparams),
-                                                   "optim": dict(point.optim)},
-        "versions": versions(), "git_commit": git_commit(),
-    }
+    metrics = _record(
+        plan, task, method, manifest, phase=phase, point=point.id, seed=seed,
+        eval_split=eval_split if phase == "grid" else None, status=result.status,
+        val_top1=val_top1, hparams=dict(point.hparams), optim=dict(point.optim), **counts,
+        wall_time_s=time.perf_counter() - started, epochs=settings.epochs, steps=result.steps,
+        device=str(device), train_images_per_s=result.images_per_s,
+        loss_curve=result.loss_curve, diverged_at=result.diverged_at)
     write_json(out_dir / layout.METRICS, metrics)  # last: its presence means the run is complete
     log.info("%s: %s%s in %.1fs", desc, result.status,
              f", val200 top-1 {val_top1:.2f}" if val_top1 is not None else "",
              metrics["wall_time_s"])
     return metrics
+
+
+def _record(plan: StudyPlan, task: str, method: str, manifest: Mapping[str, Any], *, phase: str,
+            **fields: Any) -> dict[str, Any]:
+    """A run's metrics.json: what identifies it, its results (``fields``) and its provenance."""
+    return {"study": plan.name, "task": task, "method": method, "point": fields.pop("point"),
+            "group": manifest.get("group"), "phase": phase, "train_split": PHASES[phase][0],
+            **fields, "config": to_plain(plan.cfg), "versions": versions(),
+            "git_commit": git_commit()}
 
 
 def select(plan: StudyPlan, task: str, method: str) -> dict[str, Any]:
@@ -184,6 +186,8 @@ def _write_diverged_final(plan: StudyPlan, task: str, method: str) -> dict[str, 
     import torch
     from safetensors.torch import save_file
 
+    from vpeft.methods.checkpoint import METADATA_KEY
+
     cfg = plan.cfg
     out_dir = layout.final_dir(cfg, task, method)
     manifest = read_manifest(layout.prepared_task(cfg, task))
@@ -191,16 +195,14 @@ def _write_diverged_final(plan: StudyPlan, task: str, method: str) -> dict[str, 
                                                               torch.zeros(0, 0), None))
     meta = {"study": plan.name, "task": task, "method": method, "point": None, "hparams": {},
             "model": cfg.model.name, "num_classes": manifest["num_classes"]}
-    with atomic_path(out_dir / layout.ADAPTER) as tmp:
-        save_file({}, str(tmp), metadata={"vpeft": json.dumps(meta)})
+    with atomic_path(out_dir / layout.ADAPTER) as tmp:  # no tensors: nothing was trained
+        save_file({}, str(tmp), metadata={METADATA_KEY: json.dumps(meta)})
     write_json(out_dir / layout.ADAPTER_CONFIG, {**meta, "tensors": []})
-    metrics = {"study": plan.name, "task": task, "method": method, "point": None,
-               "group": manifest.get("group"), "phase": "final", "train_split": "train800val200",
-               "eval_split": None, "status": "diverged", "val_top1": None, "hparams": {},
-               "optim": {}, "trainable_params": None, "trainable_params_with_head": None,
-               "total_params": None, "seed": int(cfg.train.seeds[0]), "wall_time_s": 0.0,
-               "epochs": 0, "loss_curve": [], "diverged_at": None, "config": to_plain(cfg),
-               "versions": versions(), "git_commit": git_commit()}
+    metrics = _record(
+        plan, task, method, manifest, phase="final", point=None, seed=int(cfg.train.seeds[0]),
+        eval_split=None, status="diverged", val_top1=None, hparams={}, optim={},
+        trainable_params=None, trainable_params_with_head=None, total_params=None,
+        wall_time_s=0.0, epochs=0, loss_curve=[], diverged_at=None)
     write_json(out_dir / layout.METRICS, metrics)
     return metrics
 
@@ -232,17 +234,16 @@ def evaluate(plan: StudyPlan, task: str, method: str) -> dict[str, Any]:
 
 def study_metadata(plan: StudyPlan) -> dict[str, Any]:
     """Study description for the report: tasks with their group and class count."""
+    from vpeft.data.catalog import task_entry
+
     tasks = []
     for task in plan.tasks:
         manifest = read_manifest(layout.prepared_task(plan.cfg, task))
         tasks.append({"name": task, "group": manifest["group"],
                       "num_classes": manifest["num_classes"],
-                      "description": manifest.get("description", "")})
+                      "description": task_entry(plan.cfg, task).description})
     study = plan.cfg.study
     return {"name": plan.name, "title": study.get("title", plan.name),
             "description": study.get("description", ""), "tasks": tasks,
             "methods": list(plan.methods)}
 
-
-def config_for_record(cfg: DictConfig) -> str:
-    return OmegaConf.to_yaml(cfg, resolve=True)
