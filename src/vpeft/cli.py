@@ -96,6 +96,18 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     evaluate(_plan(args), args.task, args.method)
 
 
+def cmd_analyze(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from vpeft import layout
+    from vpeft.analysis import analyze_task, load_task_predictions, write_task_analysis
+
+    plan = _plan(args)
+    preds = load_task_predictions(Path(plan.cfg.paths.runs) / plan.name, args.task, plan.methods)
+    write_task_analysis(analyze_task(preds), layout.analysis_dir(plan.cfg, args.task))
+    log.info("analysis of %s: %s", args.task, layout.analysis_dir(plan.cfg, args.task))
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     from pathlib import Path
 
@@ -209,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
         "train": (cmd_train, "train one grid point (train800 -> val200) or the final run"),
         "select": (cmd_select, "choose the grid point with the best val200 top-1"),
         "evaluate": (cmd_evaluate, "score the final run on test (reads test labels, once)"),
+        "analyze": (cmd_analyze, "agreement, mistakes, oracle and ensembles of a task's final runs"),
         "report": (cmd_report, "collect results into Parquet tables and render the HTML report"),
         "export": (cmd_export, "fold a final run's method into a plain timm checkpoint"),
     }
@@ -224,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (fn, help_text) in verbs.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         _common(p)
-        if name in ("synth", "prepare"):
+        if name in ("synth", "prepare", "analyze"):
             _task_method(p, method=False)
         if name == "synth":
             p.add_argument("--seed", type=int, default=0)
@@ -250,10 +263,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    from vpeft.errors import UserError
+    from vpeft.errors import Preempted, UserError
 
     try:
         args.func(args)
+    except Preempted as err:
+        # 128 + SIGTERM: a failure to the scheduler, so it retries; the rerun resumes.
+        print(f"vpeft {args.verb}: {err}", file=sys.stderr)
+        return 143
     except UserError as err:
         # User-facing errors: one clear line, no traceback.
         print(f"vpeft {args.verb}: error: {err}", file=sys.stderr)

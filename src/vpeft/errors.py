@@ -6,3 +6,8 @@ The CLI prints these as one line without a traceback; anything else is a bug and
 
 class UserError(ValueError):
     """Bad input: the message names the file/line, key or parameter and what was expected."""
+
+
+class Preempted(RuntimeError):
+    """SIGTERM arrived (SLURM preemption, ``scancel``, requeue) and the training state was saved:
+    running the same command again resumes from it."""

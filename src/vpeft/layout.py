@@ -33,6 +33,10 @@ def selection_file(cfg: DictConfig, task: str, method: str) -> Path:
     return method_dir(cfg, task, method) / "selection.json"
 
 
+def analysis_dir(cfg: DictConfig, task: str) -> Path:
+    return Path(cfg.paths.runs) / cfg.study.name / task / "analysis"
+
+
 def report_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.reports) / cfg.study.name
 
@@ -49,3 +53,6 @@ TEST_PREDICTIONS = "test_predictions.parquet"
 GRID_OUTPUTS = (METRICS, PREDICTIONS, ADAPTER, ADAPTER_CONFIG)
 FINAL_OUTPUTS = (METRICS, TEST_LOGITS, ADAPTER, ADAPTER_CONFIG)
 EVAL_OUTPUTS = (TEST_EVAL, TEST_PREDICTIONS)
+
+# Per-task analysis of the final test predictions (one Parquet each, in analysis_dir).
+ANALYSIS_TABLES = ("agreement", "accuracy", "oracle", "ensembles", "confidence", "confident_overlap")

@@ -34,6 +34,7 @@ log = logging.getLogger("vpeft.protocol")
 
 PHASES = {"grid": ("train800", "val200"), "final": ("train800val200", "test")}
 SELECTION_CRITERION = "last-epoch val200 top-1"
+RESUME_CHECKPOINT = "resume.pt"  # training state of an unfinished run, beside its outputs
 
 
 def versions() -> dict[str, str]:
@@ -109,8 +110,11 @@ def run_point(plan: StudyPlan, task: str, method: str, point: GridPoint, phase: 
     log.info("%s: %d trainable parameters (%d with head) of %d; training on %s (%d images)",
              desc, counts["trainable_params"], counts["trainable_params_with_head"],
              counts["total_params"], train_split, len(train_data.images))
+    # A preempted or killed run resumes from here when it is run again (SLURM requeue, retry).
+    resume = out_dir / RESUME_CHECKPOINT
     result = train(model, normaliser, torch.from_numpy(train_data.images),
-                   torch.from_numpy(train_data.labels), settings, seed=seed, desc=desc)
+                   torch.from_numpy(train_data.labels), settings, seed=seed, desc=desc,
+                   checkpoint=resume)
 
     # Test labels are never loaded here: for the final run only the images are read.
     eval_data = read_split(prepared, eval_split)
@@ -135,6 +139,7 @@ def run_point(plan: StudyPlan, task: str, method: str, point: GridPoint, phase: 
         device=str(device), train_images_per_s=result.images_per_s,
         loss_curve=result.loss_curve, diverged_at=result.diverged_at)
     write_json(out_dir / layout.METRICS, metrics)  # last: its presence means the run is complete
+    resume.unlink(missing_ok=True)
     log.info("%s: %s%s in %.1fs", desc, result.status,
              f", val200 top-1 {val_top1:.2f}" if val_top1 is not None else "",
              metrics["wall_time_s"])

@@ -11,14 +11,19 @@ from __future__ import annotations
 import logging
 import math
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from vpeft.errors import Preempted
 
 log = logging.getLogger("vpeft.train")
 
@@ -38,6 +43,7 @@ class TrainSettings:
     grad_clip: float | None = None
     eval_batch_size: int = 256
     log_every_s: float = 15.0
+    checkpoint_every: int = 10  # epochs between resumable checkpoints (when a path is given)
 
     @classmethod
     def from_config(cls, train: Mapping[str, Any], optim: Mapping[str, Any]) -> "TrainSettings":
@@ -104,12 +110,26 @@ def _scheduler(optimizer: torch.optim.Optimizer, settings: TrainSettings):
                              t_in_epochs=True)
 
 
+_stop_requested = False
+
+
+def _request_stop(signum, frame) -> None:  # noqa: ARG001  (signal handler signature)
+    global _stop_requested
+    _stop_requested = True
+
+
 def train(model: nn.Module, normaliser: Normaliser, images: torch.Tensor, labels: torch.Tensor,
-          settings: TrainSettings, *, seed: int, desc: str = "train") -> TrainResult:
+          settings: TrainSettings, *, seed: int, desc: str = "train",
+          checkpoint: Path | None = None) -> TrainResult:
     """Train ``model`` in place on uint8 ``images`` [N,H,W,3] with integer ``labels`` [N].
 
-    Runs on the device of the model's parameters; the uint8 images move there once.
+    Runs on the device of the model's parameters; the uint8 images move there once. With a
+    ``checkpoint`` path, the full training state (trainable tensors, optimizer, epoch and batch
+    position, RNG states) is saved atomically every ``settings.checkpoint_every`` epochs and when
+    SIGTERM arrives (then ``Preempted`` is raised); a later call with the same path resumes from
+    it, and on CPU ends bit-identical to an uninterrupted run.
     """
+    global _stop_requested
     seed_everything(seed)
     device = next(model.parameters()).device
     images, labels = images.to(device), labels.to(device)
@@ -122,40 +142,117 @@ def train(model: nn.Module, normaliser: Normaliser, images: torch.Tensor, labels
     total_steps = steps_per_epoch * settings.epochs
     result = TrainResult(status="ok")
     trainable = [p for p in model.parameters() if p.requires_grad]
+    position = {"epoch": 0, "batch": 0, "order": None, "epoch_loss": 0.0, "seen": 0}
+    if checkpoint is not None and Path(checkpoint).is_file():
+        position = _load_checkpoint(Path(checkpoint), model, optimizer, generator, result)
+        log.info("%s: resuming from %s at epoch %d, batch %d", desc, checkpoint,
+                 position["epoch"] + 1, position["batch"])
+    previous_handler = _install_sigterm_handler() if checkpoint is not None else None
     started = last_log = time.perf_counter()
     model.train()
-    for epoch in range(settings.epochs):
-        scheduler.step(epoch)
-        order = torch.randperm(n, generator=generator)
-        epoch_loss, seen = 0.0, 0
-        for batch_idx, start in enumerate(range(0, n, settings.batch_size)):
-            idx = order[start:start + settings.batch_size].to(device)
-            x, y = normaliser(images[idx]), labels[idx]
-            loss = F.cross_entropy(model(x), y, label_smoothing=settings.label_smoothing)
-            if not torch.isfinite(loss):
-                result.status = "diverged"
-                result.diverged_at = {"epoch": epoch, "step": result.steps}
-                result.loss_curve.append(None)
-                log.warning("%s: loss became %s at epoch %d step %d; recorded as diverged",
-                            desc, loss.item(), epoch, result.steps)
-                return _finish(result, started, n)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if settings.grad_clip:
-                nn.utils.clip_grad_norm_(trainable, settings.grad_clip)
-            optimizer.step()
-            result.steps += 1
-            epoch_loss += loss.item() * len(idx)
-            seen += len(idx)
-            now = time.perf_counter()
-            if now - last_log >= settings.log_every_s:
-                last_log = now
-                _log_progress(desc, epoch, settings.epochs, result.steps, total_steps,
-                              epoch_loss / seen, optimizer, now - started)
-        result.loss_curve.append(epoch_loss / seen)
+    try:
+        for epoch in range(position["epoch"], settings.epochs):
+            scheduler.step(epoch)
+            resumed_mid_epoch = epoch == position["epoch"] and position["order"] is not None
+            order = position["order"] if resumed_mid_epoch else torch.randperm(n, generator=generator)
+            first = position["batch"] if resumed_mid_epoch else 0
+            epoch_loss, seen = ((position["epoch_loss"], position["seen"]) if resumed_mid_epoch
+                                else (0.0, 0))
+            for batch_idx in range(first, steps_per_epoch):
+                start = batch_idx * settings.batch_size
+                idx = order[start:start + settings.batch_size].to(device)
+                x, y = normaliser(images[idx]), labels[idx]
+                loss = F.cross_entropy(model(x), y, label_smoothing=settings.label_smoothing)
+                if not torch.isfinite(loss):
+                    result.status = "diverged"
+                    result.diverged_at = {"epoch": epoch, "step": result.steps}
+                    result.loss_curve.append(None)
+                    log.warning("%s: loss became %s at epoch %d step %d; recorded as diverged",
+                                desc, loss.item(), epoch, result.steps)
+                    return _finish(result, started, n)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if settings.grad_clip:
+                    nn.utils.clip_grad_norm_(trainable, settings.grad_clip)
+                optimizer.step()
+                result.steps += 1
+                epoch_loss += loss.item() * len(idx)
+                seen += len(idx)
+                if _stop_requested and checkpoint is not None:
+                    _save_checkpoint(Path(checkpoint), model, optimizer, generator, result,
+                                     {"epoch": epoch, "batch": batch_idx + 1, "order": order,
+                                      "epoch_loss": epoch_loss, "seen": seen})
+                    raise Preempted(f"{desc}: SIGTERM at epoch {epoch + 1} step {result.steps}; "
+                                    f"state saved to {checkpoint}, rerun to resume")
+                now = time.perf_counter()
+                if now - last_log >= settings.log_every_s:
+                    last_log = now
+                    _log_progress(desc, epoch, settings.epochs, result.steps, total_steps,
+                                  epoch_loss / seen, optimizer, now - started)
+            result.loss_curve.append(epoch_loss / seen)
+            if checkpoint is not None and (epoch + 1) % settings.checkpoint_every == 0 \
+                    and epoch + 1 < settings.epochs:
+                _save_checkpoint(Path(checkpoint), model, optimizer, generator, result,
+                                 {"epoch": epoch + 1, "batch": 0, "order": None,
+                                  "epoch_loss": 0.0, "seen": 0})
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
+        _stop_requested = False
     _log_progress(desc, settings.epochs - 1, settings.epochs, result.steps, total_steps,
                   result.loss_curve[-1], optimizer, time.perf_counter() - started)
     return _finish(result, started, n * settings.epochs)
+
+
+def _install_sigterm_handler():
+    """Route SIGTERM to a flag checked after every step (main thread only, as Python requires)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _request_stop)
+
+
+def _save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                     generator: torch.Generator, result: TrainResult,
+                     position: dict[str, Any]) -> None:
+    """Everything needed to continue exactly where training stands, written atomically."""
+    from vpeft.io import atomic_path
+
+    np_state = np.random.get_state()
+    state = {
+        "trainable": {k: p.detach().cpu().clone() for k, p in model.named_parameters()
+                      if p.requires_grad},
+        "optimizer": optimizer.state_dict(),
+        "position": position,
+        "result": {"loss_curve": list(result.loss_curve), "steps": result.steps},
+        "rng": {"torch": torch.get_rng_state(), "generator": generator.get_state(),
+                "python": list(random.getstate()[1]), "python_version": random.getstate()[0],
+                "python_gauss": random.getstate()[2],
+                "numpy": torch.from_numpy(np_state[1].astype(np.int64)), "numpy_pos": int(np_state[2]),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                     generator: torch.Generator, result: TrainResult) -> dict[str, Any]:
+    """Restore a checkpoint written by ``_save_checkpoint`` (no pickle: ``weights_only``)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, tensor in state["trainable"].items():
+            params[name].copy_(tensor)
+    optimizer.load_state_dict(state["optimizer"])
+    rng = state["rng"]
+    torch.set_rng_state(rng["torch"])
+    generator.set_state(rng["generator"])
+    random.setstate((rng["python_version"], tuple(rng["python"]), rng["python_gauss"]))
+    np.random.set_state(("MT19937", rng["numpy"].numpy().astype(np.uint32), rng["numpy_pos"]))
+    if rng["cuda"]:
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    result.loss_curve = list(state["result"]["loss_curve"])
+    result.steps = int(state["result"]["steps"])
+    return state["position"]
 
 
 def _finish(result: TrainResult, started: float, images_seen: int) -> TrainResult:
