@@ -36,4 +36,5 @@ rule train:  # every final run evaluated
 include: "rules/data.smk"
 include: "rules/pretrain.smk"
 include: "rules/train.smk"
+include: "rules/analysis.smk"
 include: "rules/report.smk"

@@ -5,6 +5,8 @@ rule report:
     input:
         expand(f"{RUNS}/{{task}}/{{method}}/final/{layout.TEST_EVAL}", task=PLAN.tasks,
                method=PLAN.methods),
+        [str(layout.analysis_dir(CFG, task) / f"{name}.parquet") for task in PLAN.tasks
+         for name in layout.ANALYSIS_TABLES],
     output:
         REPORT,
         *[str(layout.report_dir(CFG) / t) for t in ("results.parquet", "grid.parquet",

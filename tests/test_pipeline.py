@@ -59,6 +59,9 @@ def test_smoke_study_produces_every_artefact(smoke_run):
             for name in ("metrics.json", "test_logits.parquet", "adapter.safetensors",
                          "test_eval.json", "test_predictions.parquet"):
                 assert (final / name).is_file(), final / name
+        for table in ("agreement", "accuracy", "oracle", "ensembles", "confidence",
+                      "confident_overlap"):
+            assert (runs / task / "analysis" / f"{table}.parquet").is_file(), (task, table)
     assert (smoke_run / "models" / "vit_smoke.safetensors").is_file()
     assert (smoke_run / "reports" / "smoke" / "index.html").is_file()
 

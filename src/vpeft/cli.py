@@ -100,11 +100,10 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from vpeft import layout
-    from vpeft.analysis import analyze_task, load_task_predictions, write_task_analysis
+    from vpeft.analysis import run_task_analysis
 
     plan = _plan(args)
-    preds = load_task_predictions(Path(plan.cfg.paths.runs) / plan.name, args.task, plan.methods)
-    write_task_analysis(analyze_task(preds), layout.analysis_dir(plan.cfg, args.task))
+    run_task_analysis(Path(plan.cfg.paths.runs) / plan.name, args.task, plan.methods)
     log.info("analysis of %s: %s", args.task, layout.analysis_dir(plan.cfg, args.task))
 
 

@@ -33,8 +33,11 @@ def selection_file(cfg: DictConfig, task: str, method: str) -> Path:
     return method_dir(cfg, task, method) / "selection.json"
 
 
+ANALYSIS_DIR = "analysis"  # beside the method directories of a task
+
+
 def analysis_dir(cfg: DictConfig, task: str) -> Path:
-    return Path(cfg.paths.runs) / cfg.study.name / task / "analysis"
+    return Path(cfg.paths.runs) / cfg.study.name / task / ANALYSIS_DIR
 
 
 def report_dir(cfg: DictConfig) -> Path:

@@ -1,0 +1,14 @@
+# Mistake analysis and ensembles of each task's final runs, from their saved test predictions
+# (members of top-k ensembles are chosen by validation accuracy only).
+
+
+rule analyze:
+    input:
+        expand(f"{RUNS}/{{{{task}}}}/{{method}}/final/{layout.TEST_PREDICTIONS}", method=PLAN.methods),
+        expand(f"{RUNS}/{{{{task}}}}/{{method}}/selection.json", method=PLAN.methods),
+    output:
+        [str(layout.analysis_dir(CFG, "{task}") / f"{name}.parquet") for name in layout.ANALYSIS_TABLES],
+    log:
+        f"{LOGS}/{{task}}/analyze.log",
+    shell:
+        vpeft("analyze") + " --task {wildcards.task} > {log} 2>&1"
