@@ -118,3 +118,41 @@ def test_the_paper_study_is_planned_from_config_alone(tmp_path):
     assert stats["train_grid"] == str(2 * 482)
     assert stats["train_final"] == stats["evaluate"] == str(2 * 16)
     assert stats["prepare"] == "2" and "pretrain" not in stats
+
+
+def _require_chromium():
+    from browser import chromium
+
+    if chromium() is None:
+        if os.environ.get("CI"):
+            pytest.fail("Debian chromium is not installed; .ci/run installs it")
+        pytest.skip("Debian chromium is not installed (apt-get install chromium)")
+
+
+def test_the_report_renders_in_a_real_browser_without_network(smoke_run, tmp_path):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from browser import visit
+
+    _require_chromium()
+    page = smoke_run / "reports" / "smoke" / "index.html"
+    seen = visit(page)
+    shot = Image.open(io.BytesIO(seen.screenshot_png)).convert("RGB")
+    assert shot.size == (1280, 2000)
+    pixels = np.asarray(shot)
+    assert pixels.std() > 10 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50  # not blank
+    assert 'id="main-table"' in seen.dom and 'data-method="lora"' in seen.dom
+    assert seen.requests == [page.resolve().as_uri()], seen.requests
+
+
+def test_the_browser_check_does_see_requests(tmp_path):
+    """Control for the test above: a page that does load something is caught."""
+    from browser import visit
+
+    _require_chromium()
+    page = tmp_path / "leaky.html"
+    page.write_text('<html><body><img src="http://127.0.0.1:9/pixel.png"></body></html>')
+    assert "http://127.0.0.1:9/pixel.png" in visit(page).requests
