@@ -8,7 +8,7 @@ if CFG.study.get("pretrain") is not None:
         output:
             weights=WEIGHTS,
             info=str(layout.Path(WEIGHTS).with_suffix(".json")),
-        threads: workflow.cores  # it runs alone: nothing else can start before it
+        threads: max(config["threads"], 8)  # runs alone; Snakemake caps it at --cores
         log:
             f"{LOGS}/pretrain.log",
         shell:

@@ -8,7 +8,7 @@ rule report:
         [str(layout.analysis_dir(CFG, task) / f"{name}.parquet") for task in PLAN.tasks
          for name in layout.ANALYSIS_TABLES],
     output:
-        REPORT,
+        report(REPORT, caption="report-caption.rst", category="Study report"),
         *[str(layout.report_dir(CFG) / t) for t in ("results.parquet", "grid.parquet",
                                                       "summary.parquet")],
     log:

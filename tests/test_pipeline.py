@@ -156,3 +156,11 @@ def test_the_browser_check_does_see_requests(tmp_path):
     page = tmp_path / "leaky.html"
     page.write_text('<html><body><img src="http://127.0.0.1:9/pixel.png"></body></html>')
     assert "http://127.0.0.1:9/pixel.png" in visit(page).requests
+
+
+def test_snakemake_report_carries_the_study_report(smoke_run):
+    out = smoke_run / "snakemake-report.html"
+    proc = snakemake(smoke_run, "--report", str(out), "--config", "study=smoke", "threads=1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = out.read_text(errors="replace")
+    assert "Study report" in text and "train_grid" in text
