@@ -30,6 +30,16 @@ def tiny_vit(num_classes: int = 5, **overrides) -> torch.nn.Module:
     return timm.create_model(TINY_VIT["name"], pretrained=False, num_classes=num_classes, **kwargs)
 
 
+def perturb_trainable(model: torch.nn.Module, seed: int = 1, std: float = 0.2) -> None:
+    """Move every trainable tensor off its init: zero-initialised up-projections or LoRA B would
+    otherwise hide a method's effect (and block its gradients) in a test."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(std * torch.randn(p.shape, generator=g))
+
+
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory) -> Path:
     """A 'pretrained' tiny ViT with a 7-class source head, saved like a downloaded checkpoint."""

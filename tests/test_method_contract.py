@@ -16,7 +16,7 @@ from torch import nn
 
 from vpeft import methods
 
-from conftest import CLASSES, DEPTH, DIM, MLP, tiny_vit
+from conftest import CLASSES, DEPTH, DIM, MLP, perturb_trainable, tiny_vit
 
 
 def _all_params() -> int:
@@ -50,12 +50,7 @@ def _attached(name: str, seed: int = 0) -> nn.Module:
 
 
 def _perturb_method_parameters(model: nn.Module) -> None:
-    """Move every trainable tensor off its init, so that checks see a trained method."""
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(0.05 * torch.randn(p.shape, generator=g))
+    perturb_trainable(model, std=0.05)
 
 
 def test_every_method_is_covered_by_these_tables():

@@ -12,18 +12,10 @@ from vpeft import methods
 from vpeft.methods.convpass import ConvpassAdapter, ConvpassBranch, quick_gelu
 from vpeft.methods.fact_tt import FacTFactors, FacTLinear
 
-from conftest import CLASSES, DEPTH, DIM, MLP, tiny_vit
+from conftest import CLASSES, DEPTH, DIM, MLP, tiny_vit, perturb_trainable as perturb
 
 GRID = 4  # the tiny ViT's 4x4 patch grid, after one CLS token
 K = MLP // DIM
-
-
-def perturb(model: nn.Module, seed: int = 1, std: float = 0.2) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(std * torch.randn(p.shape, generator=g))
 
 
 # ---------------------------------------------------------------------------------- convpass

@@ -22,7 +22,7 @@ from vpeft.methods.adapter import Bottleneck, SequentialAdapter
 from vpeft.methods.adaptformer import AdaptFormerBlock
 from vpeft.methods.vpt_shallow import PromptedBlocks
 
-from conftest import CLASSES, DEPTH, DIM, REPO, tiny_vit
+from conftest import CLASSES, DEPTH, DIM, REPO, tiny_vit, perturb_trainable as perturb
 
 P = 3         # prompt tokens in the tests
 N = 1 + 16    # CLS + 4x4 patches of the tiny ViT
@@ -36,15 +36,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def perturb(model: nn.Module, seed: int = 1, std: float = 0.2) -> None:
-    """Move every trainable tensor off its init (zero up-projections would hide the adapters)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(std * torch.randn(p.shape, generator=g))
 
 
 def images(batch: int = 2, seed: int = 0) -> torch.Tensor:
