@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -98,6 +98,7 @@ TABLE_FILES: dict[str, str] = {
     "grid": "grid.parquet",
     "summary": "summary.parquet",
 }
+ANALYSIS_PREFIX = "analysis_"   # write_study_tables: analysis_<name>.parquet per analysis table
 
 
 class RunDataError(ValueError):
@@ -124,6 +125,9 @@ class StudyResults:
     results: pa.Table
     grid: pa.Table
     summary: pa.Table
+    # Optional per-task analysis tables (vpeft.analysis), concatenated over tasks and keyed by
+    # table name (e.g. "agreement", "ensembles"); empty when no task has been analysed.
+    analysis: dict[str, pa.Table] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------
@@ -416,7 +420,42 @@ def collect_study(runs_dir: Path, study: Mapping, *, allow_missing: bool = False
         raise MissingRunFileError(missing)
     results = pa.Table.from_pylist(rows, schema=RESULTS_SCHEMA)
     grid = pa.Table.from_pylist(grid_rows, schema=GRID_SCHEMA)
-    return StudyResults(results=results, grid=grid, summary=summarize(results, study))
+    return StudyResults(results=results, grid=grid, summary=summarize(results, study),
+                        analysis=collect_analysis(study_dir, study))
+
+
+def _analysis_schemas() -> dict[str, pa.Schema]:
+    from vpeft.analysis import SCHEMAS  # local: the analysis module pulls in numpy
+
+    return SCHEMAS
+
+
+def collect_analysis(study_dir: Path, study: Mapping) -> dict[str, pa.Table]:
+    """The per-task analysis tables (``<task>/analysis/<name>.parquet``) concatenated over tasks.
+
+    The analysis is optional: tables absent for a task are skipped, and a name with no file for
+    any task is left out of the result. A table whose ``task`` column names another task is an
+    error (a file copied into the wrong directory).
+    """
+    schemas = _analysis_schemas()
+    parts: dict[str, list[pa.Table]] = {}
+    for task, _ in study_tasks(study):
+        folder = Path(study_dir) / task / layout.ANALYSIS_DIR
+        for name, schema in schemas.items():
+            path = folder / f"{name}.parquet"
+            if not path.is_file():
+                continue
+            table = pq.read_table(path)
+            absent = [c for c in schema.names if c not in table.column_names]
+            if absent:
+                raise RunDataError(f"{path}: missing column(s) {absent}")
+            table = table.select(schema.names).cast(schema).replace_schema_metadata(None)
+            tasks = set(table.column("task").to_pylist())
+            if tasks - {task}:
+                raise RunDataError(f"{path}: rows for task(s) {sorted(tasks - {task})}, "
+                                   f"expected only {task!r}")
+            parts.setdefault(name, []).append(table)
+    return {name: pa.concat_tables(tables) for name, tables in parts.items()}
 
 
 def _mean(values: Iterable[float]) -> float | None:
@@ -466,6 +505,10 @@ def write_study_tables(results: StudyResults, out_dir: Path) -> dict[str, Path]:
         path = out_dir / filename
         write_parquet(path, table)
         written[attr] = path
+    for name, table in results.analysis.items():
+        path = out_dir / f"{ANALYSIS_PREFIX}{name}.parquet"
+        write_parquet(path, table)
+        written[f"{ANALYSIS_PREFIX}{name}"] = path
     return written
 
 
@@ -473,4 +516,6 @@ def read_study_tables(out_dir: Path) -> StudyResults:
     """Read back the tables written by :func:`write_study_tables`."""
     out_dir = Path(out_dir)
     tables = {attr: pq.read_table(out_dir / filename) for attr, filename in TABLE_FILES.items()}
-    return StudyResults(**tables)
+    analysis = {p.name[len(ANALYSIS_PREFIX):-len(".parquet")]: pq.read_table(p)
+                for p in sorted(out_dir.glob(f"{ANALYSIS_PREFIX}*.parquet"))}
+    return StudyResults(**tables, analysis=analysis)

@@ -23,11 +23,15 @@ import jinja2
 from markupsafe import Markup
 
 from vpeft.io import atomic_path
+from vpeft.report import svg
 from vpeft.report.collect import GROUPS, StudyResults, study_methods, study_tasks
 
 GROUP_TITLES = {"natural": "Natural", "specialized": "Specialized", "structured": "Structured"}
 PUBLISHED_TITLE = "Published (ViT-B/16 IN-21K)"
 _NOT_COVERED = "the published reference does not cover every task of this column"
+# "Which method should I use?": the smallest method whose mean test top-1 is within this many
+# percentage points of the best mean is recommended as the parameter-efficient choice.
+MARGIN_PP = 1.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -387,6 +391,199 @@ def _consistency_notes(results: StudyResults) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------
+# different mistakes (per-task analysis tables)
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class TaskAnalysis:
+    """The "Different mistakes" view of one task."""
+
+    task: str
+    heatmap: Markup | None
+    oracle: list[Row]
+    ensembles: list[Row]
+
+
+def _ordered_methods(names: Sequence[str], study: Mapping) -> list[str]:
+    """``names`` deduplicated, in study order first, unknown names after in order of appearance."""
+    seen = list(dict.fromkeys(names))
+    order = {m: i for i, m in enumerate(study_methods(study))}
+    return sorted(seen, key=lambda m: (order.get(m, len(order)), seen.index(m)))
+
+
+def _rows_of(results: StudyResults, name: str, task: str) -> list[dict[str, Any]]:
+    table = results.analysis.get(name)
+    if table is None:
+        return []
+    return [r for r in table.to_pylist() if r["task"] == task]
+
+
+def _finite_or_none(value: Any) -> float | None:
+    return float(value) if value is not None and math.isfinite(float(value)) else None
+
+
+def _num_cell(value: Any, column: str, task: str, fmt=None, method: str | None = None,
+              extra: Sequence[str] = ()) -> Cell:
+    v = _finite_or_none(value)
+    text = (fmt or _fmt_acc)(v)
+    return Cell(text, _raw(v), column, task, method, ["num", *extra])
+
+
+def _analysis_sections(results: StudyResults, study: Mapping) -> list[TaskAnalysis]:
+    if not results.analysis:
+        return []
+    present: list[str] = []
+    for table in results.analysis.values():
+        present.extend(table.column("task").to_pylist())
+    order = [t for t, _ in study_tasks(study)]
+    tasks = [t for t in order if t in set(present)]
+    tasks += [t for t in dict.fromkeys(present) if t not in order]
+    out: list[TaskAnalysis] = []
+    for task in tasks:
+        agreement = _rows_of(results, "agreement", task)
+        chart = None
+        if agreement:
+            methods = _ordered_methods([r["method_a"] for r in agreement]
+                                       + [r["method_b"] for r in agreement], study)
+            values = {(r["method_a"], r["method_b"]): _finite_or_none(r["error_overlap"])
+                      for r in agreement}
+            chart = svg.heatmap(task, methods, values)
+        oracle_rows = []
+        for r in _rows_of(results, "oracle", task):
+            gap = (r["oracle_top1"] - r["best_single_top1"]
+                   if r["oracle_top1"] is not None and r["best_single_top1"] is not None
+                   else None)
+            oracle_rows.append(Row(task, [
+                _num_cell(r["oracle_top1"], "oracle_top1", task),
+                Cell(r["best_single"] or "–", r["best_single"], "best_single", task,
+                     r["best_single"]),
+                _num_cell(r["best_single_top1"], "best_single_top1", task),
+                _num_cell(gap, "oracle_gain", task, _fmt_delta),
+                _num_cell(r["all_wrong"], "all_wrong", task),
+                Cell(str(r["n_methods"]), _raw(r["n_methods"]), "n_methods", task, None, ["num"]),
+            ], task=task))
+        ens_rows = []
+        for r in _rows_of(results, "ensembles", task):
+            gains = []
+            for col in ("gain_over_best_member", "gain_over_best_single_by_val"):
+                v = _finite_or_none(r[col])
+                sign = [] if v is None else ["gain-pos" if v > 0 else "gain-neg" if v < 0 else ""]
+                gains.append(_num_cell(v, col, task, _fmt_delta, extra=[c for c in sign if c]))
+            ens_rows.append(Row(r["rule"], [
+                Cell(r["combiner"], r["combiner"], "combiner", task),
+                Cell(str(r["k"]), _raw(r["k"]), "k", task, None, ["num"]),
+                Cell(", ".join(r["members"].split(",")) if r["members"] else "–", r["members"],
+                     "members", task, None, ["small"]),
+                _num_cell(r["test_top1"], "test_top1", task),
+                _num_cell(r["best_member_test_top1"], "best_member_test_top1", task,
+                          method=r["best_member"]),
+                gains[0],
+                Cell(r["best_single_by_val"] or "–", r["best_single_by_val"],
+                     "best_single_by_val", task, r["best_single_by_val"]),
+                gains[1],
+            ], task=task))
+        out.append(TaskAnalysis(task, chart, oracle_rows, ens_rows))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# accuracy vs trainable parameters; which method should I use?
+# --------------------------------------------------------------------------------------------
+
+def pareto_front(points: Mapping[str, tuple[float, float]]) -> set[str]:
+    """Methods not dominated in ``{method: (params, accuracy)}``.
+
+    ``b`` dominates ``a`` when it has at least ``a``'s accuracy with at most its parameters and is
+    strictly better in one of the two.
+    """
+    front = set()
+    for a, (pa_, aa) in points.items():
+        dominated = any(pb <= pa_ and ab >= aa and (pb < pa_ or ab > aa)
+                        for b, (pb, ab) in points.items() if b != a)
+        if not dominated:
+            front.add(a)
+    return front
+
+
+def _scatter_points(results: StudyResults, study: Mapping) -> list[svg.ScatterPoint]:
+    summary = {r["method"]: r for r in results.summary.to_pylist()}
+    data = {m: (float(summary[m]["trainable_params"]), float(summary[m]["mean"]))
+            for m in study_methods(study)
+            if m in summary and summary[m]["mean"] is not None
+            and summary[m]["trainable_params"] is not None}
+    front = pareto_front(data)
+    return [svg.ScatterPoint(m, p, a, m in front) for m, (p, a) in data.items()]
+
+
+def _svg_scatter(results: StudyResults, study: Mapping) -> Markup | None:
+    return svg.scatter(_scatter_points(results, study), _fmt_params, _fmt_acc)
+
+
+@dataclass
+class Advice:
+    """One "which method" statement: markup built here (escaped), plus what it picked."""
+
+    kind: str
+    method: str
+    group: str | None
+    html: Markup
+
+
+def _num_span(value: float, column: str, text: str, method: str | None = None) -> str:
+    m = f' data-method="{svg.esc(method)}"' if method is not None else ""
+    return (f'<span class="num" data-column="{svg.esc(column)}"{m} '
+            f'data-value="{svg.esc(repr(float(value)))}">{svg.esc(text)}</span>')
+
+
+def _best_by(rows: Sequence[Mapping[str, Any]], column: str) -> Mapping[str, Any] | None:
+    """The row with the highest non-null ``column``; the first (study order) on ties."""
+    best = None
+    for r in rows:
+        if r[column] is not None and (best is None or r[column] > best[column]):
+            best = r
+    return best
+
+
+def recommendations(results: StudyResults, study: Mapping,
+                    margin: float = MARGIN_PP) -> list[Advice]:
+    """Best method per VTAB group and overall, and the smallest one within ``margin`` of the best."""
+    summary = {r["method"]: r for r in results.summary.to_pylist()}
+    rows = [summary[m] for m in study_methods(study) if m in summary]
+    groups = [g for g, _ in _present_groups(study_tasks(study))]
+    out: list[Advice] = []
+    esc = svg.esc
+    for g in groups:
+        best = _best_by(rows, g)
+        if best is None:
+            continue
+        m = best["method"]
+        out.append(Advice("group-best", m, g, Markup(
+            f'{esc(GROUP_TITLES[g])}: <b>{esc(m)}</b> (group mean '
+            f'{_num_span(best[g], g, _fmt_acc(best[g]), m)} %)')))
+    best = _best_by(rows, "mean")
+    if best is None:
+        return out
+    bm, bmean = best["method"], best["mean"]
+    out.append(Advice("best-overall", bm, None, Markup(
+        f'Best overall: <b>{esc(bm)}</b> (mean over tasks '
+        f'{_num_span(bmean, "mean", _fmt_acc(bmean), bm)} %)')))
+    near = [r for r in rows if r["mean"] is not None and r["trainable_params"] is not None
+            and r["mean"] >= bmean - margin]
+    if near:
+        small = min(near, key=lambda r: (r["trainable_params"], -r["mean"]))
+        sm = small["method"]
+        gap = bmean - small["mean"]
+        same = " — the best method is also the smallest one within the margin" if sm == bm else ""
+        out.append(Advice("smallest-within-margin", sm, None, Markup(
+            f'Fewest trainable parameters within '
+            f'{_num_span(margin, "margin", f"{margin:g}")} percentage point(s) of the best mean: '
+            f'<b>{esc(sm)}</b> with {_num_span(small["trainable_params"], "trainable_params", _fmt_params(small["trainable_params"]), sm)} '
+            f'trainable parameters and mean {_num_span(small["mean"], "mean", _fmt_acc(small["mean"]), sm)} % '
+            f'({_num_span(gap, "gap", _fmt_delta(-gap), sm)} pp vs the best){esc(same)}')))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
 # inline SVG
 # --------------------------------------------------------------------------------------------
 
@@ -480,6 +677,10 @@ def render_html(results: StudyResults, study: Mapping, *, published_csv: Path | 
         runs=_provenance_rows(results, study),
         notes=_consistency_notes(results),
         config=_representative_config(results, study),
+        analysis=_analysis_sections(results, study),
+        scatter=_svg_scatter(results, study),
+        advice=recommendations(results, study),
+        margin_pp=MARGIN_PP,
     )
 
 
