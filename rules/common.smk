@@ -27,6 +27,17 @@ wildcard_constraints:
     point=r"[^/]+",
 
 
+# Training jobs ask for one GPU through the executor's resources (the slurm plugin turns them into
+# --gpus / --cpus-per-gpu; set gpu_model=... in a user profile to pin a model). Their time limit
+# grows with each retry. Local runs ignore all of this.
+GPU_JOB = {
+    "gpu": 1,
+    "cpus_per_gpu": config["threads"],
+    "runtime": lambda wildcards, attempt: config["train_runtime_min"] * attempt,
+    "mem_mb": 16000,
+}
+
+
 def vpeft(verb):
     """The shell command of one CLI verb, with this run's study and overrides."""
     args = [sys.executable, "-m", "vpeft", verb, "--study", STUDY]

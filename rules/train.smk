@@ -9,6 +9,8 @@ rule train_grid:
     output:
         [f"{RUNS}/{{task}}/{{method}}/grid/{{point}}/{name}" for name in layout.GRID_OUTPUTS],
     threads: config["threads"]
+    resources:
+        **GPU_JOB,
     log:
         f"{LOGS}/{{task}}/{{method}}/grid/{{point}}.log",
     shell:
@@ -35,6 +37,8 @@ rule train_final:
     output:
         [f"{RUNS}/{{task}}/{{method}}/final/{name}" for name in layout.FINAL_OUTPUTS],
     threads: config["threads"]
+    resources:
+        **GPU_JOB,
     log:
         f"{LOGS}/{{task}}/{{method}}/final.log",
     shell:
