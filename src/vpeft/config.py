@@ -34,13 +34,13 @@ def params_dir() -> Path:
     return path
 
 
-def compose(study: str, method: str | None = None, overrides: Sequence[str] = ()) -> DictConfig:
-    """Compose ``params/config.yaml`` for one study (and optionally one method as ``cfg.method``)."""
+def compose(study: str, overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose ``params/config.yaml`` for one study."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
 
-    cfg_overrides = [f"study={study}", *([f"method={method}"] if method else []), *overrides]
+    cfg_overrides = [f"study={study}", *overrides]
     try:
         with initialize_config_dir(config_dir=str(params_dir()), version_base="1.3"):
             cfg = hydra_compose(config_name="config", overrides=cfg_overrides)
