@@ -1,0 +1,53 @@
+"""The benchmark harness runs end to end and writes well-formed results (it asserts nothing about
+speed: figures come from `python -m benchmarks.run`, see docs/benchmarks.md)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_harness_writes_json_and_markdown_for_a_method_and_its_reference(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--model", "tiny", "--methods", "lora",
+         "--warmup", "1", "--reps", "2", "--steps-per-rep", "1", "--device", "cpu",
+         "--out", str(tmp_path)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    doc = json.loads((tmp_path / "tiny-cpu.json").read_text())
+    assert doc["settings"]["device"] == "cpu" and doc["settings"]["precisions"] == ["fp32"]
+    assert doc["machine"]["torch"] and doc["machine"]["cpu_count"] >= 1
+    rows = {row["label"]: row for row in doc["cases"]}
+    assert set(rows) == {"lora", "timm + peft LoRA"}
+    assert rows["lora"]["references"] == ["timm + peft LoRA"]
+    assert rows["lora"]["hparams"]["rank"] == 8
+    for row in rows.values():
+        for phase in ("train", "eval"):
+            result = row[phase]["fp32"]
+            assert "error" not in result, result
+            assert result["images_per_s"] > 0 and result["images_per_cpu_s"] > 0
+            assert result["peak_memory_mb"] >= 0 and result["process_peak_rss_mb"] > 0
+            assert len(result["rep_seconds"]) == 2 and all(s > 0 for s in result["rep_seconds"])
+            assert result["trainable_params"] > 0
+    # Same LoRA (r=8 on qkv) and the same head on the same model: the same trainable count.
+    assert rows["lora"]["train"]["fp32"]["trainable_params"] == \
+        rows["timm + peft LoRA"]["train"]["fp32"]["trainable_params"]
+    ratios = {(r["case"], r["reference"], r["phase"]): r for r in doc["ratios"]}
+    assert set(ratios) == {("lora", "timm + peft LoRA", "train"), ("lora", "timm + peft LoRA", "eval")}
+    for r in ratios.values():
+        assert r["images_per_s_ratio"] > 0 and r["images_per_cpu_s_ratio"] > 0
+        lora = rows["lora"][r["phase"]]["fp32"]["images_per_s"]
+        ref = rows["timm + peft LoRA"][r["phase"]]["fp32"]["images_per_s"]
+        assert abs(r["images_per_s_ratio"] - lora / ref) < 1e-9
+
+    md = (tmp_path / "tiny-cpu.md").read_text()
+    assert md.startswith("## vpeft speed: tiny on cpu")
+    table = [line for line in md.splitlines() if line.startswith("| lora |")]
+    assert len(table) == 1 and table[0].count("|") == 14 and "×" in table[0]
+    assert "| timm + peft LoRA |" in md
