@@ -1,21 +1,65 @@
 # The protocol: every grid point trains on train800 and scores val200; the best point (val200
 # only) is retrained on train800val200; its test predictions are scored once.
+import re
 
 
-rule train_grid:
-    input:
-        data=f"{PREPARED}/{{task}}",
-        weights=WEIGHTS,
-    output:
-        [f"{RUNS}/{{task}}/{{method}}/grid/{{point}}/{name}" for name in layout.GRID_OUTPUTS],
-    threads: config["threads"]
-    resources:
-        **GPU_JOB,
-    log:
-        f"{LOGS}/{{task}}/{{method}}/grid/{{point}}.log",
-    shell:
-        vpeft("train") + " --phase grid --task {wildcards.task} --method {wildcards.method}"
-        " --point {wildcards.point} --threads {threads} > {log} 2>&1"
+def grid_jobs(method):
+    """The grid points of ``method`` in jobs of ``train.points_per_job`` points (0: all in one):
+    the points of a job train together in one process (`vpeft train --point A --point B ...`),
+    paying Python/torch start-up, data loading and (on a GPU) an idle device once."""
+    ids = [p.id for p in PLAN.points[method]]
+    size = int(CFG.train.get("points_per_job", 0)) or len(ids)
+    return [ids[i:i + size] for i in range(0, len(ids), size)]
+
+
+if int(CFG.train.get("points_per_job", 0)) == 1:
+
+    rule train_grid:  # one job per grid point
+        input:
+            data=f"{PREPARED}/{{task}}",
+            weights=WEIGHTS,
+            init_head=INIT_HEAD,
+        output:
+            [f"{RUNS}/{{task}}/{{method}}/grid/{{point}}/{name}" for name in layout.GRID_OUTPUTS],
+        threads: config["threads"]
+        resources:
+            **GPU_JOB,
+        log:
+            f"{LOGS}/{{task}}/{{method}}/grid/{{point}}.log",
+        shell:
+            vpeft("train") + " --phase grid --task {wildcards.task} --method {wildcards.method}"
+            " --point {wildcards.point} --threads {threads} > {log} 2>&1"
+
+else:
+    # One rule per (method, job of points), named train_grid_<method>_<k>; its outputs are the
+    # same per-point files as one job per point, so select and everything after are unchanged.
+    for _method in PLAN.methods:
+        _jobs = grid_jobs(_method)
+        _rule_stem = "train_grid_" + re.sub(r"\W", "_", _method)
+        for _k, _ids in enumerate(_jobs, start=1):
+
+            rule:
+                name:
+                    f"{_rule_stem}_{_k}"
+                input:
+                    data=f"{PREPARED}/{{task}}",
+                    weights=WEIGHTS,
+                    init_head=INIT_HEAD,
+                output:
+                    [f"{RUNS}/{{task}}/{_method}/grid/{point}/{name}" for point in _ids
+                     for name in layout.GRID_OUTPUTS],
+                threads: config["threads"]
+                resources:
+                    **{**GPU_JOB, "runtime": lambda wildcards, attempt, n=len(_ids):
+                       config["train_runtime_min"] * attempt * n},
+                log:
+                    f"{LOGS}/{{task}}/{_method}/grid/points-{_k}-of-{len(_jobs)}.log",
+                params:  # evaluated here, per rule (the shell line runs later, after the loop)
+                    method=shlex.quote(_method),
+                    points=" ".join(f"--point {shlex.quote(i)}" for i in _ids),
+                shell:
+                    vpeft("train") + " --phase grid --task {wildcards.task} --method {params.method}"
+                    " {params.points} --threads {threads} > {log} 2>&1"
 
 
 rule select:
@@ -34,6 +78,7 @@ rule train_final:
         selection=rules.select.output[0],
         data=f"{PREPARED}/{{task}}",
         weights=WEIGHTS,
+        init_head=INIT_HEAD,
     output:
         [f"{RUNS}/{{task}}/{{method}}/final/{name}" for name in layout.FINAL_OUTPUTS],
     threads: config["threads"]
@@ -52,6 +97,10 @@ rule evaluate:
         data=f"{PREPARED}/{{task}}",
     output:
         [f"{RUNS}/{{task}}/{{method}}/final/{name}" for name in layout.EVAL_OUTPUTS],
+    group:
+        "bookkeeping"
+    resources:
+        **BOOKKEEPING_JOB,
     log:
         f"{LOGS}/{{task}}/{{method}}/evaluate.log",
     shell:

@@ -5,9 +5,24 @@ cosine schedule with linear warm-up, cross-entropy, seeded shuffling. Images arr
 NHWC tensor already resized by data preparation, so an epoch does no decoding: each batch is only
 converted to float and normalised. A non-finite loss stops the run with status ``diverged``; it
 is a result to record, not an error.
+
+A :class:`Run` holds one run's whole state (model, optimiser, schedule, data order, position and
+its own RNG states) and advances one batch at a time; :func:`train_runs` interleaves several runs
+step by step in one process (several grid points of one method, ``vpeft.protocol.run_points``)
+and :func:`train` is the same driver with one run. Each run's global RNG state (torch CPU and
+CUDA, Python, NumPy) is swapped in around its own forward pass, so dropout, drop-path and
+augmentation draw exactly what they would draw alone: a run trained beside others is
+bit-identical (on CPU) to the same run trained alone. On CUDA each run also gets its own stream:
+every run's forward and backward are launched before the round's one synchronisation (the
+finiteness checks), so small runs overlap on the GPU.
+
+On CUDA, ``precision: bf16`` runs forward passes under bf16 autocast (losses and optimiser stay
+fp32); elsewhere runs are fp32. ``compile: true`` runs the training forward through
+``torch.compile`` (the parameters stay the model's own, so checkpoints are unchanged).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -16,16 +31,18 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from vpeft.errors import Preempted
+from vpeft.errors import Preempted, UserError
 
 log = logging.getLogger("vpeft.train")
+
+PRECISIONS = ("bf16", "fp32")
 
 
 @dataclass(frozen=True)
@@ -44,6 +61,12 @@ class TrainSettings:
     eval_batch_size: int = 256
     log_every_s: float = 15.0
     checkpoint_every: int = 10  # epochs between resumable checkpoints (when a path is given)
+    precision: str = "fp32"     # bf16: autocast on CUDA (ignored elsewhere); fp32
+    compile: bool = False       # torch.compile the training forward
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise UserError(f"train.precision: {self.precision!r}; expected one of {PRECISIONS}")
 
     @classmethod
     def from_config(cls, train: Mapping[str, Any], optim: Mapping[str, Any]) -> "TrainSettings":
@@ -73,6 +96,25 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def effective_precision(device: torch.device, precision: str) -> str:
+    """What a run actually computes in: bf16 autocast exists here only on CUDA."""
+    return "bf16" if precision == "bf16" and device.type == "cuda" else "fp32"
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast on CUDA when asked for; a no-op context otherwise (CPU runs stay fp32)."""
+    if effective_precision(device, precision) == "bf16":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def uses_fused_attention(model: nn.Module) -> bool | None:
+    """Whether every timm attention module of ``model`` uses fused scaled-dot-product attention
+    (timm's ``fused_attn``; on by default, off with ``TIMM_FUSED_ATTN=0``); None if it has none."""
+    flags = [bool(m.fused_attn) for m in model.modules() if hasattr(m, "fused_attn")]
+    return all(flags) if flags else None
 
 
 class Normaliser(nn.Module):
@@ -110,6 +152,21 @@ def _scheduler(optimizer: torch.optim.Optimizer, settings: TrainSettings):
                              t_in_epochs=True)
 
 
+def _capture_rng() -> dict[str, Any]:
+    """The process-global RNG states a training step may draw from."""
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def _restore_rng(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 _stop_requested = False
 
 
@@ -118,90 +175,222 @@ def _request_stop(signum, frame) -> None:  # noqa: ARG001  (signal handler signa
     _stop_requested = True
 
 
-def train(model: nn.Module, normaliser: Normaliser, images: torch.Tensor, labels: torch.Tensor,
-          settings: TrainSettings, *, seed: int, desc: str = "train",
-          checkpoint: Path | None = None) -> TrainResult:
-    """Train ``model`` in place on uint8 ``images`` [N,H,W,3] with integer ``labels`` [N].
+class Run:
+    """One training run, advanced a batch at a time (by :func:`train_runs`).
 
-    Runs on the device of the model's parameters; the uint8 images move there once. With a
-    ``checkpoint`` path, the full training state (trainable tensors, optimizer, epoch and batch
-    position, RNG states) is saved atomically every ``settings.checkpoint_every`` epochs and when
-    SIGTERM arrives (then ``Preempted`` is raised); a later call with the same path resumes from
-    it, and on CPU ends bit-identical to an uninterrupted run.
+    ``model`` trains in place on ``images`` (uint8 [N,H,W,3], or any tensor ``normaliser`` maps
+    to model inputs, e.g. cached features with ``nn.Identity``) with integer ``labels`` [N], on
+    the device of the model's parameters. With a ``checkpoint`` path the full training state
+    (trainable tensors, optimizer, epoch and batch position, RNG states) is saved atomically every
+    ``settings.checkpoint_every`` epochs and on SIGTERM; a run created with an existing checkpoint
+    resumes from it and on CPU ends bit-identical to an uninterrupted run. ``augment`` maps each
+    uint8 batch to a uint8 batch before normalisation (``vpeft.train.augment``; it draws from
+    torch's global generator, which is this run's own here).
     """
+
+    def __init__(self, model: nn.Module, normaliser: nn.Module, images: torch.Tensor,
+                 labels: torch.Tensor, settings: TrainSettings, *, seed: int,
+                 desc: str = "train", checkpoint: Path | None = None,
+                 augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        seed_everything(seed)
+        self.model, self.settings, self.desc, self.augment = model, settings, desc, augment
+        self.checkpoint = None if checkpoint is None else Path(checkpoint)
+        self.device = next(model.parameters()).device
+        self.images, self.labels = images.to(self.device), labels.to(self.device)
+        self.normaliser = normaliser.to(self.device)
+        self.optimizer = _optimizer(model, settings)
+        self.scheduler = _scheduler(self.optimizer, settings)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.n = len(images)
+        self.steps_per_epoch = math.ceil(self.n / settings.batch_size)
+        self.total_steps = self.steps_per_epoch * settings.epochs
+        self.result = TrainResult(status="ok")
+        self.trainable = [p for p in model.parameters() if p.requires_grad]
+        self.epoch, self.batch, self.order, self.epoch_loss, self.seen = 0, 0, None, 0.0, 0
+        if self.checkpoint is not None and self.checkpoint.is_file():
+            self._load()
+            log.info("%s: resuming from %s at epoch %d, batch %d", desc, self.checkpoint,
+                     self.epoch + 1, self.batch)
+        self.rng = _capture_rng()  # this run's own global-RNG stream, swapped in around its steps
+        self.forward = torch.compile(model) if settings.compile else model
+        self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        self.finished = self.epoch >= settings.epochs
+        self._epoch_entered = False
+        self._batch_size = 0
+        self.started = self.last_log = time.perf_counter()
+        self.images_trained = 0
+
+    def stream_context(self):
+        return torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
+
+    def launch(self) -> torch.Tensor:
+        """Forward and backward of the next batch under this run's RNG states; returns the loss.
+        Nothing is synchronised here, so on CUDA several runs' launches overlap."""
+        if not self._epoch_entered:
+            self.scheduler.step(self.epoch)
+            if self.order is None:
+                self.order = torch.randperm(self.n, generator=self.generator)
+            self._epoch_entered = True
+        _restore_rng(self.rng)
+        start = self.batch * self.settings.batch_size
+        idx = self.order[start:start + self.settings.batch_size].to(self.device)
+        # The batch path: uint8 NHWC tensor -> (augment) -> Normaliser -> model.
+        batch = self.images[idx] if self.augment is None else self.augment(self.images[idx])
+        x, y = self.normaliser(batch), self.labels[idx]
+        with autocast(self.device, self.settings.precision):
+            logits = self.forward(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=self.settings.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.rng = _capture_rng()
+        self._batch_size = len(idx)
+        return loss
+
+    def commit(self, loss: torch.Tensor) -> None:
+        """Record a non-finite loss as divergence (no update), else step the optimiser."""
+        result = self.result
+        if not torch.isfinite(loss):
+            result.status = "diverged"
+            result.diverged_at = {"epoch": self.epoch, "step": result.steps}
+            result.loss_curve.append(None)
+            self.finished = True
+            log.warning("%s: loss became %s at epoch %d step %d; recorded as diverged",
+                        self.desc, loss.item(), self.epoch, result.steps)
+            self._finish(self.n)
+            return
+        if self.settings.grad_clip:
+            nn.utils.clip_grad_norm_(self.trainable, self.settings.grad_clip)
+        self.optimizer.step()
+        result.steps += 1
+        self.epoch_loss += loss.item() * self._batch_size
+        self.seen += self._batch_size
+        self.batch += 1
+        now = time.perf_counter()
+        if now - self.last_log >= self.settings.log_every_s:
+            self.last_log = now
+            self._log_progress(self.epoch_loss / self.seen, now)
+        if self.batch == self.steps_per_epoch:
+            self._end_epoch()
+
+    def _end_epoch(self) -> None:
+        self.result.loss_curve.append(self.epoch_loss / self.seen)
+        self.epoch, self.batch, self.order, self.epoch_loss, self.seen = \
+            self.epoch + 1, 0, None, 0.0, 0
+        self._epoch_entered = False
+        if self.epoch >= self.settings.epochs:
+            self.finished = True
+            self._log_progress(self.result.loss_curve[-1], time.perf_counter())
+            self._finish(self.n * self.settings.epochs)
+        elif self.checkpoint is not None and self.epoch % self.settings.checkpoint_every == 0:
+            self.save()
+
+    def save(self) -> None:
+        """Everything needed to continue exactly where this run stands, written atomically."""
+        from vpeft.io import atomic_path
+
+        rng = self.rng
+        np_state = rng["numpy"]
+        python = rng["python"]
+        state = {
+            "trainable": {k: p.detach().cpu().clone() for k, p in self.model.named_parameters()
+                          if p.requires_grad},
+            "optimizer": self.optimizer.state_dict(),
+            "position": {"epoch": self.epoch, "batch": self.batch, "order": self.order,
+                         "epoch_loss": self.epoch_loss, "seen": self.seen},
+            "result": {"loss_curve": list(self.result.loss_curve), "steps": self.result.steps},
+            "rng": {"torch": rng["torch"], "generator": self.generator.get_state(),
+                    "python": list(python[1]), "python_version": python[0],
+                    "python_gauss": python[2],
+                    "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
+                    "numpy_pos": int(np_state[2]), "cuda": rng["cuda"]},
+        }
+        with atomic_path(self.checkpoint) as tmp:
+            torch.save(state, tmp)
+
+    def _load(self) -> None:
+        """Restore a checkpoint written by :meth:`save` (no pickle: ``weights_only``)."""
+        state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, tensor in state["trainable"].items():
+                params[name].copy_(tensor)
+        self.optimizer.load_state_dict(state["optimizer"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        self.generator.set_state(rng["generator"])
+        random.setstate((rng["python_version"], tuple(rng["python"]), rng["python_gauss"]))
+        np.random.set_state(("MT19937", rng["numpy"].numpy().astype(np.uint32), rng["numpy_pos"]))
+        if rng["cuda"]:
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        self.result.loss_curve = list(state["result"]["loss_curve"])
+        self.result.steps = int(state["result"]["steps"])
+        position = state["position"]
+        self.epoch, self.batch, self.order = position["epoch"], position["batch"], position["order"]
+        self.epoch_loss, self.seen = position["epoch_loss"], position["seen"]
+
+    def _finish(self, images_seen: int) -> None:
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        self.result.images_per_s = images_seen / elapsed
+
+    def _log_progress(self, loss: float | None, now: float) -> None:
+        step, total = self.result.steps, self.total_steps
+        elapsed = now - self.started
+        eta = elapsed / max(step, 1) * (total - step)
+        log.info("%s: epoch %d/%d step %d/%d (%3.0f%%) loss %.4f lr %.2e elapsed %.0fs eta %.0fs",
+                 self.desc, min(self.epoch + 1, self.settings.epochs), self.settings.epochs, step,
+                 total, 100.0 * step / max(total, 1), float("nan") if loss is None else loss,
+                 self.optimizer.param_groups[0]["lr"], elapsed, eta)
+
+
+def train_runs(runs: Sequence[Run]) -> list[TrainResult]:
+    """Train ``runs`` together, interleaved one batch each per round, until all are finished
+    (a diverged run stops; the others go on). On SIGTERM every unfinished run with a checkpoint
+    path saves its state, then ``Preempted`` is raised; rerunning resumes every one of them."""
     global _stop_requested
-    seed_everything(seed)
-    device = next(model.parameters()).device
-    images, labels = images.to(device), labels.to(device)
-    normaliser = normaliser.to(device)
-    optimizer = _optimizer(model, settings)
-    scheduler = _scheduler(optimizer, settings)
-    generator = torch.Generator().manual_seed(seed)
-    n = len(images)
-    steps_per_epoch = math.ceil(n / settings.batch_size)
-    total_steps = steps_per_epoch * settings.epochs
-    result = TrainResult(status="ok")
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    position = {"epoch": 0, "batch": 0, "order": None, "epoch_loss": 0.0, "seen": 0}
-    if checkpoint is not None and Path(checkpoint).is_file():
-        position = _load_checkpoint(Path(checkpoint), model, optimizer, generator, result)
-        log.info("%s: resuming from %s at epoch %d, batch %d", desc, checkpoint,
-                 position["epoch"] + 1, position["batch"])
-    previous_handler = _install_sigterm_handler() if checkpoint is not None else None
-    started = last_log = time.perf_counter()
-    model.train()
+    checkpointing = any(run.checkpoint is not None for run in runs)
+    previous_handler = _install_sigterm_handler() if checkpointing else None
+    default_stream = torch.cuda.current_stream() if any(r.stream for r in runs) else None
+    for run in runs:
+        run.model.train()
+        if run.stream is not None:
+            run.stream.wait_stream(default_stream)  # inputs and weights were moved on it
     try:
-        for epoch in range(position["epoch"], settings.epochs):
-            scheduler.step(epoch)
-            resumed_mid_epoch = epoch == position["epoch"] and position["order"] is not None
-            order = position["order"] if resumed_mid_epoch else torch.randperm(n, generator=generator)
-            first = position["batch"] if resumed_mid_epoch else 0
-            epoch_loss, seen = ((position["epoch_loss"], position["seen"]) if resumed_mid_epoch
-                                else (0.0, 0))
-            for batch_idx in range(first, steps_per_epoch):
-                start = batch_idx * settings.batch_size
-                idx = order[start:start + settings.batch_size].to(device)
-                x, y = normaliser(images[idx]), labels[idx]
-                loss = F.cross_entropy(model(x), y, label_smoothing=settings.label_smoothing)
-                if not torch.isfinite(loss):
-                    result.status = "diverged"
-                    result.diverged_at = {"epoch": epoch, "step": result.steps}
-                    result.loss_curve.append(None)
-                    log.warning("%s: loss became %s at epoch %d step %d; recorded as diverged",
-                                desc, loss.item(), epoch, result.steps)
-                    return _finish(result, started, n)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if settings.grad_clip:
-                    nn.utils.clip_grad_norm_(trainable, settings.grad_clip)
-                optimizer.step()
-                result.steps += 1
-                epoch_loss += loss.item() * len(idx)
-                seen += len(idx)
-                if _stop_requested and checkpoint is not None:
-                    _save_checkpoint(Path(checkpoint), model, optimizer, generator, result,
-                                     {"epoch": epoch, "batch": batch_idx + 1, "order": order,
-                                      "epoch_loss": epoch_loss, "seen": seen})
-                    raise Preempted(f"{desc}: SIGTERM at epoch {epoch + 1} step {result.steps}; "
-                                    f"state saved to {checkpoint}, rerun to resume")
-                now = time.perf_counter()
-                if now - last_log >= settings.log_every_s:
-                    last_log = now
-                    _log_progress(desc, epoch, settings.epochs, result.steps, total_steps,
-                                  epoch_loss / seen, optimizer, now - started)
-            result.loss_curve.append(epoch_loss / seen)
-            if checkpoint is not None and (epoch + 1) % settings.checkpoint_every == 0 \
-                    and epoch + 1 < settings.epochs:
-                _save_checkpoint(Path(checkpoint), model, optimizer, generator, result,
-                                 {"epoch": epoch + 1, "batch": 0, "order": None,
-                                  "epoch_loss": 0.0, "seen": 0})
+        while active := [run for run in runs if not run.finished]:
+            launched = []
+            for run in active:
+                with run.stream_context():
+                    launched.append(run.launch())
+            for run, loss in zip(active, launched):
+                with run.stream_context():
+                    run.commit(loss)
+            if _stop_requested and checkpointing:
+                waiting = [run for run in runs if not run.finished and run.checkpoint is not None]
+                for run in waiting:
+                    run.save()
+                raise Preempted("; ".join(
+                    f"{run.desc}: SIGTERM at epoch {run.epoch + 1} step {run.result.steps}"
+                    for run in waiting) + f"; state saved to {', '.join(str(r.checkpoint) for r in waiting)}, rerun to resume")
     finally:
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
         _stop_requested = False
-    _log_progress(desc, settings.epochs - 1, settings.epochs, result.steps, total_steps,
-                  result.loss_curve[-1], optimizer, time.perf_counter() - started)
-    return _finish(result, started, n * settings.epochs)
+        for run in runs:
+            if run.stream is not None:
+                default_stream.wait_stream(run.stream)
+    return [run.result for run in runs]
+
+
+def train(model: nn.Module, normaliser: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+          settings: TrainSettings, *, seed: int, desc: str = "train",
+          checkpoint: Path | None = None,
+          augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> TrainResult:
+    """Train ``model`` in place on uint8 ``images`` [N,H,W,3] with integer ``labels`` [N]: one
+    :class:`Run` (see there for checkpoints and ``augment``) through :func:`train_runs`."""
+    run = Run(model, normaliser, images, labels, settings, seed=seed, desc=desc,
+              checkpoint=checkpoint, augment=augment)
+    result = train_runs([run])[0]
+    _restore_rng(run.rng)  # the caller's RNG continues from where training left it, as before
+    return result
 
 
 def _install_sigterm_handler():
@@ -211,73 +400,22 @@ def _install_sigterm_handler():
     return signal.signal(signal.SIGTERM, _request_stop)
 
 
-def _save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                     generator: torch.Generator, result: TrainResult,
-                     position: dict[str, Any]) -> None:
-    """Everything needed to continue exactly where training stands, written atomically."""
-    from vpeft.io import atomic_path
-
-    np_state = np.random.get_state()
-    state = {
-        "trainable": {k: p.detach().cpu().clone() for k, p in model.named_parameters()
-                      if p.requires_grad},
-        "optimizer": optimizer.state_dict(),
-        "position": position,
-        "result": {"loss_curve": list(result.loss_curve), "steps": result.steps},
-        "rng": {"torch": torch.get_rng_state(), "generator": generator.get_state(),
-                "python": list(random.getstate()[1]), "python_version": random.getstate()[0],
-                "python_gauss": random.getstate()[2],
-                "numpy": torch.from_numpy(np_state[1].astype(np.int64)), "numpy_pos": int(np_state[2]),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-    }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def _load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                     generator: torch.Generator, result: TrainResult) -> dict[str, Any]:
-    """Restore a checkpoint written by ``_save_checkpoint`` (no pickle: ``weights_only``)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, tensor in state["trainable"].items():
-            params[name].copy_(tensor)
-    optimizer.load_state_dict(state["optimizer"])
-    rng = state["rng"]
-    torch.set_rng_state(rng["torch"])
-    generator.set_state(rng["generator"])
-    random.setstate((rng["python_version"], tuple(rng["python"]), rng["python_gauss"]))
-    np.random.set_state(("MT19937", rng["numpy"].numpy().astype(np.uint32), rng["numpy_pos"]))
-    if rng["cuda"]:
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    result.loss_curve = list(state["result"]["loss_curve"])
-    result.steps = int(state["result"]["steps"])
-    return state["position"]
-
-
-def _finish(result: TrainResult, started: float, images_seen: int) -> TrainResult:
-    elapsed = max(time.perf_counter() - started, 1e-9)
-    result.images_per_s = images_seen / elapsed
-    return result
-
-
-def _log_progress(desc: str, epoch: int, epochs: int, step: int, total: int, loss: float | None,
-                  optimizer: torch.optim.Optimizer, elapsed: float) -> None:
-    eta = elapsed / max(step, 1) * (total - step)
-    log.info("%s: epoch %d/%d step %d/%d (%3.0f%%) loss %.4f lr %.2e elapsed %.0fs eta %.0fs",
-             desc, epoch + 1, epochs, step, total, 100.0 * step / max(total, 1),
-             float("nan") if loss is None else loss, optimizer.param_groups[0]["lr"], elapsed, eta)
-
-
 @torch.no_grad()
 def predict(model: nn.Module, normaliser: Normaliser, images: torch.Tensor,
-            batch_size: int = 256) -> torch.Tensor:
-    """Logits [N, C] in eval mode (float32, CPU)."""
+            batch_size: int = 256,
+            transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+            precision: str = "fp32") -> torch.Tensor:
+    """Logits [N, C] in eval mode (float32, CPU); ``transform`` (e.g. a centre crop) maps each
+    uint8 batch before normalisation; ``precision='bf16'`` autocasts on CUDA."""
     model.eval()
     device = next(model.parameters()).device
     normaliser = normaliser.to(device)
-    out = [model(normaliser(images[i:i + batch_size].to(device))).float().cpu()
-           for i in range(0, len(images), batch_size)]
+    transform = transform or (lambda batch: batch)
+    out = []
+    for i in range(0, len(images), batch_size):
+        with autocast(device, precision):
+            logits = model(normaliser(transform(images[i:i + batch_size].to(device))))
+        out.append(logits.float().cpu())
     return torch.cat(out) if out else torch.empty(0)
 
 

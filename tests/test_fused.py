@@ -1,0 +1,168 @@
+"""Several grid points of one method trained together in one process: each point's metrics,
+predictions and adapter weights are bit-identical to its solo run (dropout and drop-path on, so
+the per-point RNG streams matter), an interrupted fused job resumes every point, and Snakemake
+plans one job per (task, method, chunk of points)."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+from safetensors.torch import load_file
+
+from vpeft import layout
+from vpeft.config import load_study
+from vpeft.io import read_json
+from vpeft.protocol import RESUME_CHECKPOINT, run_point, run_points
+
+from conftest import REPO
+
+# Everything in metrics.json that the training computes (not timings, paths or the job size).
+RESULT_KEYS = ("status", "val_top1", "loss_curve", "steps", "diverged_at", "trainable_params",
+               "trainable_params_with_head", "total_params", "hparams", "optim", "epochs", "seed",
+               "feature_cache")
+
+
+def _overrides(tmp_path: Path, weights: Path, runs: str, *extra: str) -> list[str]:
+    # lora dropout 0.1 and drop_path 0.1 draw random numbers at every step
+    return [f"paths.data={tmp_path}/data", f"paths.runs={tmp_path}/{runs}",
+            f"model.weights={weights}", "study.tasks=[count]", "study.methods=[lora]",
+            "train.drop_path=0.1", *extra]
+
+
+def _plan(tmp_path: Path, prepared_task: Path, weights: Path, runs: str, *extra: str):
+    plan = load_study("smoke", _overrides(tmp_path, weights, runs, *extra))
+    target = layout.prepared_task(plan.cfg, "count")
+    if not target.exists():
+        shutil.copytree(prepared_task, target)
+    return plan
+
+
+def _assert_identical(fused: Path, solo: Path) -> None:
+    a, b = read_json(fused / layout.METRICS), read_json(solo / layout.METRICS)
+    for key in RESULT_KEYS:
+        assert a[key] == b[key], key
+    ta, tb = load_file(str(fused / layout.ADAPTER)), load_file(str(solo / layout.ADAPTER))
+    assert ta.keys() == tb.keys()
+    for name in ta:
+        assert ta[name].equal(tb[name]), name
+    assert read_json(fused / layout.ADAPTER_CONFIG) == read_json(solo / layout.ADAPTER_CONFIG)
+    pa_, pb = pq.read_table(fused / layout.PREDICTIONS), pq.read_table(solo / layout.PREDICTIONS)
+    assert pa_.schema == pb.schema
+    for name in ("index", "label", "pred"):
+        assert pa_.column(name).equals(pb.column(name)), name
+    # logits bit for bit (a diverged point's are NaN, which == would call unequal)
+    la, lb = (t.column("logits").combine_chunks().flatten().to_numpy().view(np.uint32)
+              for t in (pa_, pb))
+    assert np.array_equal(la, lb)
+    assert not (fused / RESUME_CHECKPOINT).exists()
+
+
+def test_fused_points_equal_their_solo_runs_bit_for_bit(tmp_path, prepared_task, tiny_weights):
+    grid = "study.grid.lora.optim.lr=[0.001,0.01,1.0e12]"  # the last point diverges mid-job
+    extra = (grid, "train.epochs=3", "train.batch_size=8")
+    solo_plan = _plan(tmp_path, prepared_task, tiny_weights, "solo", *extra)
+    for point in solo_plan.points["lora"]:
+        run_point(solo_plan, "count", "lora", point, "grid")
+
+    fused_plan = _plan(tmp_path, prepared_task, tiny_weights, "fused", *extra)
+    metrics = run_points(fused_plan, "count", "lora", fused_plan.points["lora"], "grid")
+    assert [m["fused_points"] for m in metrics] == [3, 3, 3]
+    assert [m["status"] for m in metrics] == ["ok", "ok", "diverged"]
+    # the two healthy points really differ, so equality below is not trivial
+    assert metrics[0]["loss_curve"] != metrics[1]["loss_curve"]
+    for point in fused_plan.points["lora"]:
+        _assert_identical(layout.grid_dir(fused_plan.cfg, "count", "lora", point.id),
+                          layout.grid_dir(solo_plan.cfg, "count", "lora", point.id))
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1",
+            "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+
+
+def _command(overrides: list[str], *points: str) -> list[str]:
+    args = [sys.executable, "-m", "vpeft", "train", "--study", "smoke", "--task", "count",
+            "--method", "lora", "--phase", "grid", "--threads", "1"]
+    for point in points:
+        args += ["--point", point]
+    for o in overrides:
+        args += ["-o", o]
+    return args
+
+
+def test_an_interrupted_fused_job_resumes_every_point(tmp_path, prepared_task, tiny_weights):
+    # many small steps, a checkpoint every epoch: SIGTERM lands mid-run with checkpoints behind it
+    extra = ("train.epochs=40", "train.warmup_epochs=2", "train.batch_size=4",
+             "train.checkpoint_every=1", "train.log_every_s=1000")
+    solo_plan = _plan(tmp_path, prepared_task, tiny_weights, "solo", *extra)
+    points = [p.id for p in solo_plan.points["lora"]]
+    assert len(points) == 2
+    for point in points:  # the references: each point alone, through the CLI, uninterrupted
+        done = subprocess.run(_command(_overrides(tmp_path, tiny_weights, "solo", *extra), point),
+                              cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    fused_plan = load_study("smoke", _overrides(tmp_path, tiny_weights, "fused", *extra))
+    dirs = [layout.grid_dir(fused_plan.cfg, "count", "lora", p) for p in points]
+    cmd = _command(_overrides(tmp_path, tiny_weights, "fused", *extra), *points)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not all((d / RESUME_CHECKPOINT).exists() for d in dirs):
+        assert proc.poll() is None, f"finished before its first checkpoint:\n{proc.stderr.read()}"
+        assert time.monotonic() < deadline, "no checkpoints within 120 s"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-3000:]
+    for d in dirs:
+        assert (d / RESUME_CHECKPOINT).is_file() and not (d / layout.METRICS).exists()
+
+    resumed = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.stderr.count("resuming from") == 2
+    for point, d in zip(points, dirs):
+        _assert_identical(d, layout.grid_dir(solo_plan.cfg, "count", "lora", point))
+
+
+def test_a_point_named_twice_is_refused(tmp_path, tiny_weights):
+    proc = subprocess.run(_command(_overrides(tmp_path, tiny_weights, "runs"),
+                                   "lr0.001-wd0.0001", "lr0.001-wd0.0001"),
+                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "named twice" in proc.stderr
+
+
+def _dry_run(tmp_path: Path, *overrides: str) -> tuple[dict[str, str], str]:
+    for item in ("Snakefile", "rules", "params"):
+        target = tmp_path / item
+        if not target.exists():
+            src = REPO / item
+            (shutil.copytree if src.is_dir() else shutil.copy)(src, target)
+    override = "overrides=[" + ",".join(f'"{o}"' for o in overrides) + "]"
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--dry-run", "--printshellcmds",
+                           "--cores", "1", "train", "--config", "study=smoke", override],
+                          cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    return dict(re.findall(r"^(\w+)\s+(\d+)$", out, flags=re.M)), out
+
+
+def test_snakemake_trains_the_grid_of_a_method_as_one_job(tmp_path):
+    stats, out = _dry_run(tmp_path)
+    # smoke: tasks digits and count; linear has 1 point, lora 2: one job per (task, method)
+    assert stats["train_grid_linear_1"] == stats["train_grid_lora_1"] == "2"
+    assert "train_grid" not in stats
+    assert re.search(r"--method lora --point lr0\.001-wd0\.0001 --point lr0\.01-wd0\.0001 ", out)
+    assert re.search(r"--method linear --point lr0\.01-wd0\.0001 ", out)
+    assert len(re.findall(r"--method lora --point", out)) == 2  # each rule runs its own points
+
+    stats, _ = _dry_run(tmp_path, "train.points_per_job=1")  # the classic one job per point
+    assert stats["train_grid"] == "6"
