@@ -298,6 +298,15 @@ def test_ece_and_histogram(tmp_path: Path) -> None:
         assert sum(hist) == pytest.approx(1.0)
     hist = _one(tables["confidence"], method="cal")
     assert hist["hist_2"] == pytest.approx(0.6) and hist["hist_7"] == pytest.approx(0.4)
+    # split by correctness, still as fractions of the whole test set: 0.75 -> 6 right, 2 wrong;
+    # 0.25 -> 3 right, 9 wrong.
+    assert hist["hist_right_7"] == pytest.approx(6 / N) and hist["hist_wrong_7"] == pytest.approx(2 / N)
+    assert hist["hist_right_2"] == pytest.approx(3 / N) and hist["hist_wrong_2"] == pytest.approx(9 / N)
+    for row in tables["confidence"].to_pylist():
+        for i in range(10):
+            assert row[f"hist_right_{i}"] + row[f"hist_wrong_{i}"] == pytest.approx(row[f"hist_{i}"])
+    bad_row = _one(tables["confidence"], method="bad")   # all at ~1.0: the last bin, closed at 1
+    assert bad_row["hist_right_9"] == pytest.approx(0.45) and bad_row["hist_wrong_9"] == pytest.approx(0.55)
     assert hist["n_confident"] == 0 and hist["confident_precision"] is None
 
 
@@ -315,6 +324,13 @@ def test_confidence_and_confident_overlap(crafted: Path) -> None:
     assert ac["confident_right_overlap"] == pytest.approx(0.625)
     assert ac["confident_wrong_overlap"] == pytest.approx(0.8)
     assert ac["n_confident_wrong_both"] == 4
+    # A confidently right on {0..15}, Cm confidently wrong on {15..19} (10..14 unsure): {15}.
+    assert ac["n_confident_right_a_wrong_b"] == 1
+    # Cm confidently right on {0..9}; A confidently wrong on {16..19}: none.
+    assert _one(ov, method_a="Cm", method_b="A")["n_confident_right_a_wrong_b"] == 0
+    # A right on 0..15, B (right on 4..19) confidently wrong on 0..3.
+    assert _one(ov, method_a="A", method_b="B")["n_confident_right_a_wrong_b"] == 4
+    assert _one(ov, method_a="A", method_b="A")["n_confident_right_a_wrong_b"] == 0
     dd = _one(ov, method_a="D", method_b="D")
     assert dd["confident_wrong_overlap"] == 1.0 and dd["confident_right_overlap"] == 1.0
     assert ov.num_rows == 16

@@ -11,9 +11,14 @@ For one task this module reads every method's final test predictions and writes 
 ``ensembles``          one row per (members rule, combiner): the ensemble's test top-1 and its gain
                        over the best member and over the member with the best val200 top-1.
 ``confidence``         per method: confident (max prob >= threshold) right/wrong counts and a
-                       10-bin histogram of the max probability.
+                       10-bin histogram of the max probability, over all test examples
+                       (``hist_i``) and split into right (``hist_right_i``) and wrong
+                       (``hist_wrong_i``) predictions; all three are fractions of the whole test
+                       set, so ``hist_right_i + hist_wrong_i == hist_i``.
 ``confident_overlap``  per ordered method pair: Jaccard overlap of the confidently-right and of
-                       the confidently-wrong example sets.
+                       the confidently-wrong example sets, their intersections' sizes, and the
+                       number of examples ``method_a`` is confidently right on while ``method_b``
+                       is confidently wrong (where combining the two can help most).
 
 Conventions:
 
@@ -48,6 +53,7 @@ __all__ = [
     "COMBINERS",
     "ECE_BINS",
     "HIST_BINS",
+    "HIST_PREFIXES",
     "METADATA_KEY",
     "SCHEMAS",
     "TABLES",
@@ -68,6 +74,8 @@ __all__ = [
 METADATA_KEY = b"vpeft.analysis"  # schema-metadata key of every table: JSON (methods, excluded...)
 ECE_BINS = 15
 HIST_BINS = 10
+# Histogram column prefixes of the confidence table: all predictions, right ones, wrong ones.
+HIST_PREFIXES: tuple[str, ...] = ("hist_", "hist_right_", "hist_wrong_")
 COMBINERS: tuple[str, ...] = ("prob_avg", "logit_avg", "majority_vote")
 
 # Explicit schemas: an empty table (e.g. every method excluded) keeps its column types, so tables of
@@ -102,10 +110,11 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("task", pa.string()), ("method", pa.string()), ("threshold", pa.float64()),
         ("n_test", pa.int64()), ("n_confident", pa.int64()), ("confident_right", pa.int64()),
         ("confident_wrong", pa.int64()), ("confident_precision", pa.float64()),
-    ] + [(f"hist_{i}", pa.float64()) for i in range(HIST_BINS)]),
+    ] + [(f"{prefix}{i}", pa.float64()) for prefix in HIST_PREFIXES for i in range(HIST_BINS)]),
     "confident_overlap": pa.schema(_PAIR + [
         ("confident_right_overlap", pa.float64()), ("confident_wrong_overlap", pa.float64()),
         ("n_confident_right_both", pa.int64()), ("n_confident_wrong_both", pa.int64()),
+        ("n_confident_right_a_wrong_b", pa.int64()),
     ]),
 }
 TABLES: tuple[str, ...] = tuple(SCHEMAS)
@@ -393,10 +402,13 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray,
     return float(100.0 * gap.sum() / conf.size)
 
 
-def _histogram(confidence: np.ndarray, bins: int = HIST_BINS) -> np.ndarray:
-    """Fractions of ``confidence`` in [i/bins, (i+1)/bins), the last bin closed at 1."""
+def _histogram(confidence: np.ndarray, bins: int = HIST_BINS,
+               where: np.ndarray | None = None) -> np.ndarray:
+    """Fractions of all ``confidence`` values that are in [i/bins, (i+1)/bins) (the last bin
+    closed at 1) and, if given, selected by the boolean mask ``where``."""
     which = np.clip(np.floor(confidence * bins).astype(np.int64), 0, bins - 1)
-    return np.bincount(which, minlength=bins) / max(confidence.size, 1)
+    weights = None if where is None else np.asarray(where, dtype=np.float64)
+    return np.bincount(which, weights=weights, minlength=bins) / max(confidence.size, 1)
 
 
 def ensemble_predict(logits: np.ndarray, combiner: str) -> np.ndarray:
@@ -525,7 +537,8 @@ def analyze_task(preds: TaskPredictions, *, top_ks: Iterable[int] = (2, 3, 5),
                 "confident_right_overlap": _jaccard(conf_right[a], conf_right[b]),
                 "confident_wrong_overlap": _jaccard(conf_wrong[a], conf_wrong[b]),
                 "n_confident_right_both": int((conf_right[a] & conf_right[b]).sum()),
-                "n_confident_wrong_both": int((conf_wrong[a] & conf_wrong[b]).sum())})
+                "n_confident_wrong_both": int((conf_wrong[a] & conf_wrong[b]).sum()),
+                "n_confident_right_a_wrong_b": int((conf_right[a] & conf_wrong[b]).sum())})
 
     test_top1 = {m: _pct(correct[i]) for i, m in enumerate(methods)}
     accuracy = [{"task": task, "method": m, "n_test": len(labels),
@@ -544,7 +557,8 @@ def analyze_task(preds: TaskPredictions, *, top_ks: Iterable[int] = (2, 3, 5),
             "confident_wrong": int(conf_wrong[i].sum()),
             # Undefined (null) rather than 0 when nothing is confident.
             "confident_precision": 100.0 * int(conf_right[i].sum()) / n_conf if n_conf else None}
-        row |= {f"hist_{j}": float(h) for j, h in enumerate(_histogram(conf[i]))}
+        for prefix, where in zip(HIST_PREFIXES, (None, correct[i], ~correct[i])):
+            row |= {f"{prefix}{j}": float(h) for j, h in enumerate(_histogram(conf[i], where=where))}
         confidence.append(row)
 
     oracle = []

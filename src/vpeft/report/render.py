@@ -24,6 +24,7 @@ from markupsafe import Markup
 
 from vpeft.io import atomic_path
 from vpeft.report import svg
+from vpeft.report.landscape import Landscape, landscape
 from vpeft.report.collect import GROUPS, StudyResults, study_methods, study_tasks
 
 GROUP_TITLES = {"natural": "Natural", "specialized": "Specialized", "structured": "Structured"}
@@ -371,6 +372,41 @@ def _representative_config(results: StudyResults, study: Mapping) -> tuple[str, 
                                                sort_keys=True)
 
 
+def _flatten(value: Any, prefix: str = "") -> dict[str, str]:
+    """Nested dicts as ``{"a.b": json text}``; lists and scalars are leaves."""
+    if isinstance(value, Mapping) and value:
+        out: dict[str, str] = {}
+        for k, v in value.items():
+            out |= _flatten(v, f"{prefix}.{k}" if prefix else str(k))
+        return out
+    return {prefix: json.dumps(value, sort_keys=True)}
+
+
+def _config_differences(results: StudyResults, study: Mapping,
+                        shown: tuple[str, str, str] | None) -> list[Row]:
+    """Per run (study order): the resolved-config settings that differ from the shown config.
+
+    The cell's ``data-value`` is the run's whole resolved config (``config_json``), so every
+    run's configuration is on the page, while the text stays short.
+    """
+    if shown is None:
+        return []
+    reference = _flatten(json.loads(shown[2]))
+    rows = []
+    for task, method, r in _runs_in_study_order(results, study):
+        if not r["config_json"]:
+            continue
+        mine = _flatten(json.loads(r["config_json"]))
+        diff = [f"{k}={mine[k]}" for k in sorted(mine) if reference.get(k) != mine[k]]
+        diff += [f"{k} absent" for k in sorted(reference) if k not in mine]
+        rows.append(Row(task, [
+            Cell(method, method, "method", task, method),
+            Cell("; ".join(diff) or "same as shown", r["config_json"], "config_json", task,
+                 method, ["mono", "small"]),
+        ], method=method, task=task))
+    return rows
+
+
 def _consistency_notes(results: StudyResults) -> list[str]:
     """Warnings when runs of one study came from different code or library versions."""
     rows = [r for r in results.results.to_pylist() if r["status"] != "missing"]
@@ -394,14 +430,26 @@ def _consistency_notes(results: StudyResults) -> list[str]:
 # different mistakes (per-task analysis tables)
 # --------------------------------------------------------------------------------------------
 
+# The pairwise matrices drawn per task: (table, column, title); every value is in [0, 1].
+PAIR_HEATMAPS: tuple[tuple[str, str, str], ...] = (
+    ("agreement", "agreement", "prediction agreement"),
+    ("agreement", "error_overlap", "error overlap (Jaccard)"),
+    ("confident_overlap", "confident_right_overlap", "confidently-right overlap (Jaccard)"),
+    ("confident_overlap", "confident_wrong_overlap", "confidently-wrong overlap (Jaccard)"),
+)
+
+
 @dataclass
 class TaskAnalysis:
-    """The "Different mistakes" view of one task."""
+    """The "Different mistakes" and "High-confidence predictions" views of one task."""
 
     task: str
-    heatmap: Markup | None
+    heatmaps: list[Markup]          # the PAIR_HEATMAPS present for this task, in that order
     oracle: list[Row]
     ensembles: list[Row]
+    threshold: float | None = None  # the confidence threshold of this task's analysis
+    confidence_chart: Markup | None = None
+    confidence: list[Row] = field(default_factory=list)
 
 
 def _ordered_methods(names: Sequence[str], study: Mapping) -> list[str]:
@@ -440,14 +488,16 @@ def _analysis_sections(results: StudyResults, study: Mapping) -> list[TaskAnalys
     tasks += [t for t in dict.fromkeys(present) if t not in order]
     out: list[TaskAnalysis] = []
     for task in tasks:
-        agreement = _rows_of(results, "agreement", task)
-        chart = None
-        if agreement:
-            methods = _ordered_methods([r["method_a"] for r in agreement]
-                                       + [r["method_b"] for r in agreement], study)
-            values = {(r["method_a"], r["method_b"]): _finite_or_none(r["error_overlap"])
-                      for r in agreement}
-            chart = svg.heatmap(task, methods, values)
+        heatmaps = []
+        for name, column, label in PAIR_HEATMAPS:
+            pairs = _rows_of(results, name, task)
+            if not pairs:
+                continue
+            methods = _ordered_methods([r["method_a"] for r in pairs]
+                                       + [r["method_b"] for r in pairs], study)
+            values = {(r["method_a"], r["method_b"]): _finite_or_none(r[column]) for r in pairs}
+            heatmaps.append(svg.heatmap(task, methods, values, label=label, column=column,
+                                        empty=_empty_pairs(results, task, column, pairs)))
         oracle_rows = []
         for r in _rows_of(results, "oracle", task):
             gap = (r["oracle_top1"] - r["best_single_top1"]
@@ -482,7 +532,120 @@ def _analysis_sections(results: StudyResults, study: Mapping) -> list[TaskAnalys
                      "best_single_by_val", task, r["best_single_by_val"]),
                 gains[1],
             ], task=task))
-        out.append(TaskAnalysis(task, chart, oracle_rows, ens_rows))
+        threshold, chart, conf_rows = _confidence_view(results, study, task)
+        out.append(TaskAnalysis(task, heatmaps, oracle_rows, ens_rows, threshold, chart,
+                                conf_rows))
+    return out
+
+
+def _empty_pairs(results: StudyResults, task: str, column: str,
+                 pairs: Sequence[Mapping[str, Any]]) -> set[tuple[str, str]]:
+    """Pairs whose Jaccard ``column`` compares two empty sets (stored as 1.0 by convention)."""
+    if column == "error_overlap":
+        size = {}
+        for r in pairs:
+            size[r["method_a"]], size[r["method_b"]] = r["n_errors_a"], r["n_errors_b"]
+    elif column in ("confident_right_overlap", "confident_wrong_overlap"):
+        kind = column.removesuffix("_overlap")
+        size = {r["method"]: r[kind] for r in _rows_of(results, "confidence", task)}
+    else:
+        return set()
+    return {(r["method_a"], r["method_b"]) for r in pairs
+            if size.get(r["method_a"]) == 0 and size.get(r["method_b"]) == 0}
+
+
+def _confidence_view(results: StudyResults, study: Mapping, task: str
+                     ) -> tuple[float | None, Markup | None, list[Row]]:
+    """(threshold, right/wrong confidence histograms, per-method table) of one task."""
+    from vpeft.analysis import HIST_BINS  # local: the analysis module pulls in numpy
+
+    conf = {r["method"]: r for r in _rows_of(results, "confidence", task)}
+    if not conf:
+        return None, None, []
+    acc = {r["method"]: r for r in _rows_of(results, "accuracy", task)}
+    methods = _ordered_methods(list(conf), study)
+    thresholds = {conf[m]["threshold"] for m in methods}
+    threshold = thresholds.pop() if len(thresholds) == 1 else None
+    if threshold is None:
+        raise ValueError(f"task {task}: the confidence table mixes thresholds")
+    panels = [svg.ConfidencePanel(m, [conf[m][f"hist_right_{i}"] for i in range(HIST_BINS)],
+                                  [conf[m][f"hist_wrong_{i}"] for i in range(HIST_BINS)])
+              for m in methods]
+    rows = []
+    for m in methods:
+        c, a = conf[m], acc.get(m, {})
+        rows.append(Row(m, [
+            _num_cell(a.get("test_top1"), "test_top1", task, method=m),
+            _num_cell(a.get("mean_confidence"), "mean_confidence", task, _fmt_frac, m),
+            _num_cell(a.get("ece"), "ece", task, _fmt_acc, m),
+            _num_cell(c["n_confident"], "n_confident", task, _fmt_count, m),
+            _num_cell(c["confident_right"], "confident_right", task, _fmt_count, m),
+            _num_cell(c["confident_wrong"], "confident_wrong", task, _fmt_count, m),
+            _num_cell(c["confident_precision"], "confident_precision", task, _fmt_acc, m),
+        ], method=m, task=task))
+    return threshold, svg.confidence_histograms(task, panels, threshold), rows
+
+
+def _fmt_frac(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def _fmt_count(value: float | None) -> str:
+    return "–" if value is None else f"{int(value)}"
+
+
+def _ensemble_overview(results: StudyResults, study: Mapping) -> tuple[list[str], list[Row]]:
+    """Gain of each ensemble (rule x combiner) over the best single method by validation, one
+    column per task plus the mean over the tasks that have it. Nothing is chosen here."""
+    table = results.analysis.get("ensembles")
+    if table is None or table.num_rows == 0:
+        return [], []
+    records = table.to_pylist()
+    order = [t for t, _ in study_tasks(study)]
+    tasks = [t for t in order if any(r["task"] == t for r in records)]
+    tasks += [t for t in dict.fromkeys(r["task"] for r in records) if t not in order]
+    gains = {(r["task"], r["rule"], r["combiner"]): _finite_or_none(
+        r["gain_over_best_single_by_val"]) for r in records}
+    keys = list(dict.fromkeys((r["rule"], r["combiner"]) for r in records))
+    rows = []
+    for rule, combiner in keys:
+        cells = []
+        for t in tasks:
+            v = gains.get((t, rule, combiner))
+            sign = [] if v is None or v == 0 else ["gain-pos" if v > 0 else "gain-neg"]
+            cell = _num_cell(v, "gain_over_best_single_by_val", t, _fmt_delta, extra=sign)
+            cell.title = f"{rule} / {combiner}"
+            cells.append(cell)
+        values = [gains[(t, rule, combiner)] for t in tasks
+                  if gains.get((t, rule, combiner)) is not None]
+        mean = math.fsum(values) / len(values) if values else None
+        cells.append(Cell(_fmt_delta(mean), _raw(mean), "mean_gain", None, None,
+                          ["num", "mean-col"], title=f"mean over {len(values)} task(s)"))
+        rows.append(Row(f"{rule} · {combiner}", cells))
+    return tasks, rows
+
+
+# --------------------------------------------------------------------------------------------
+# tuning landscapes
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class TaskLandscapes:
+    task: str
+    charts: list[Landscape]
+
+
+def _landscapes(results: StudyResults, study: Mapping) -> list[TaskLandscapes]:
+    """Per task (study order), each method's val200 landscape over its grid (study order)."""
+    by_key: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for g in results.grid.to_pylist():
+        by_key.setdefault((g["task"], g["method"]), []).append(g)
+    out = []
+    for task, _ in study_tasks(study):
+        charts = [c for m in study_methods(study)
+                  if (c := landscape(task, m, by_key.get((task, m), []), _fmt_acc)) is not None]
+        if charts:
+            out.append(TaskLandscapes(task, charts))
     return out
 
 
@@ -524,9 +687,14 @@ class Advice:
     """One "which method" statement: markup built here (escaped), plus what it picked."""
 
     kind: str
-    method: str
+    method: str                     # the pick (the first in study order on a tie)
     group: str | None
     html: Markup
+    tied: list[str] = field(default_factory=list)   # methods tied exactly with ``method``
+
+    @property
+    def tied_json(self) -> str:
+        return json.dumps(self.tied)
 
 
 def _num_span(value: float, column: str, text: str, method: str | None = None) -> str:
@@ -535,51 +703,75 @@ def _num_span(value: float, column: str, text: str, method: str | None = None) -
             f'data-value="{svg.esc(repr(float(value)))}">{svg.esc(text)}</span>')
 
 
-def _best_by(rows: Sequence[Mapping[str, Any]], column: str) -> Mapping[str, Any] | None:
-    """The row with the highest non-null ``column``; the first (study order) on ties."""
-    best = None
-    for r in rows:
-        if r[column] is not None and (best is None or r[column] > best[column]):
-            best = r
-    return best
+def _best_rows(rows: Sequence[Mapping[str, Any]], column: str) -> list[Mapping[str, Any]]:
+    """Every row with the highest non-null ``column`` (several on an exact tie), in study order."""
+    values = [r[column] for r in rows if r[column] is not None]
+    if not values:
+        return []
+    top = max(values)
+    return [r for r in rows if r[column] is not None and r[column] == top]
+
+
+def _names(methods: Sequence[str]) -> str:
+    """``<b>a</b>``, ``<b>a</b> and <b>b</b>``, ``<b>a</b>, <b>b</b> and <b>c</b>`` (escaped)."""
+    bold = [f"<b>{svg.esc(m)}</b>" for m in methods]
+    return bold[0] if len(bold) == 1 else ", ".join(bold[:-1]) + " and " + bold[-1]
+
+
+def _tie_note(methods: Sequence[str], what: str) -> str:
+    return f" — a tie: {len(methods)} methods have {what}" if len(methods) > 1 else ""
 
 
 def recommendations(results: StudyResults, study: Mapping,
                     margin: float = MARGIN_PP) -> list[Advice]:
-    """Best method per VTAB group and overall, and the smallest one within ``margin`` of the best."""
+    """Best method per VTAB group and overall, and the smallest one within ``margin`` of the best.
+
+    Exact ties are stated, never broken silently: every tied method is named (``Advice.tied``
+    lists the ones after ``Advice.method``, which is the first in study order).
+    """
     summary = {r["method"]: r for r in results.summary.to_pylist()}
     rows = [summary[m] for m in study_methods(study) if m in summary]
     groups = [g for g, _ in _present_groups(study_tasks(study))]
     out: list[Advice] = []
     esc = svg.esc
     for g in groups:
-        best = _best_by(rows, g)
-        if best is None:
+        best = _best_rows(rows, g)
+        if not best:
             continue
-        m = best["method"]
-        out.append(Advice("group-best", m, g, Markup(
-            f'{esc(GROUP_TITLES[g])}: <b>{esc(m)}</b> (group mean '
-            f'{_num_span(best[g], g, _fmt_acc(best[g]), m)} %)')))
-    best = _best_by(rows, "mean")
-    if best is None:
+        names = [r["method"] for r in best]
+        value = best[0][g]
+        out.append(Advice("group-best", names[0], g, Markup(
+            f'{esc(GROUP_TITLES[g])}: {_names(names)} (group mean '
+            f'{_num_span(value, g, _fmt_acc(value), names[0])} %)'
+            f'{esc(_tie_note(names, "this group mean"))}'), names[1:]))
+    best = _best_rows(rows, "mean")
+    if not best:
         return out
-    bm, bmean = best["method"], best["mean"]
+    best_names, bmean = [r["method"] for r in best], best[0]["mean"]
+    bm = best_names[0]
     out.append(Advice("best-overall", bm, None, Markup(
-        f'Best overall: <b>{esc(bm)}</b> (mean over tasks '
-        f'{_num_span(bmean, "mean", _fmt_acc(bmean), bm)} %)')))
+        f'Best overall: {_names(best_names)} (mean over tasks '
+        f'{_num_span(bmean, "mean", _fmt_acc(bmean), bm)} %)'
+        f'{esc(_tie_note(best_names, "this mean"))}'), best_names[1:]))
     near = [r for r in rows if r["mean"] is not None and r["trainable_params"] is not None
             and r["mean"] >= bmean - margin]
     if near:
-        small = min(near, key=lambda r: (r["trainable_params"], -r["mean"]))
-        sm = small["method"]
+        # Fewest parameters; among equally small ones the higher mean; an exact tie in both is
+        # reported as such.
+        key = min((r["trainable_params"], -r["mean"]) for r in near)
+        smallest = [r for r in near if (r["trainable_params"], -r["mean"]) == key]
+        small_names = [r["method"] for r in smallest]
+        small, sm = smallest[0], small_names[0]
         gap = bmean - small["mean"]
-        same = " — the best method is also the smallest one within the margin" if sm == bm else ""
+        same = (" — the best method is also the smallest one within the margin"
+                if sm in best_names else "")
         out.append(Advice("smallest-within-margin", sm, None, Markup(
             f'Fewest trainable parameters within '
             f'{_num_span(margin, "margin", f"{margin:g}")} percentage point(s) of the best mean: '
-            f'<b>{esc(sm)}</b> with {_num_span(small["trainable_params"], "trainable_params", _fmt_params(small["trainable_params"]), sm)} '
+            f'{_names(small_names)} with {_num_span(small["trainable_params"], "trainable_params", _fmt_params(small["trainable_params"]), sm)} '
             f'trainable parameters and mean {_num_span(small["mean"], "mean", _fmt_acc(small["mean"]), sm)} % '
-            f'({_num_span(gap, "gap", _fmt_delta(-gap), sm)} pp vs the best){esc(same)}')))
+            f'({_num_span(gap, "gap", _fmt_delta(-gap), sm)} pp vs the best){esc(same)}'
+            f'{esc(_tie_note(small_names, "these parameters and this mean"))}'), small_names[1:]))
     return out
 
 
@@ -657,6 +849,9 @@ def render_html(results: StudyResults, study: Mapping, *, published_csv: Path | 
     published = _published_table(results, study, read_published(published_csv)) \
         if published_csv is not None else None
     tasks = study_tasks(study)
+    from vpeft.report.manyshot import manyshot_curves
+    from vpeft.report.robustness import robustness_view
+
     template = _environment().get_template("report.html.j2")
     return template.render(
         study=study,
@@ -676,10 +871,15 @@ def render_html(results: StudyResults, study: Mapping, *, published_csv: Path | 
         provenance=[(str(k), _fmt_hparam(v)) for k, v in provenance.items() if k != "date"],
         runs=_provenance_rows(results, study),
         notes=_consistency_notes(results),
-        config=_representative_config(results, study),
+        config=(config := _representative_config(results, study)),
+        config_diffs=_config_differences(results, study, config),
+        ensemble_overview=_ensemble_overview(results, study),
         analysis=_analysis_sections(results, study),
+        landscapes=_landscapes(results, study),
         scatter=_svg_scatter(results, study),
         advice=recommendations(results, study),
+        manyshot=manyshot_curves(results, study),  # [] unless the study is a many-shot one
+        robustness=robustness_view(results, study),  # [] unless the runs have WiSE-FT curves
         margin_pp=MARGIN_PP,
     )
 

@@ -35,16 +35,32 @@ def _heat_colour(value: float) -> str:
     return f"#{r:02x}{g:02x}{b:02x}"
 
 
+def _text_width(text: str) -> float:
+    """Rough width in px of ``text`` at the charts' 12px font (for layout only)."""
+    return 6.8 * len(text)
+
+
 def heatmap(task: str, methods: Sequence[str], values: Mapping[tuple[str, str], float | None],
-            *, label: str = "error overlap (Jaccard)") -> Markup:
-    """A methods x methods matrix; cell colour and text = ``values[(row, column)]`` in 0..1."""
+            *, label: str = "error overlap (Jaccard)", column: str = "error_overlap",
+            empty: frozenset[tuple[str, str]] | set[tuple[str, str]] = frozenset()) -> Markup:
+    """A methods x methods matrix; cell colour and text = ``values[(row, column)]`` in 0..1.
+
+    ``column`` names the table column drawn (``data-column`` of the svg and of every cell).
+    Pairs in ``empty`` compare two empty sets: their value (1.0 by convention) is kept in
+    ``data-value`` but the cell is drawn grey with "∅", since there is nothing to overlap.
+    """
     n = len(methods)
-    cell, label_w = 44, 150
-    top = 130   # room for the rotated column labels
-    width, height = label_w + n * cell + 10, top + n * cell + 10
+    cell = 44
+    longest = max((_text_width(m) for m in methods), default=0.0)
+    label_w = max(40, round(longest + 12))
+    top = max(30, round(longest * 0.87 + 14))   # room for the column labels, rotated by 60°
+    width = round(max(label_w + n * cell + longest * 0.5 + 10, _text_width(label) + 12))
+    height = top + 22 + n * cell + 10
     parts = [f'<svg class="chart heatmap" width="{width}" height="{height}" '
              f'viewBox="0 0 {width} {height}" role="img" data-task="{esc(task)}" '
-             f'aria-label="{esc(f"{label}, task {task}")}">']
+             f'data-column="{esc(column)}" aria-label="{esc(f"{label}, task {task}")}">',
+             f'<text x="4" y="14" class="ctitle">{esc(label)}</text>']
+    top += 22   # below the title
     for j, m in enumerate(methods):
         x, y = label_w + j * cell + cell / 2, top - 6
         parts.append(f'<text x="{x:.1f}" y="{y}" class="collabel" '
@@ -57,14 +73,19 @@ def heatmap(task: str, methods: Sequence[str], values: Mapping[tuple[str, str], 
             x = label_w + j * cell
             v = values.get((a, b))
             ok = _finite(v)
-            fill = _heat_colour(float(v)) if ok else "#eaeef2"  # type: ignore[arg-type]
-            text = f"{float(v):.2f}" if ok else "–"  # type: ignore[arg-type]
-            dark = ok and float(v) > 0.55  # type: ignore[arg-type]
+            nothing = (a, b) in empty
+            fill = _heat_colour(float(v)) if ok and not nothing else "#eaeef2"  # type: ignore[arg-type]
+            text = "∅" if nothing else f"{float(v):.2f}" if ok else "–"  # type: ignore[arg-type]
+            dark = ok and not nothing and float(v) > 0.55  # type: ignore[arg-type]
+            empty_attr = ' data-empty="true"' if nothing else ""
             parts.append(
                 f'<rect x="{x}" y="{y}" width="{cell}" height="{cell}" fill="{fill}" '
-                f'class="heat" data-task="{esc(task)}" data-method-a="{esc(a)}" '
-                f'data-method-b="{esc(b)}" data-value="{esc(_raw(v) if ok else "")}">'
-                f'<title>{esc(a)} vs {esc(b)}: {esc(label)} {esc(text)}</title></rect>')
+                f'class="heat" data-column="{esc(column)}" data-task="{esc(task)}" '
+                f'data-method-a="{esc(a)}" '
+                f'data-method-b="{esc(b)}" data-value="{esc(_raw(v) if ok else "")}"'
+                f'{empty_attr}>'
+                f'<title>{esc(a)} vs {esc(b)}: {esc(label)} '
+                f'{esc("undefined (both sets empty)" if nothing else text)}</title></rect>')
             parts.append(f'<text x="{x + cell / 2:.1f}" y="{y + cell / 2 + 4:.1f}" '
                          f'class="cellvalue{" dark" if dark else ""}">{esc(text)}</text>')
     parts.append("</svg>")
@@ -144,5 +165,70 @@ def scatter(points: Sequence[ScatterPoint], fmt_params: Callable[[float], str],
             f'{" (Pareto front)" if p.pareto else ""}</title></circle>')
         parts.append(f'<text x="{x + 8:.1f}" y="{yy + 4:.1f}" '
                      f'class="plabel{" pareto" if p.pareto else ""}">{esc(p.method)}</text>')
+    parts.append("</svg>")
+    return Markup("".join(parts))
+
+
+@dataclass
+class ConfidencePanel:
+    """One method's confidence histogram, split into right and wrong predictions.
+
+    ``right[i]`` / ``wrong[i]``: fraction of the task's test examples predicted right / wrong
+    with a max softmax probability in bin ``i`` (equal-width bins over [0, 1]).
+    """
+
+    method: str
+    right: Sequence[float]
+    wrong: Sequence[float]
+
+
+def confidence_histograms(task: str, panels: Sequence[ConfidencePanel], threshold: float,
+                          columns: int = 4) -> Markup | None:
+    """Small multiples, one per method: right predictions as bars above the baseline, wrong ones
+    below, on one y scale shared by every panel of the task; the confidence threshold dashed."""
+    if not panels:
+        return None
+    bins = len(panels[0].right)
+    peak = max([v for p in panels for v in (*p.right, *p.wrong) if _finite(v)] + [1e-9])
+    pw, ph, gap_x, gap_y, head, foot = 170, 64, 22, 18, 18, 16   # ph: each half's height
+    cols = max(1, min(columns, len(panels)))
+    rows = math.ceil(len(panels) / cols)
+    cell_w, cell_h = pw + gap_x, head + 2 * ph + foot + gap_y
+    width, height = 10 + cols * cell_w, 6 + rows * cell_h
+    parts = [f'<svg class="chart confhist" width="{width}" height="{height}" '
+             f'viewBox="0 0 {width} {height}" role="img" data-task="{esc(task)}" '
+             f'data-threshold="{esc(repr(float(threshold)))}" '
+             f'aria-label="{esc(f"confidence histograms, task {task}")}">']
+    bar_w = pw / bins
+    for k, p in enumerate(panels):
+        x0 = 10 + (k % cols) * cell_w
+        y0 = 6 + (k // cols) * cell_h
+        base = y0 + head + ph
+        parts.append(f'<text x="{x0}" y="{y0 + 12}" class="ptitle">{esc(p.method)}</text>')
+        for kind, values, sign in (("right", p.right, -1), ("wrong", p.wrong, 1)):
+            for i, v in enumerate(values):
+                ok = _finite(v)
+                h = ph * float(v) / peak if ok else 0.0   # type: ignore[arg-type]
+                y = base - h if sign < 0 else base
+                lo, hi = i / bins, (i + 1) / bins
+                parts.append(
+                    f'<rect x="{x0 + i * bar_w + 0.5:.1f}" y="{y:.2f}" width="{bar_w - 1:.1f}" '
+                    f'height="{h:.2f}" class="conf {kind}" data-task="{esc(task)}" '
+                    f'data-method="{esc(p.method)}" data-kind="{kind}" data-bin="{i}" '
+                    f'data-value="{esc(_raw(v) if ok else "")}"><title>{esc(p.method)}: '
+                    f'{esc(f"{100 * float(v):.1f}" if ok else "–")} % of test examples '
+                    f'{kind} with confidence in [{lo:g}, {hi:g}{"]" if i == bins - 1 else ")"}'
+                    f'</title></rect>')  # type: ignore[arg-type]
+        parts.append(f'<line x1="{x0}" y1="{base}" x2="{x0 + pw}" y2="{base}" class="axis"/>')
+        tx = x0 + pw * threshold
+        parts.append(f'<line x1="{tx:.1f}" y1="{base - ph}" x2="{tx:.1f}" y2="{base + ph}" '
+                     f'class="threshold"/>')
+        for t in (0.0, 0.5, 1.0):
+            parts.append(f'<text x="{x0 + pw * t:.1f}" y="{base + ph + 13}" class="tick">'
+                         f'{t:g}</text>')
+        parts.append(f'<text x="{x0 + 2}" y="{base - ph + 10}" class="hint right">right</text>')
+        parts.append(f'<text x="{x0 + pw}" y="{y0 + 12}" class="hint peak">'
+                     f'{esc(f"scale: {100 * peak:.1f} %")}</text>')
+        parts.append(f'<text x="{x0 + 2}" y="{base + ph - 2}" class="hint wrong">wrong</text>')
     parts.append("</svg>")
     return Markup("".join(parts))
