@@ -8,6 +8,10 @@ rule analyze:
         expand(f"{RUNS}/{{{{task}}}}/{{method}}/selection.json", method=PLAN.methods),
     output:
         [str(layout.analysis_dir(CFG, "{task}") / f"{name}.parquet") for name in layout.ANALYSIS_TABLES],
+    group:
+        "bookkeeping"
+    resources:
+        **BOOKKEEPING_JOB,
     log:
         f"{LOGS}/{{task}}/analyze.log",
     shell:

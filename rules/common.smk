@@ -1,4 +1,5 @@
 # The study plan (tasks x methods x grid points) and the paths every rule shares with the CLI.
+import os
 import shlex
 import sys
 
@@ -19,6 +20,9 @@ PREPARED = f"{CFG.paths.data}/prepared/{STUDY}"
 LOGS = f"logs/{STUDY}"
 WEIGHTS = str(CFG.model.weights)
 REPORT = str(layout.report_dir(CFG) / "index.html")
+# The robustness study starts every run from the zero-shot head (rule zeroshot_head).
+INIT_HEAD = [str(CFG.model.init_head)] if CFG.model.get("init_head") else []
+REPORT_EXTRA_INPUTS = []  # filled by rules included later (robustness.smk)
 
 
 wildcard_constraints:
@@ -37,10 +41,38 @@ GPU_JOB = {
     "mem_mb": 16000,
 }
 
+# Short CPU-only jobs (evaluate, analyze) of one task run as ONE SLURM job: they share the group
+# "bookkeeping" (a task's evaluations feed its analysis, so they are connected). Each takes the
+# one unit of `group_width` a group job has on a cluster, so Snakemake stacks them in series:
+# the group asks 1 CPU and one job's memory, with the runtimes summed. The unit is registered
+# here rather than by `--resources` in the profile because Snakemake does not pass --resources on
+# to the process that runs the group inside its SLURM job, which would then size its job step
+# for all members at once (more CPUs than the allocation: srun refuses). Local runs: no limit.
+BOOKKEEPING_JOB = {
+    "group_width": 1,
+    "runtime": lambda wildcards, attempt: 5 * attempt,
+}
+
+
+resource_scopes:
+    group_width="local",  # per group job, not a cap on the whole run
+
+
+if workflow.resource_settings.nodes is not None:  # --jobs N with a cluster executor
+    workflow.register_resource("group_width", 1)
+
+
+# The environment's canonical interpreter, not sys.executable: the latter differs between
+# `snakemake` (python3) and `python -m snakemake` (python) in one venv, and the command line is
+# part of every job's provenance; a different spelling would make Snakemake redo every job.
+_PYTHON = os.path.join(sys.prefix, "bin", "python")
+PYTHON = (_PYTHON if os.path.realpath(_PYTHON) == os.path.realpath(sys.executable)
+          else sys.executable)
+
 
 def vpeft(verb):
     """The shell command of one CLI verb, with this run's study and overrides."""
-    args = [sys.executable, "-m", "vpeft", verb, "--study", STUDY]
+    args = [PYTHON, "-m", "vpeft", verb, "--study", STUDY]
     for override in OVERRIDES:
         args += ["-o", override]
     return " ".join(shlex.quote(a) for a in args)
