@@ -27,14 +27,18 @@ rule data:  # every task prepared (and, for the demo, the backbone pretrained)
         WEIGHTS,
 
 
-rule train:  # every final run evaluated
+rule train:  # every final run evaluated, and each task's mistake analysis (all of runs/<study>/)
     input:
         expand(f"{RUNS}/{{task}}/{{method}}/final/{layout.TEST_EVAL}", task=PLAN.tasks,
                method=PLAN.methods),
+        [str(layout.analysis_dir(CFG, task) / f"{name}.parquet") for task in PLAN.tasks
+         for name in layout.ANALYSIS_TABLES],
 
 
 include: "rules/data.smk"
+include: "rules/manyshot.smk"
 include: "rules/pretrain.smk"
+include: "rules/robustness.smk"
 include: "rules/train.smk"
 include: "rules/analysis.smk"
 include: "rules/report.smk"

@@ -7,10 +7,12 @@ rule report:
                method=PLAN.methods),
         [str(layout.analysis_dir(CFG, task) / f"{name}.parquet") for task in PLAN.tasks
          for name in layout.ANALYSIS_TABLES],
+        REPORT_EXTRA_INPUTS,  # e.g. the robustness study's WiSE-FT tables
     output:
         report(REPORT, caption="report-caption.rst", category="Study report"),
         *[str(layout.report_dir(CFG) / t) for t in ("results.parquet", "grid.parquet",
-                                                      "summary.parquet")],
+                                                      "summary.parquet", "summary.json",
+                                                      "metrics.json")],
     log:
         f"{LOGS}/report.log",
     shell:
