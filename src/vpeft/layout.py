@@ -10,6 +10,8 @@ SOURCE_TASK = "source"  # the demo's pretraining set, prepared like any task
 
 
 def raw_task(cfg: DictConfig, task: str) -> Path:
+    if cfg.study.data.kind == "manyshot" and task != SOURCE_TASK:  # a VTAB-layout view (vpeft.data.manyshot)
+        return Path(cfg.study.data.views) / task
     return Path(cfg.study.data.root) / task
 
 

@@ -28,7 +28,7 @@ def task_entry(cfg: DictConfig, task: str) -> TaskEntry:
         return TaskEntry(task, int(declared.num_classes), str(declared.group),
                          str(declared.get("description", "")))
     kind = cfg.study.data.kind
-    if kind == "synthetic":
+    if kind == "synthetic" or (kind == "manyshot" and task == SOURCE_TASK):  # a miniature's pretraining set
         from vpeft.data.synthetic import DEMO_TASKS, SOURCE_TASK as SOURCE
 
         known = {**DEMO_TASKS, SOURCE_TASK: SOURCE}
@@ -45,4 +45,9 @@ def task_entry(cfg: DictConfig, task: str) -> TaskEntry:
                            f"{sorted(VTAB_TASKS)}; declare others under study.task_info")
         t = VTAB_TASKS[task]
         return TaskEntry(task, t.num_classes, t.group)
-    raise UserError(f"study.data.kind: '{kind}' is not one of 'synthetic', 'vtab'")
+    if kind == "manyshot" and task != SOURCE_TASK:
+        from vpeft.data.manyshot import resolve_task
+
+        ds = resolve_task(cfg, task).dataset
+        return TaskEntry(task, ds.num_classes, ds.group, ds.description)
+    raise UserError(f"study.data.kind: '{kind}' is not one of 'synthetic', 'vtab', 'manyshot'")

@@ -1,0 +1,143 @@
+"""Generic image-set readers: class-per-folder trees and ``<relpath> <label>`` list files.
+
+These are the two formats users actually hold image classification data in (ImageNet and its
+shifts, RESISC45, CIFAR exports, ...). Both return :class:`LabelledFile` rows relative to a root;
+decoding, resizing and the prepared format are left to the callers (``vpeft.data.manyshot``,
+the ImageNet readers), which reuse the VTAB-1K preparation code.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from vpeft.data.vtab import _LINE_RE, DataError, _check_relpath, _raise_collected
+
+__all__ = ["IMAGE_EXTENSIONS", "LabelledFile", "read_class_folders", "read_list_file"]
+
+# Lower-cased; matched case-insensitively (ImageNet ships ".JPEG").
+IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".ppm", ".tif", ".tiff", ".webp")
+
+
+@dataclass(frozen=True)
+class LabelledFile:
+    """One image of a dataset: ``path`` relative to the dataset root (POSIX separators), ``label``."""
+
+    path: str
+    label: int
+
+
+def _is_hidden(p: Path) -> bool:
+    # .DS_Store, ._foo (macOS), .ipynb_checkpoints: never data, present in many real trees.
+    return p.name.startswith(".")
+
+
+def read_class_folders(root: Path, classes: Sequence[str] | None = None
+                       ) -> tuple[list[LabelledFile], list[str]]:
+    """Read a class-per-folder tree ``root/<class>/<image>``.
+
+    The class order is the sorted folder names, unless ``classes`` gives it: then every folder
+    must be one of them, and folders may be missing (ImageNet-A/R hold subsets of the 1000
+    classes). Images must lie directly in their class folder. Regular files directly under
+    ``root`` (a README, a LICENSE) and hidden entries (``.DS_Store``) are ignored.
+
+    Returns the files sorted by path and the class list. Raises one :class:`DataError` naming
+    every offending path.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: dataset root not found (expected a folder holding one folder per class)")
+    if classes is not None:
+        classes = [str(c) for c in classes]
+        dup = sorted({c for c in classes if classes.count(c) > 1})
+        if dup:
+            raise DataError(f"{root}: class list names {', '.join(dup)} more than once")
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not _is_hidden(p))
+    if not folders:
+        raise DataError(f"{root}: no class folders found; expected root/<class>/<image>")
+
+    errors: list[str] = []
+    if classes is None:
+        class_list = [p.name for p in folders]
+    else:
+        class_list = list(classes)
+        known = set(class_list)
+        for p in folders:
+            if p.name not in known:
+                shown = ", ".join(class_list[:5]) + (", ..." if len(class_list) > 5 else "")
+                errors.append(f"{p}: folder {p.name!r} is not one of the {len(class_list)} given "
+                              f"classes ({shown})")
+    label_of = {name: i for i, name in enumerate(class_list)}
+
+    files: list[LabelledFile] = []
+    allowed = ", ".join(IMAGE_EXTENSIONS)
+    for folder in folders:
+        if folder.name not in label_of:
+            continue
+        count = 0
+        for p in sorted(folder.iterdir()):
+            if _is_hidden(p):
+                continue
+            if p.is_dir():
+                errors.append(f"{p}: unexpected sub-folder; images must lie directly in their "
+                              "class folder")
+            elif p.suffix.lower() not in IMAGE_EXTENSIONS:
+                errors.append(f"{p}: not an image file by its extension; allowed: {allowed} "
+                              "(any case)")
+            else:
+                files.append(LabelledFile(f"{folder.name}/{p.name}", label_of[folder.name]))
+                count += 1
+        if count == 0 and not any(e.startswith(f"{folder}/") for e in errors):
+            errors.append(f"{folder}: class folder {folder.name!r} holds no images")
+    _raise_collected(errors)
+    files.sort(key=lambda f: f.path)
+    return files, class_list
+
+
+def read_list_file(path: Path, root: Path | None = None, num_classes: int | None = None
+                   ) -> list[LabelledFile]:
+    """Read a ``<relpath> <label>`` list file (the VTAB-1K format), in file order.
+
+    Checks every line (one space, integer label, a relative path without ``..``, no duplicate
+    paths, label in ``[0, num_classes)`` when given, the image exists under ``root`` when given)
+    and raises one :class:`DataError` whose lines start with ``file:line:``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: list file not found")
+    if num_classes is not None and num_classes < 1:
+        raise DataError(f"{path}: num_classes must be >= 1, got {num_classes}")
+    raw_lines = path.read_bytes().decode("utf-8", errors="replace").split("\n")
+    while raw_lines and not raw_lines[-1].strip():  # blank lines only at the end
+        raw_lines.pop()
+    if not raw_lines:
+        raise DataError(f"{path}: list file is empty; expected '<relpath> <label>' lines")
+    errors: list[str] = []
+    seen: dict[str, int] = {}
+    files: list[LabelledFile] = []
+    for lineno, raw in enumerate(raw_lines, start=1):
+        line = raw[:-1] if raw.endswith("\r") else raw
+        where = f"{path}:{lineno}"
+        m = _LINE_RE.match(line)
+        if m is None:
+            what = "blank line before the end of the file" if not line.strip() else f"malformed line {line!r}"
+            errors.append(f"{where}: {what}; expected '<relpath> <label>' (one space, integer label)")
+            continue
+        rel = _check_relpath(m.group(1))
+        if rel is None:
+            errors.append(f"{where}: image path {m.group(1)!r} must be relative without '..' components")
+            continue
+        label = int(m.group(2))
+        if label < 0 or (num_classes is not None and label >= num_classes):
+            bound = f"[0, {num_classes})" if num_classes is not None else "[0, ...)"
+            errors.append(f"{where}: label {label} outside {bound}")
+            continue
+        if rel in seen:
+            errors.append(f"{where}: duplicate image path {rel} (first at line {seen[rel]})")
+            continue
+        seen[rel] = lineno
+        if root is not None and not (Path(root) / rel).is_file():
+            errors.append(f"{where}: image not found: {rel} (looked for {Path(root) / rel})")
+        files.append(LabelledFile(rel.replace("\\", "/"), label))
+    _raise_collected(errors)
+    return files

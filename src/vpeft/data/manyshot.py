@@ -1,0 +1,436 @@
+"""Many-shot study data: datasets as users hold them, deterministic saved subsets, VTAB-layout views.
+
+A many-shot *dataset* (CIFAR-100, RESISC45, Clevr-Dist) comes as a class-per-folder tree or a
+``<relpath> <label>`` list file (``vpeft.data.folder``), for its train part and, optionally, its
+test part. A many-shot *task* is a dataset at one training-set size::
+
+    <dataset>_n<size>   a class-balanced subset of <size> training images (cifar100_n500)
+    <dataset>           all of its training images (cifar100)
+
+Every task is turned into a **view** in the VTAB-1K on-disk layout, so the ordinary VTAB validator
+and preparation (``vpeft.data.vtab.prepare_task``) and every later rule work unchanged::
+
+    <views>/<task>/train800.txt        the task's training images minus its validation part
+    <views>/<task>/val200.txt          the validation part: grid selection happens here, never on test
+    <views>/<task>/train800val200.txt  all of the task's training images (the final run)
+    <views>/<task>/test.txt            the dataset's test images
+    <views>/<task>/images -> <train image root>     test_images -> <test image root> (if separate)
+
+The split names are the pipeline's; the sizes are the task's. Which training images a task uses
+is decided once and saved as an **index file** (``<subsets_dir>/<task>.json``: seed, source
+fingerprint, sorted indices into the dataset's train file list); a later run reads it and never
+draws again. Subsets are class-balanced (round-robin over the classes in a seeded order) and
+nested (every smaller subset of a dataset is inside every larger one). The validation part is a
+class-balanced ``val_fraction`` of the task's images (at most ``val_max``). A dataset without a
+test part gets a seeded class-stratified ``test_fraction`` carved out of its train part first
+(RESISC45 ships no split); the carved images never enter any subset.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vpeft.data.folder import LabelledFile, read_class_folders, read_list_file
+from vpeft.data.vtab import GROUPS, DataError
+from vpeft.errors import UserError
+from vpeft.io import atomic_dir, read_json, write_json
+
+__all__ = ["DatasetSpec", "Source", "ManyShotTask", "dataset_specs", "resolve_task", "task_names",
+           "read_source", "draw_split", "subset_file", "ensure_split", "write_view"]
+
+log = logging.getLogger("vpeft.data")
+
+INDEX_FORMAT = "vpeft-subset-v1"
+_TASK_RE = re.compile(r"^(?P<dataset>.+)_n(?P<size>[1-9][0-9]*)$")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One part (train or test) of a dataset: a class-folder tree, or a list file with its image root."""
+
+    folders: Path | None = None
+    list_file: Path | None = None
+    root: Path | None = None
+
+    @property
+    def image_root(self) -> Path:
+        if self.folders is not None:
+            return self.folders
+        return self.root if self.root is not None else self.list_file.parent  # type: ignore[union-attr]
+
+    def describe(self) -> str:
+        return f"folders {self.folders}" if self.folders is not None else f"list {self.list_file}"
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """``study.data.datasets.<name>``: where a dataset lives and which subsets the study uses."""
+
+    name: str
+    num_classes: int
+    group: str
+    train: Source
+    test: Source | None
+    test_fraction: float
+    subsets: tuple[int | None, ...]  # None = the full train part
+    flips: tuple[str, ...]
+    classes: tuple[str, ...] | None
+    description: str
+
+
+@dataclass(frozen=True)
+class ManyShotTask:
+    name: str
+    dataset: DatasetSpec
+    size: int | None  # None = full
+
+
+FLIPS = ("horizontal", "vertical")
+
+
+def _source(raw: Any, base: Path, where: str) -> Source | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise UserError(f"{where}: expected {{folders: DIR}} or {{list: FILE, root: DIR}}, got {raw!r}")
+    keys = set(raw)
+    if keys == {"folders"}:
+        return Source(folders=base / str(raw["folders"]))
+    if "list" in keys and keys <= {"list", "root"}:
+        root = raw.get("root")
+        return Source(list_file=base / str(raw["list"]), root=base / str(root) if root else None)
+    raise UserError(f"{where}: expected {{folders: DIR}} or {{list: FILE, root: DIR}}, "
+                    f"got keys {sorted(keys)}")
+
+
+def dataset_specs(cfg: Any) -> dict[str, DatasetSpec]:
+    """Every dataset of ``study.data.datasets``; relative paths are relative to ``study.data.root``."""
+    from omegaconf import OmegaConf
+
+    data = cfg.study.data
+    raw = OmegaConf.to_container(data.get("datasets") or {}, resolve=True)
+    if not raw:
+        raise UserError("study.data.datasets: a many-shot study needs at least one dataset")
+    base = Path(str(data.root))
+    specs: dict[str, DatasetSpec] = {}
+    for name, d in raw.items():
+        where = f"study.data.datasets.{name}"
+        if not isinstance(d, Mapping):
+            raise UserError(f"{where}: expected a mapping")
+        unknown = set(d) - {"num_classes", "group", "train", "test", "test_fraction", "subsets",
+                            "flips", "classes", "description", "synthetic"}
+        if unknown:
+            raise UserError(f"{where}: unknown key(s) {sorted(unknown)}")
+        for key in ("num_classes", "group", "train"):
+            if d.get(key) is None:
+                raise UserError(f"{where}.{key} is required")
+        if d["group"] not in GROUPS:
+            raise UserError(f"{where}.group: {d['group']!r} is not one of {', '.join(GROUPS)}")
+        subsets: list[int | None] = []
+        for s in d.get("subsets") or ["full"]:
+            if s == "full":
+                subsets.append(None)
+            elif isinstance(s, int) and not isinstance(s, bool) and s >= 1:
+                subsets.append(s)
+            else:
+                raise UserError(f"{where}.subsets: {s!r} is neither a positive integer nor 'full'")
+        flips = tuple(d.get("flips") or ("horizontal",))
+        bad = [f for f in flips if f not in FLIPS]
+        if bad:
+            raise UserError(f"{where}.flips: {bad} not among {list(FLIPS)}")
+        test_fraction = float(d.get("test_fraction") or 0.0)
+        test = _source(d.get("test"), base, f"{where}.test")
+        if test is None and not 0.0 < test_fraction < 1.0:
+            raise UserError(f"{where}: no test part given, so test_fraction (a share of train to "
+                            f"carve out as test) must be in (0, 1); got {d.get('test_fraction')!r}")
+        specs[name] = DatasetSpec(
+            name=name, num_classes=int(d["num_classes"]), group=str(d["group"]),
+            train=_source(d["train"], base, f"{where}.train"), test=test,  # type: ignore[arg-type]
+            test_fraction=test_fraction if test is None else 0.0, subsets=tuple(subsets),
+            flips=flips, classes=tuple(d["classes"]) if d.get("classes") else None,
+            description=str(d.get("description") or ""))
+    return specs
+
+
+def task_name(dataset: str, size: int | None) -> str:
+    return dataset if size is None else f"{dataset}_n{size}"
+
+
+def task_names(specs: Mapping[str, DatasetSpec]) -> list[str]:
+    """Every task the datasets' subsets define, dataset by dataset, smallest subset first."""
+    return [task_name(s.name, size) for s in specs.values()
+            for size in sorted(s.subsets, key=lambda n: float("inf") if n is None else n)]
+
+
+def resolve_task(cfg: Any, task: str) -> ManyShotTask:
+    specs = dataset_specs(cfg)
+    if task in specs and None in specs[task].subsets:
+        return ManyShotTask(task, specs[task], None)
+    m = _TASK_RE.match(task)
+    if m and m["dataset"] in specs and int(m["size"]) in specs[m["dataset"]].subsets:
+        return ManyShotTask(task, specs[m["dataset"]], int(m["size"]))
+    raise UserError(f"study.tasks: '{task}' is not a task of study.data.datasets; known: "
+                    f"{task_names(specs)} (<dataset>_n<size> for each listed subset size, "
+                    "<dataset> for 'full')")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a dataset and drawing its splits
+# ---------------------------------------------------------------------------------------------
+
+def read_source(source: Source, num_classes: int, classes: Sequence[str] | None
+                ) -> tuple[list[LabelledFile], list[str] | None]:
+    """Files of one dataset part (folder trees sorted by path, list files in file order)."""
+    if source.folders is not None:
+        files, class_list = read_class_folders(source.folders, classes)
+        if len(class_list) != num_classes:
+            raise DataError(f"{source.folders}: {len(class_list)} classes found, but the dataset "
+                            f"declares num_classes={num_classes}")
+        return files, class_list
+    return read_list_file(source.list_file, source.image_root, num_classes), None  # type: ignore[arg-type]
+
+
+def fingerprint(files: Sequence[LabelledFile]) -> str:
+    """sha256 of the ``path label`` listing: a saved index file is only valid for this listing."""
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f"{f.path} {f.label}\n".encode())
+    return digest.hexdigest()
+
+
+def _round_robin(labels: np.ndarray, num_classes: int, rng: np.random.Generator
+                 ) -> tuple[list[int], dict[int, np.ndarray]]:
+    """A seeded class order, each class's indices in a seeded order, and the sequence of classes
+    that round-robin allocation visits: its first ``n`` entries give a class-balanced quota for
+    ``n`` images, and quotas only grow with ``n`` (so subsets nest)."""
+    order = rng.permutation(num_classes)
+    members = {c: rng.permutation(np.flatnonzero(labels == c)) for c in range(num_classes)}
+    sequence: list[int] = []
+    for k in range(max((len(v) for v in members.values()), default=0)):
+        sequence.extend(int(c) for c in order if len(members[int(c)]) > k)
+    return sequence, members
+
+
+def _quota(sequence: Sequence[int], n: int, num_classes: int) -> np.ndarray:
+    return np.bincount(np.asarray(sequence[:n], dtype=np.int64), minlength=num_classes)
+
+
+def draw_split(labels: np.ndarray, num_classes: int, *, dataset: str, seed: int,
+               size: int | None, val_fraction: float, val_max: int | None,
+               test_fraction: float = 0.0) -> dict[str, list[int]]:
+    """Sorted indices (into ``labels``) of a task's ``train`` (all training images of the task),
+    ``val`` (its validation part, inside ``train``) and, with ``test_fraction``, the carved ``test``.
+
+    Deterministic in its arguments; nested in ``size``; class-balanced; the carved test part is the
+    same for every size, since it is drawn from its own stream first.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    base = [seed, zlib.crc32(dataset.encode())]
+    pool = np.arange(len(labels))
+    test: np.ndarray = np.zeros(0, np.int64)
+    if test_fraction > 0:
+        rng = np.random.default_rng([*base, 1])
+        n_test = int(round(len(labels) * test_fraction))
+        seq, members = _round_robin(labels, num_classes, rng)
+        quota = _quota(seq, n_test, num_classes)
+        test = np.sort(np.concatenate([members[c][:quota[c]] for c in range(num_classes)]))
+        pool = np.setdiff1d(pool, test)
+    rng = np.random.default_rng([*base, 2])
+    seq, members_local = _round_robin(labels[pool], num_classes, rng)
+    n = len(pool) if size is None else size
+    if n > len(pool):
+        raise DataError(f"{dataset}: subset of {n} images asked for, but only {len(pool)} training "
+                        "images are available")
+    present = int(np.unique(labels[pool]).size)
+    if n < present:
+        raise DataError(f"{dataset}: a subset of {n} images cannot hold every one of its "
+                        f"{present} classes; use at least {present}")
+    quota = _quota(seq, n, num_classes)
+    n_val = int(round(n * val_fraction))
+    if val_max is not None:
+        n_val = min(n_val, int(val_max))
+    # Validation takes the last picks of each class within the subset, round-robin again, and
+    # leaves every class present in the subset at least one training image.
+    val_seq = [c for k in range(int(quota.max(initial=0)))
+               for c in (int(x) for x in rng.permutation(num_classes)) if quota[c] - 1 > k]
+    val_quota = _quota(val_seq, n_val, num_classes)
+    train_idx, val_idx = [], []
+    for c in range(num_classes):
+        picks = pool[members_local[c][:quota[c]]]
+        train_idx.append(picks)
+        val_idx.append(picks[quota[c] - val_quota[c]:])
+    split = {"train": np.sort(np.concatenate(train_idx)).tolist() if train_idx else [],
+             "val": np.sort(np.concatenate(val_idx)).tolist() if val_idx else []}
+    if test_fraction > 0:
+        split["test"] = test.tolist()
+    return split
+
+
+# ---------------------------------------------------------------------------------------------
+# Saved index files and views
+# ---------------------------------------------------------------------------------------------
+
+def subset_file(cfg: Any, task: str) -> Path:
+    return Path(str(cfg.study.data.subsets_dir)) / f"{task}.json"
+
+
+def _split_settings(cfg: Any) -> dict[str, Any]:
+    data = cfg.study.data
+    val_max = data.get("val_max")
+    return {"seed": int(data.get("seed", 0)), "val_fraction": float(data.get("val_fraction", 0.2)),
+            "val_max": None if val_max is None else int(val_max)}
+
+
+def ensure_split(cfg: Any, task: ManyShotTask, train_files: Sequence[LabelledFile]
+                 ) -> dict[str, Any]:
+    """The task's saved index file, written on first use; later calls read it and never redraw.
+
+    A saved file drawn from another train listing (the data changed) or with other settings is an
+    error, not something to silently replace: the user deletes it to draw again.
+    """
+    path = subset_file(cfg, task.name)
+    settings = _split_settings(cfg)
+    expected = {"format": INDEX_FORMAT, "task": task.name, "dataset": task.dataset.name,
+                "size": task.size, "test_fraction": task.dataset.test_fraction, **settings,
+                "train_listing": fingerprint(train_files), "train_listing_count": len(train_files)}
+    if path.is_file():
+        saved = read_json(path)
+        diff = [k for k, v in expected.items() if saved.get(k) != v]
+        if diff:
+            raise DataError(f"{path}: saved subset index was drawn with other "
+                            f"{', '.join(diff)} than now; delete the file to draw a new subset "
+                            "(results made with the old one then no longer match)")
+        n = len(train_files)
+        for key in ("train", "val", *(("test",) if task.dataset.test_fraction else ())):
+            idx = saved.get(key)
+            if not isinstance(idx, list) or any(not isinstance(i, int) or not 0 <= i < n for i in idx) \
+                    or idx != sorted(set(idx)):
+                raise DataError(f"{path}: '{key}' must be sorted distinct indices in [0, {n})")
+        log.info("%s: using saved subset index %s", task.name, path)
+        return saved
+    labels = np.array([f.label for f in train_files], dtype=np.int64)
+    split = draw_split(labels, task.dataset.num_classes, dataset=task.dataset.name,
+                       seed=settings["seed"], size=task.size, val_fraction=settings["val_fraction"],
+                       val_max=settings["val_max"], test_fraction=task.dataset.test_fraction)
+    record = {**expected, **split}
+    write_json(path, record)
+    log.info("%s: wrote subset index %s (%d train, %d val)", task.name, path,
+             len(split["train"]), len(split["val"]))
+    return record
+
+
+def _lines(files: Sequence[LabelledFile], prefix: str) -> str:
+    for f in files:
+        if any(ch.isspace() for ch in f.path):
+            raise DataError(f"{f.path}: image paths with white space cannot be listed in the "
+                            "'<relpath> <label>' format; rename the file")
+    return "".join(f"{prefix}/{f.path} {f.label}\n" for f in files)
+
+
+def write_view(cfg: Any, task_name_: str, out_dir: Path) -> dict[str, int]:
+    """Read the task's dataset, draw or read its saved index file, and publish the VTAB-layout
+    view ``out_dir`` atomically (list files + an ``images`` link to the dataset root)."""
+    task = resolve_task(cfg, task_name_)
+    ds = task.dataset
+    train_files, class_list = read_source(ds.train, ds.num_classes, ds.classes)
+    if ds.test is not None:
+        test_files, test_classes = read_source(ds.test, ds.num_classes, class_list or ds.classes)
+        if class_list is not None and test_classes is not None and test_classes != class_list:
+            raise DataError(f"{ds.test.describe()}: test classes differ from the train classes")
+    split = ensure_split(cfg, task, train_files)
+    if ds.test is None:
+        test_files = [train_files[i] for i in split["test"]]
+    train = [train_files[i] for i in split["train"]]
+    val_set = set(split["val"])
+    val = [train_files[i] for i in split["val"]]
+    train_only = [train_files[i] for i in split["train"] if i not in val_set]
+    with atomic_dir(Path(out_dir)) as tmp:
+        # A separate test part keeps its own root: linked as test_images/.
+        test_prefix = "images" if ds.test is None else "test_images"
+        for name, files, prefix in (("train800", train_only, "images"), ("val200", val, "images"),
+                                    ("train800val200", train, "images"),
+                                    ("test", test_files, test_prefix)):
+            (tmp / f"{name}.txt").write_text(_lines(files, prefix), encoding="utf-8")
+        os.symlink(ds.train.image_root.resolve(), tmp / "images", target_is_directory=True)
+        if ds.test is not None:
+            os.symlink(ds.test.image_root.resolve(), tmp / "test_images", target_is_directory=True)
+        write_json(tmp / "classes.json", {"classes": class_list, "dataset": ds.name,
+                                          "size": task.size, "subset_index": str(subset_file(cfg, task.name))})
+    counts = {"train": len(train_only), "val": len(val), "train_total": len(train),
+              "test": len(test_files)}
+    log.info("%s: view %s %s", task.name, out_dir, counts)
+    return counts
+
+
+# ---------------------------------------------------------------------------------------------
+# The offline miniature: synthetic datasets written in the formats users hold
+# ---------------------------------------------------------------------------------------------
+
+def generate_demo_dataset(cfg: Any, dataset: str, seed: int = 0) -> Path:
+    """Write ``<study.data.root>/<dataset>`` from its ``synthetic`` spec (demo studies only).
+
+    ``synthetic: {task, layout, train, test, image_size}``: ``task`` is a synthetic demo task
+    (``vpeft.data.synthetic``); ``layout: folders`` writes ``train/<class>/`` and ``test/<class>/``
+    trees (``test: 0``: no test part), ``layout: list`` keeps the VTAB list files
+    (``train800.txt`` as the train list, ``test.txt`` as the test list).
+    """
+    import shutil
+    import tempfile
+
+    from omegaconf import OmegaConf
+
+    from vpeft.data import synthetic
+
+    raw = OmegaConf.to_container(cfg.study.data.datasets, resolve=True).get(dataset)
+    spec = (raw or {}).get("synthetic")
+    if not spec:
+        raise UserError(f"study.data.datasets.{dataset}: no 'synthetic' spec, so vpeft cannot "
+                        f"generate it; put the dataset under {cfg.study.data.root}/{dataset}")
+    layout_kind = spec.get("layout", "folders")
+    if layout_kind not in ("folders", "list"):
+        raise UserError(f"study.data.datasets.{dataset}.synthetic.layout: expected folders or list")
+    root = Path(str(cfg.study.data.root))
+    sizes = {"train800": int(spec["train"]), "val200": 0, "test": int(spec.get("test", 0))}
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root) as scratch:
+        vtab_dir = synthetic.generate_task(spec["task"], Path(scratch), sizes=sizes,
+                                           image_size=int(spec.get("image_size", 32)), seed=seed)
+        with atomic_dir(root / dataset) as tmp:
+            if layout_kind == "list":
+                for name in ("train800.txt", "test.txt"):
+                    shutil.copy2(vtab_dir / name, tmp / name)
+                shutil.copytree(vtab_dir / "images", tmp / "images")
+            else:
+                for split, part in (("train800", "train"), ("test", "test")):
+                    for f in read_list_file(vtab_dir / f"{split}.txt", vtab_dir):
+                        target = tmp / part / f"c{f.label:02d}" / Path(f.path).name
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copy2(vtab_dir / f.path, target)
+    return root / dataset
+
+
+def report_metadata(cfg: Any, tasks: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per task: its dataset, subset size and image counts (from the prepared manifest), for the
+    report's accuracy-vs-training-set-size section."""
+    from vpeft import layout
+    from vpeft.data.vtab import read_manifest
+
+    out: dict[str, dict[str, Any]] = {}
+    for name in tasks:
+        task = resolve_task(cfg, name)
+        splits = read_manifest(layout.prepared_task(cfg, name))["splits"]
+        out[name] = {"dataset": task.dataset.name, "subset": "full" if task.size is None else task.size,
+                     "train_images": int(splits["train800val200"]["count"]),
+                     "grid_train_images": int(splits["train800"]["count"]),
+                     "val_images": int(splits["val200"]["count"]),
+                     "test_images": int(splits["test"]["count"])}
+    return out
