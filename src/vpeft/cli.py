@@ -38,11 +38,15 @@ def cmd_synth(args: argparse.Namespace) -> None:
 
     plan = _plan(args)
     data = plan.cfg.study.data
-    sizes = {k: v for k, v in data.split_sizes.items() if k != "train800val200"}
-    target = layout.raw_task(plan.cfg, args.task)
+    target = Path(data.root) / args.task
     if args.task == layout.SOURCE_TASK:
         synthetic.generate_source(Path(data.root), image_size=int(data.image_size), seed=args.seed)
+    elif data.kind == "manyshot":  # a miniature dataset written as class folders or list files
+        from vpeft.data.manyshot import generate_demo_dataset
+
+        generate_demo_dataset(plan.cfg, args.task, seed=args.seed)
     else:
+        sizes = {k: v for k, v in data.split_sizes.items() if k != "train800val200"}
         synthetic.generate_task(args.task, Path(data.root), sizes=sizes,
                                 image_size=int(data.image_size), seed=args.seed)
     log.info("generated %s", target)
@@ -56,14 +60,25 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     plan = _plan(args)
     cfg = plan.cfg
     entry = task_entry(cfg, args.task)
-    # The pretraining source set has no fixed split sizes; study tasks have the study's.
+    # The pretraining source set and many-shot tasks have no fixed split sizes; VTAB tasks do.
+    manyshot = cfg.study.data.kind == "manyshot" and args.task != layout.SOURCE_TASK
     sizes = (dict.fromkeys(("train800", "val200", "train800val200", "test"))
-             if args.task == layout.SOURCE_TASK else dict(cfg.study.data.split_sizes))
+             if args.task == layout.SOURCE_TASK or manyshot else dict(cfg.study.data.split_sizes))
+    # Many-shot images are stored larger than the model input (crops happen per batch).
+    size = int(cfg.study.data.stored_size) if manyshot else int(cfg.model.img_size)
     manifest = prepare_task(layout.raw_task(cfg, args.task), layout.prepared_task(cfg, args.task),
-                            task=args.task, image_size=int(cfg.model.img_size),
+                            task=args.task, image_size=size,
                             num_classes=entry.num_classes, group=entry.group, split_sizes=sizes)
     counts = {k: v["count"] for k, v in manifest["splits"].items()}
     log.info("prepared %s: %s", args.task, counts)
+
+
+def cmd_subsets(args: argparse.Namespace) -> None:
+    from vpeft import layout
+    from vpeft.data.manyshot import write_view
+
+    plan = _plan(args)
+    write_view(plan.cfg, args.task, layout.raw_task(plan.cfg, args.task))
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
@@ -73,15 +88,23 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from vpeft.protocol import run_final, run_point
+    from vpeft.errors import UserError
+    from vpeft.protocol import run_final, run_points
 
     plan = _plan(args)
     if args.phase == "final":
         run_final(plan, args.task, args.method)
     else:
-        if not args.point:
-            raise SystemExit("vpeft train --phase grid needs --point")
-        run_point(plan, args.task, args.method, plan.point(args.method, args.point), "grid")
+        if bool(args.point) == bool(args.points):
+            raise UserError("vpeft train --phase grid needs --point ID (repeatable) or --points all")
+        if args.method not in plan.points:
+            raise UserError(f"--method {args.method!r}: not in study.methods {plan.methods}")
+        points = plan.points[args.method] if args.points == "all" else \
+            [plan.point(args.method, point) for point in args.point]
+        if len({p.id for p in points}) != len(points):
+            raise UserError(f"--point: a grid point is named twice in {args.point}")
+        # several points: trained together in one process, each written as its solo run would be
+        run_points(plan, args.task, args.method, points, "grid")
 
 
 def cmd_select(args: argparse.Namespace) -> None:
@@ -123,6 +146,13 @@ def cmd_export(args: argparse.Namespace) -> None:
         print(export_merged(plan, args.task, args.method, out))
 
 
+def cmd_robustness(args: argparse.Namespace) -> None:
+    from vpeft.robustness.pipeline import run_verb
+
+    run_verb(args.verb, _plan(args), task=getattr(args, "task", None),
+             method=getattr(args, "method", None), shift=getattr(args, "shift", None))
+
+
 def _published_csv(name: str | None):
     """``study.published``: a CSV path, or the name of one shipped in vpeft/report/reference."""
     from pathlib import Path
@@ -143,14 +173,23 @@ def cmd_report(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from vpeft import layout
+    from vpeft.io import write_json
     from vpeft.protocol import study_metadata, versions, git_commit
     from vpeft.report import collect_study, render_report, write_study_tables
 
     plan = _plan(args)
     study = study_metadata(plan)
     results = collect_study(Path(plan.cfg.paths.runs) / plan.name, study)
+    from vpeft.report.robustness import collect_wise  # robustness study: WiSE-FT curves
+
+    collect_wise(results, Path(plan.cfg.paths.runs) / plan.name, study)
     out = layout.report_dir(plan.cfg)
     write_study_tables(results, out)
+    # DVC reads metrics and plots from JSON, not Parquet (dvc.yaml: metrics, plots).
+    summary = results.summary.to_pylist()
+    write_json(out / "summary.json", summary)
+    write_json(out / "metrics.json", {r["method"]: {k: v for k, v in r.items() if k != "method"}
+                                      for r in summary})
     render_report(results, study, out / "index.html",
                   published_csv=_published_csv(plan.cfg.study.get("published")),
                   provenance={"versions": versions(), "git_commit": git_commit()})
@@ -216,13 +255,22 @@ def build_parser() -> argparse.ArgumentParser:
         "plan": (cmd_plan, "print the study's tasks, methods and grid points as JSON"),
         "synth": (cmd_synth, "generate one synthetic demo task in the VTAB-1K on-disk format"),
         "prepare": (cmd_prepare, "validate a VTAB-1K task and write its Parquet shards"),
+        "subsets": (cmd_subsets, "many-shot: draw (once) or read a task's saved subset index and "
+                                 "write its VTAB-layout view"),
         "pretrain": (cmd_pretrain, "pretrain the demo backbone on the synthetic source set"),
-        "train": (cmd_train, "train one grid point (train800 -> val200) or the final run"),
+        "train": (cmd_train, "train grid points (train800 -> val200) or the final run"),
         "select": (cmd_select, "choose the grid point with the best val200 top-1"),
         "evaluate": (cmd_evaluate, "score the final run on test (reads test labels, once)"),
         "analyze": (cmd_analyze, "agreement, mistakes, oracle and ensembles of a task's final runs"),
         "report": (cmd_report, "collect results into Parquet tables and render the HTML report"),
         "export": (cmd_export, "fold a final run's method into a plain timm checkpoint"),
+        # the robustness study (vpeft.robustness.pipeline)
+        "imagenet-split": (cmd_robustness, "robustness: seeded few-shot train/val split as a task view"),
+        "prepare-shift": (cmd_robustness, "robustness: prepare one distribution-shift test set"),
+        "zeroshot-head": (cmd_robustness, "robustness: the CLIP zero-shot head (model.init_head)"),
+        "wise": (cmd_robustness, "robustness: WiSE-FT curve of a final run on ID and shift sets"),
+        "robust-synth": (cmd_robustness, "robustness miniature: write its shifted image trees"),
+        "fit-clip": (cmd_robustness, "robustness miniature: fit its tiny CLIP text tower"),
     }
     params = sub.add_parser("params", help="trainable parameters of a method on a timm model (JSON)",
                             description=cmd_params.__doc__)
@@ -236,10 +284,14 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (fn, help_text) in verbs.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         _common(p)
-        if name in ("synth", "prepare", "analyze"):
+        if name in ("synth", "prepare", "analyze", "subsets"):
             _task_method(p, method=False)
         if name == "synth":
             p.add_argument("--seed", type=int, default=0)
+        if name in ("imagenet-split", "wise"):
+            _task_method(p, method=name == "wise")
+        if name == "prepare-shift":
+            p.add_argument("--shift", required=True, help="a key of study.robustness.shifts")
         if name in ("train", "select", "evaluate", "export"):
             _task_method(p)
         if name == "export":
@@ -249,7 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--out", help="output file or directory (default: inside final/)")
         if name == "train":
             p.add_argument("--phase", choices=["grid", "final"], default="grid")
-            p.add_argument("--point", help="grid point id (see `vpeft plan`)")
+            p.add_argument("--point", action="append", default=[],
+                           help="grid point id (see `vpeft plan`); repeat to train several "
+                                "points of the method together in one process")
+            p.add_argument("--points", choices=["all"], help="all: every grid point of the method")
         p.set_defaults(func=fn)
     return parser
 

@@ -12,7 +12,9 @@ import logging
 import platform
 import subprocess
 import time
-from typing import TYPE_CHECKING, Any, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -79,71 +81,170 @@ def run_point(plan: StudyPlan, task: str, method: str, point: GridPoint, phase: 
               seed: int | None = None) -> dict[str, Any]:
     """Train one grid point (``phase='grid'``) or the final run (``phase='final'``) and write its
     outputs; returns the metrics."""
+    return run_points(plan, task, method, [point], phase, seed=seed)[0]
+
+
+@dataclass
+class _PointRun:
+    """One grid point of a fused job: where it writes, its model and its training run."""
+
+    point: GridPoint
+    out_dir: Path
+    desc: str
+    model: Any
+    counts: dict[str, int]
+    settings: Any
+    run: Any
+    normaliser: Any
+    eval_features: Any = None  # cached eval-split features when the head trains on features
+    feature_cache: dict[str, Any] = field(default_factory=lambda: {"used": False})
+
+
+def run_points(plan: StudyPlan, task: str, method: str, points: Sequence[GridPoint], phase: str,
+               seed: int | None = None) -> list[dict[str, Any]]:
+    """Train several grid points of one method together in one process and write each one's
+    outputs exactly as a solo run would (one point: a solo run); returns their metrics.
+
+    Start-up, data loading and the prepared splits are paid once; the points train interleaved
+    step by step (``vpeft.train.loop.train_runs``), each with its own RNG streams and resume
+    checkpoint, so each point's results are bit-identical (on CPU) to its solo run. A run whose
+    only trainable part is the head trains on cached frozen features when
+    ``train.cache_linear_features`` is on (``vpeft.train.features``).
+    """
     import torch
+    from torch import nn
 
     from vpeft.methods import apply, count_trainable, save_adapter
     from vpeft.models.backbone import create_backbone, normalisation
-    from vpeft.train.loop import Normaliser, TrainSettings, predict, resolve_device, top1, train
+    from vpeft.train.augment import transforms_for
+    from vpeft.train.features import HeadProbe, extract_features, head_only
+    from vpeft.train.loop import (Normaliser, Run, TrainSettings, effective_precision,
+                                  resolve_device, top1, train_runs, uses_fused_attention)
 
+    if not points:
+        raise ValueError(f"{task}/{method}: no grid points to train")
+    if phase == "final" and len(points) != 1:
+        raise ValueError(f"{task}/{method}: the final phase trains exactly one point")
     cfg = plan.cfg
     train_split, eval_split = PHASES[phase]
-    out_dir = layout.grid_dir(cfg, task, method, point.id) if phase == "grid" else \
-        layout.final_dir(cfg, task, method)
     seed = int(cfg.train.seeds[0] if seed is None else seed)
     started = time.perf_counter()
     prepared = layout.prepared_task(cfg, task)
     manifest = read_manifest(prepared)
     num_classes = int(manifest["num_classes"])
-
-    model = create_backbone(cfg.model.name, cfg.model.weights, num_classes,
-                            kwargs=cfg.model.kwargs, drop_path=float(cfg.train.drop_path), seed=seed)
-    apply(model, method, **point.hparams)
     device = resolve_device(cfg.train.get("device", "auto"))
-    model.to(device)
-    counts = count_trainable(model)
-    mean, std = normalisation(model, cfg.model.mean, cfg.model.std)
-    normaliser = Normaliser(mean, std, int(cfg.model.img_size))
-    settings = TrainSettings.from_config(cfg.train, point.optim)
-
-    train_data = read_split(prepared, train_split)
-    desc = f"{task}/{method}/{point.id if phase == 'grid' else 'final'}"
-    log.info("%s: %d trainable parameters (%d with head) of %d; training on %s (%d images)",
-             desc, counts["trainable_params"], counts["trainable_params_with_head"],
-             counts["total_params"], train_split, len(train_data.images))
-    # A preempted or killed run resumes from here when it is run again (SLURM requeue, retry).
-    resume = out_dir / RESUME_CHECKPOINT
-    result = train(model, normaliser, torch.from_numpy(train_data.images),
-                   torch.from_numpy(train_data.labels), settings, seed=seed, desc=desc,
-                   checkpoint=resume)
+    augment, eval_transform = transforms_for(cfg, task)  # (None, None) unless train.augment is set
+    # Frozen features are only a fixed function of an image when no augmentation changes it.
+    cache_features = bool(cfg.train.get("cache_linear_features", True)) and augment is None
 
     # Test labels are never loaded here: for the final run only the images are read.
+    train_data = read_split(prepared, train_split)
     eval_data = read_split(prepared, eval_split)
-    logits = predict(model, normaliser, torch.from_numpy(eval_data.images), settings.eval_batch_size)
-    if result.status != "ok" or not torch.isfinite(logits).all():
-        result.status = "diverged"
-    val_top1 = top1(logits, eval_data.labels) if phase == "grid" and result.status == "ok" else None
+    images = torch.from_numpy(train_data.images).to(device)  # once, shared by every point
+    labels = torch.from_numpy(train_data.labels).to(device)
+    eval_images = torch.from_numpy(eval_data.images)
+    features: dict[str, tuple[Any, Any, float]] = {}  # method hparams -> train/eval features
 
-    meta = {"study": plan.name, "task": task, "point": point.id, "model": cfg.model.name,
-            "num_classes": num_classes}
-    if phase == "grid":
-        write_parquet(out_dir / layout.PREDICTIONS, _logits_table(eval_data.index, logits,
-                                                                  eval_data.labels))
-    else:
-        write_parquet(out_dir / layout.TEST_LOGITS, _logits_table(eval_data.index, logits, None))
-    save_adapter(model, out_dir / layout.ADAPTER, extra=meta)
-    metrics = _record(
-        plan, task, method, manifest, phase=phase, point=point.id, seed=seed,
-        eval_split=eval_split if phase == "grid" else None, status=result.status,
-        val_top1=val_top1, hparams=dict(point.hparams), optim=dict(point.optim), **counts,
-        wall_time_s=time.perf_counter() - started, epochs=settings.epochs, steps=result.steps,
-        device=str(device), train_images_per_s=result.images_per_s,
-        loss_curve=result.loss_curve, diverged_at=result.diverged_at)
-    write_json(out_dir / layout.METRICS, metrics)  # last: its presence means the run is complete
-    resume.unlink(missing_ok=True)
-    log.info("%s: %s%s in %.1fs", desc, result.status,
-             f", val200 top-1 {val_top1:.2f}" if val_top1 is not None else "",
-             metrics["wall_time_s"])
-    return metrics
+    jobs: list[_PointRun] = []
+    for point in points:
+        out_dir = layout.grid_dir(cfg, task, method, point.id) if phase == "grid" else \
+            layout.final_dir(cfg, task, method)
+        model = create_backbone(cfg.model.name, cfg.model.weights, num_classes,
+                                kwargs=cfg.model.kwargs, seed=seed,
+                                # a grid may sweep drop_path under optim (the many-shot study does)
+                                drop_path=float(point.optim.get("drop_path", cfg.train.drop_path)))
+        if cfg.model.get("init_head"):  # robustness study: every run starts from the zero-shot head
+            from vpeft.robustness.zeroshot import install_head
+
+            install_head(model, cfg.model.init_head)
+        apply(model, method, **point.hparams)
+        model.to(device)
+        counts = count_trainable(model)
+        mean, std = normalisation(model, cfg.model.mean, cfg.model.std)
+        normaliser = Normaliser(mean, std, int(cfg.model.img_size))
+        settings = TrainSettings.from_config(cfg.train, point.optim)
+        desc = f"{task}/{method}/{point.id if phase == 'grid' else 'final'}"
+        log.info("%s: %d trainable parameters (%d with head) of %d; training on %s (%d images)",
+                 desc, counts["trainable_params"], counts["trainable_params_with_head"],
+                 counts["total_params"], train_split, len(images))
+        # A preempted or killed run resumes from here when it is run again (SLURM requeue, retry).
+        resume = out_dir / RESUME_CHECKPOINT
+        if cache_features and head_only(model):
+            key = json.dumps(dict(point.hparams), sort_keys=True, default=str)
+            if key not in features:  # the frozen backbone is the same for every such point
+                tic = time.perf_counter()
+                features[key] = (
+                    extract_features(model, normaliser, images, settings.eval_batch_size,
+                                     precision=settings.precision),
+                    extract_features(model, normaliser, eval_images, settings.eval_batch_size,
+                                     transform=eval_transform, precision=settings.precision),
+                    time.perf_counter() - tic)
+            train_features, eval_features, extract_s = features[key]
+            probe = HeadProbe(model)
+            run = Run(probe, nn.Identity(), train_features, labels, settings, seed=seed,
+                      desc=desc, checkpoint=resume)
+            jobs.append(_PointRun(point, out_dir, desc, model, counts, settings, run, normaliser,
+                                  eval_features, {"used": True, "feature_dim":
+                                                  int(train_features.shape[1]),
+                                                  "extract_s": extract_s, "mode": "eval"}))
+        else:
+            run = Run(model, normaliser, images, labels, settings, seed=seed, desc=desc,
+                      checkpoint=resume, augment=augment)
+            jobs.append(_PointRun(point, out_dir, desc, model, counts, settings, run, normaliser))
+    setup_s = time.perf_counter() - started
+
+    results = train_runs([job.run for job in jobs])
+    train_s = time.perf_counter() - started - setup_s
+
+    all_metrics = []
+    for job, result in zip(jobs, results):
+        tic = time.perf_counter()
+        logits = _predict_eval(job, eval_images, eval_transform)
+        if result.status != "ok" or not torch.isfinite(logits).all():
+            result.status = "diverged"
+        val_top1 = top1(logits, eval_data.labels) if phase == "grid" and result.status == "ok" \
+            else None
+        meta = {"study": plan.name, "task": task, "point": job.point.id, "model": cfg.model.name,
+                "num_classes": num_classes}
+        if phase == "grid":
+            write_parquet(job.out_dir / layout.PREDICTIONS,
+                          _logits_table(eval_data.index, logits, eval_data.labels))
+        else:
+            write_parquet(job.out_dir / layout.TEST_LOGITS,
+                          _logits_table(eval_data.index, logits, None))
+        save_adapter(job.model, job.out_dir / layout.ADAPTER, extra=meta)
+        # A fused job's time is shared out: setup and training evenly, evaluation as measured.
+        wall_time_s = (setup_s + train_s) / len(jobs) + time.perf_counter() - tic
+        metrics = _record(
+            plan, task, method, manifest, phase=phase, point=job.point.id, seed=seed,
+            eval_split=eval_split if phase == "grid" else None, status=result.status,
+            val_top1=val_top1, hparams=dict(job.point.hparams), optim=dict(job.point.optim),
+            **job.counts, wall_time_s=wall_time_s, epochs=job.settings.epochs,
+            steps=result.steps, device=str(device), train_images_per_s=result.images_per_s,
+            loss_curve=result.loss_curve, diverged_at=result.diverged_at,
+            feature_cache=job.feature_cache,
+            precision=effective_precision(device, job.settings.precision),
+            fused_attention=uses_fused_attention(job.model), compiled=job.settings.compile,
+            fused_points=len(jobs))
+        write_json(job.out_dir / layout.METRICS, metrics)  # last: its presence means it is complete
+        (job.out_dir / RESUME_CHECKPOINT).unlink(missing_ok=True)
+        log.info("%s: %s%s in %.1fs", job.desc, result.status,
+                 f", {eval_split} top-1 {val_top1:.2f}" if val_top1 is not None else "",
+                 metrics["wall_time_s"])
+        all_metrics.append(metrics)
+    return all_metrics
+
+
+def _predict_eval(job: _PointRun, eval_images: "torch.Tensor", eval_transform) -> "torch.Tensor":
+    """The evaluation split's logits, once, at the end of training, in batches of
+    ``eval_batch_size`` (from the cached features when the head trained on them)."""
+    from vpeft.train.features import predict_features
+    from vpeft.train.loop import predict
+
+    if job.eval_features is not None:
+        return predict_features(job.run.model, job.eval_features, job.settings.eval_batch_size)
+    return predict(job.model, job.normaliser, eval_images, job.settings.eval_batch_size,
+                   transform=eval_transform, precision=job.settings.precision)
 
 
 def _record(plan: StudyPlan, task: str, method: str, manifest: Mapping[str, Any], *, phase: str,
@@ -248,7 +349,12 @@ def study_metadata(plan: StudyPlan) -> dict[str, Any]:
                       "num_classes": manifest["num_classes"],
                       "description": task_entry(plan.cfg, task).description})
     study = plan.cfg.study
-    return {"name": plan.name, "title": study.get("title", plan.name),
+    meta = {"name": plan.name, "title": study.get("title", plan.name),
             "description": study.get("description", ""), "tasks": tasks,
             "methods": list(plan.methods)}
+    if study.data.kind == "manyshot":  # dataset and training-set size of every task
+        from vpeft.data.manyshot import report_metadata
+
+        meta["manyshot"] = report_metadata(plan.cfg, plan.tasks)
+    return meta
 

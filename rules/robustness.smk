@@ -1,0 +1,97 @@
+# The robustness study (study.robustness): few-shot split -> the ordinary protocol on task
+# `imagenet` (every run starts from the zero-shot head, model.init_head) -> WiSE-FT of every final
+# run on the ID test set and every shift.   snakemake ... robustness --config study=robustness
+if CFG.study.get("robustness") is not None:
+    from vpeft.robustness import pipeline as robust
+
+    ROBUST = CFG.study.robustness
+    MINIATURE = ROBUST.get("miniature") is not None
+    SHIFTS = list(ROBUST.shifts)
+    SHIFT_DIR = str(robust.shift_dir(CFG, "{shift}"))
+    CLIP_DIR = str(ROBUST.clip.model).removeprefix("local-dir:")
+
+    WISE_TABLES = [str(robust.wise_dir(CFG, t, m) / robust.WISE_TABLE) for t in PLAN.tasks
+                   for m in PLAN.methods]
+    REPORT_EXTRA_INPUTS.extend(WISE_TABLES)  # the report shows the WiSE-FT curves
+
+    rule robustness:
+        input:
+            WISE_TABLES,
+
+    if MINIATURE:
+
+        rule robust_synth:
+            output:
+                directory(str(ROBUST.miniature.root)),
+            log:
+                f"{LOGS}/robust_synth.log",
+            shell:
+                vpeft("robust-synth") + " > {log} 2>&1"
+
+        rule fit_clip:
+            input:
+                f"{PREPARED}/{layout.SOURCE_TASK}",
+                WEIGHTS,
+            output:
+                directory(CLIP_DIR),
+            log:
+                f"{LOGS}/fit_clip.log",
+            shell:
+                vpeft("fit-clip") + " > {log} 2>&1"
+
+    rule imagenet_split:
+        input:
+            ROBUST.miniature.root if MINIATURE else
+            [robust.required(CFG, f"study.robustness.{s}.root") for s in ("train", "test")],
+        output:
+            directory(str(layout.raw_task(CFG, "{task}"))),
+        wildcard_constraints:
+            task="|".join(PLAN.tasks),
+        log:
+            f"{LOGS}/imagenet_split/{{task}}.log",
+        shell:
+            vpeft("imagenet-split") + " --task {wildcards.task} > {log} 2>&1"
+
+    if CFG.study.data.kind == "synthetic":
+
+        ruleorder: imagenet_split > synth
+
+    rule prepare_shift:
+        input:
+            ROBUST.miniature.root if MINIATURE else
+            lambda w: [robust.required(CFG, f"study.robustness.shifts.{w.shift}.root")],
+        output:
+            directory(SHIFT_DIR),
+        log:
+            f"{LOGS}/prepare_shift/{{shift}}.log",
+        shell:
+            vpeft("prepare-shift") + " --shift {wildcards.shift} > {log} 2>&1"
+
+    rule zeroshot_head:
+        input:
+            [CLIP_DIR] if MINIATURE else [robust.required(CFG, "study.robustness.clip.weights")],
+            WEIGHTS,
+        output:
+            str(CFG.model.init_head),
+        log:
+            f"{LOGS}/zeroshot_head.log",
+        shell:
+            vpeft("zeroshot-head") + " > {log} 2>&1"
+
+    rule wise:
+        input:
+            f"{RUNS}/{{task}}/{{method}}/final/{layout.METRICS}",
+            f"{PREPARED}/{{task}}",
+            [SHIFT_DIR.format(shift=s) for s in SHIFTS],
+            str(CFG.model.init_head),
+        output:
+            str(robust.wise_dir(CFG, "{task}", "{method}") / robust.WISE_TABLE),
+            str(robust.wise_dir(CFG, "{task}", "{method}") / robust.WISE_SUMMARY),
+        threads: config["threads"]
+        resources:
+            **GPU_JOB,
+        log:
+            f"{LOGS}/{{task}}/{{method}}/wise.log",
+        shell:
+            vpeft("wise") + " --task {wildcards.task} --method {wildcards.method}"
+            " --threads {threads} > {log} 2>&1"

@@ -1,0 +1,192 @@
+"""The robustness section of the report: ID vs OOD accuracy of every method along its WiSE-FT
+curve (α = 0 is the zero-shot model, α = 1 the fine-tuned one), and a table per shift.
+
+The numbers come from each method's ``wise/wise.parquet`` (``vpeft.robustness.pipeline.run_wise``),
+collected by :func:`collect_wise` into ``results.analysis["wise"]``. Geometry is computed here;
+the template ``_robustness.html.j2`` writes the SVG and the tables through the report's
+autoescaping jinja2 environment. Every mark and cell carries the raw value (``data-value``).
+OOD accuracy is the plain mean over the shift sets. No α is selected: choosing one by test
+accuracy would be selection on test data; the whole curve is shown.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+__all__ = ["WISE_SCHEMA", "RobustnessView", "collect_wise", "robustness_view"]
+
+WISE_SCHEMA = pa.schema([("task", pa.string()), ("method", pa.string()), ("alpha", pa.float64()),
+                         ("eval_set", pa.string()), ("top1", pa.float64()),
+                         ("num_images", pa.int64()), ("num_classes_scored", pa.int64())])
+ID_SET = "id"
+PALETTE = ("#0072b2", "#e69f00", "#009e73", "#cc79a7", "#56b4e9", "#d55e00", "#f0e442",
+           "#000000", "#8c959f", "#57606a")
+LEFT, RIGHT, TOP, BOTTOM, PLOT_W, PLOT_H = 56, 120, 14, 44, 420, 300
+
+
+def collect_wise(results: Any, runs_dir: Path, study: Mapping[str, Any]) -> pa.Table | None:
+    """Concatenate every ``<task>/<method>/wise/wise.parquet`` of the study (None if there is none)
+    and keep it as ``results.analysis["wise"]``."""
+    from vpeft.robustness.pipeline import WISE_DIR, WISE_TABLE
+
+    tables = []
+    for task in [str(t["name"]) for t in study.get("tasks") or []]:
+        for method in study.get("methods") or []:
+            path = Path(runs_dir) / task / method / WISE_DIR / WISE_TABLE
+            if path.is_file():
+                t = pq.read_table(path)
+                n = t.num_rows
+                t = t.add_column(0, "method", pa.array([method] * n, pa.string()))
+                t = t.add_column(0, "task", pa.array([task] * n, pa.string()))
+                tables.append(t.select(WISE_SCHEMA.names).cast(WISE_SCHEMA))
+    if not tables:
+        return None
+    table = pa.concat_tables(tables)
+    results.analysis["wise"] = table
+    return table
+
+
+@dataclass(frozen=True)
+class Mark:
+    method: str
+    alpha: float
+    id_value: str
+    ood_value: str
+    x: str
+    y: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Line:
+    method: str
+    colour: str
+    points: str
+    marks: list[Mark]
+    label_y: str
+
+
+@dataclass(frozen=True)
+class Cell:
+    method: str
+    column: str
+    value: str | None
+    text: str
+
+
+@dataclass(frozen=True)
+class RobustnessView:
+    task: str
+    shifts: list[str]
+    lines: list[Line]
+    zero_shot: Mark | None
+    zero_shot_consistent: bool          # every method's α = 0 gave the same numbers
+    headers: list[str]
+    rows: list[tuple[str, list[Cell]]]  # per method: α = 1 on ID, each shift, OOD mean; α = 0.5
+    curve_rows: list[tuple[str, float, list[Cell]]]  # every (method, α): ID, shifts, OOD
+    x_ticks: list[tuple[str, str]]
+    y_ticks: list[tuple[str, str]]
+    width: int
+    height: int
+    plot: dict[str, float]
+
+
+def _fmt(value: float) -> str:
+    from vpeft.report.render import _fmt_acc  # the report's one rounding rule
+
+    return _fmt_acc(value)
+
+
+def _cell(method: str, column: str, value: float | None) -> Cell:
+    if value is None or not math.isfinite(value):
+        return Cell(method, column, None, "–")
+    return Cell(method, column, repr(float(value)), _fmt(value))
+
+
+def robustness_view(results: Any, study: Mapping[str, Any]) -> list[RobustnessView]:
+    """One view per task that has WiSE-FT results (empty for other studies)."""
+    table = results.analysis.get("wise") if getattr(results, "analysis", None) else None
+    if table is None or table.num_rows == 0:
+        return []
+    rows = table.to_pylist()
+    views = []
+    for task in dict.fromkeys(r["task"] for r in rows):
+        views.append(_task_view(task, [r for r in rows if r["task"] == task],
+                                list(study.get("methods") or [])))
+    return views
+
+
+def _task_view(task: str, rows: Sequence[Mapping[str, Any]], methods: Sequence[str]) -> RobustnessView:
+    shifts = list(dict.fromkeys(r["eval_set"] for r in rows if r["eval_set"] != ID_SET))
+    acc: dict[tuple[str, float, str], float] = {(r["method"], r["alpha"], r["eval_set"]): r["top1"]
+                                                for r in rows}
+    methods = [m for m in methods if any(k[0] == m for k in acc)]
+    alphas = sorted({r["alpha"] for r in rows})
+
+    def ood(m: str, a: float) -> float | None:
+        vals = [acc.get((m, a, s)) for s in shifts]
+        return None if not shifts or any(v is None for v in vals) else sum(vals) / len(vals)
+
+    points = {(m, a): (acc.get((m, a, ID_SET)), ood(m, a)) for m in methods for a in alphas}
+    present = [v for p in points.values() for v in p if v is not None]
+    lo = max(0.0, math.floor(min(present, default=0.0) / 10) * 10)
+    hi = min(100.0, math.ceil(max(present, default=100.0) / 10) * 10)
+    if hi <= lo:
+        lo, hi = max(0.0, hi - 10), max(10.0, hi)
+
+    def sx(v: float) -> float:
+        return LEFT + PLOT_W * (v - lo) / (hi - lo)
+
+    def sy(v: float) -> float:
+        return TOP + PLOT_H * (1 - (v - lo) / (hi - lo))
+
+    def mark(m: str, a: float) -> Mark | None:
+        i, o = points[(m, a)]
+        if i is None or o is None:
+            return None
+        return Mark(m, a, repr(float(i)), repr(float(o)), f"{sx(i):.1f}", f"{sy(o):.1f}",
+                    f"{m}, α={a:g}: ID {_fmt(i)} %, OOD {_fmt(o)} %")
+
+    lines = []
+    for k, m in enumerate(methods):
+        marks = [mk for a in alphas if (mk := mark(m, a)) is not None]
+        if marks:
+            lines.append(Line(m, PALETTE[k % len(PALETTE)], " ".join(f"{p.x},{p.y}" for p in marks),
+                              marks, marks[-1].y))
+    zero = [points[(m, 0.0)] for m in methods if (m, 0.0) in points and None not in points[(m, 0.0)]]
+    zero_shot = next((mark(m, 0.0) for m in methods if (m, 0.0) in points
+                      and None not in points[(m, 0.0)]), None)
+    consistent = all(z == zero[0] for z in zero)
+
+    headers = ["ID (α=1)", *[f"{s} (α=1)" for s in shifts], "OOD mean (α=1)", "ID (α=0.5)",
+               "OOD mean (α=0.5)"]
+    table_rows = []
+    if zero_shot is not None:
+        m0 = zero_shot.method
+        table_rows.append(("zero-shot", [
+            _cell("zero-shot", "id", acc.get((m0, 0.0, ID_SET))),
+            *[_cell("zero-shot", s, acc.get((m0, 0.0, s))) for s in shifts],
+            _cell("zero-shot", "ood_mean", ood(m0, 0.0)), Cell("zero-shot", "id_half", None, ""),
+            Cell("zero-shot", "ood_half", None, "")]))
+    for m in methods:
+        table_rows.append((m, [
+            _cell(m, "id", acc.get((m, 1.0, ID_SET))),
+            *[_cell(m, s, acc.get((m, 1.0, s))) for s in shifts],
+            _cell(m, "ood_mean", ood(m, 1.0)),
+            _cell(m, "id_half", acc.get((m, 0.5, ID_SET))), _cell(m, "ood_half", ood(m, 0.5))]))
+    curve_rows = [(m, a, [_cell(m, ID_SET, acc.get((m, a, ID_SET))),
+                          *[_cell(m, s, acc.get((m, a, s))) for s in shifts],
+                          _cell(m, "ood_mean", ood(m, a))]) for m in methods for a in alphas]
+    step = 10 if hi - lo > 30 else 5
+    ticks = [v for v in range(int(lo), int(hi) + 1, step)]
+    return RobustnessView(
+        task, shifts, lines, zero_shot, consistent, headers, table_rows, curve_rows,
+        [(f"{sx(v):.1f}", f"{v:g}") for v in ticks], [(f"{sy(v):.1f}", f"{v:g}") for v in ticks],
+        LEFT + PLOT_W + RIGHT, TOP + PLOT_H + BOTTOM,
+        {"left": LEFT, "right": LEFT + PLOT_W, "top": TOP, "bottom": TOP + PLOT_H,
+         "mid_x": LEFT + PLOT_W / 2, "mid_y": TOP + PLOT_H / 2})

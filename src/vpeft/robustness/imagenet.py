@@ -1,0 +1,165 @@
+"""The ImageNet family as users hold it: label space, few-shot splits, and the shift test sets.
+
+The standard 1000-class index is the sorted order of the 1000 wnids (shipped here as
+``data/imagenet_synsets.txt``, a copy of timm's). Formats (design.md §3):
+
+- ``wnid_folders``: ``root/<wnid>/<image>`` — ImageNet train/val, ImageNet-Sketch (all 1000),
+  ImageNet-A and -R (200 each: their class subset is read from the folders and checked against
+  the shipped 200-wnid list);
+- ``index_folders``: ``root/<class index>/<image>`` with folders ``0`` … ``999`` — ImageNet-V2;
+- ``list``: a ``<relpath> <label>`` file (labels in the 1000-class index).
+
+The few-shot split draws, per class and with a seeded generator over the path-sorted files,
+``val_shots`` validation images and ``shots`` training images, disjoint. It is written as a task
+folder in the VTAB-1K layout (``train800.txt`` = the few-shot train set, ``val200.txt`` = the
+held-out validation set, ``train800val200.txt`` their union, ``test.txt`` the ID evaluation set),
+with links to the image roots: those list files are the saved split, and the existing protocol
+(grid on train/val, one final run, one evaluation) and its loader run on them unchanged.
+"""
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from vpeft.data.folder import LabelledFile, read_class_folders, read_list_file
+from vpeft.data.vtab import DataError
+from vpeft.io import write_json
+
+FORMATS = ("wnid_folders", "index_folders", "list")
+SHIPPED_SUBSETS = {"imagenet_a": "imagenet_a_synsets.txt", "imagenet_r": "imagenet_r_synsets.txt"}
+TRAIN_LINK, TEST_LINK = "train_images", "test_images"  # links inside the task view
+
+
+def shipped_wnids(name: str = "imagenet_synsets.txt") -> list[str]:
+    """A wnid list shipped with vpeft (``imagenet_synsets.txt``, ``imagenet_{a,r}_synsets.txt``)."""
+    text = (files("vpeft.robustness") / "data" / name).read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+@dataclass(frozen=True)
+class LabelSpace:
+    """Class ids (folder names, in index order) and the names the text prompts use."""
+
+    ids: tuple[str, ...]
+    names: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.ids) != len(self.names) or len(set(self.ids)) != len(self.ids):
+            raise DataError(f"label space: {len(self.ids)} ids ({len(set(self.ids))} distinct) "
+                            f"for {len(self.names)} names")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def imagenet_label_space() -> LabelSpace:
+    from vpeft.robustness.zeroshot import imagenet_metadata
+
+    wnids = shipped_wnids()
+    if wnids != sorted(wnids) or len(wnids) != 1000:
+        raise DataError("shipped imagenet_synsets.txt is not the 1000 sorted wnids")
+    return LabelSpace(tuple(wnids), tuple(imagenet_metadata()[0]))
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """An evaluation set: files (labels in the full label space) and, for a class-subset set,
+    the sorted label indices it covers (its logits are restricted to them before the argmax)."""
+
+    name: str
+    root: Path
+    files: list[LabelledFile]
+    subset: list[int] | None
+
+
+def read_eval_set(name: str, root: str | Path, fmt: str, space: LabelSpace, *,
+                  list_file: str | Path | None = None, expected_subset: str | None = None) -> EvalSet:
+    """Read one ImageNet-family set in format ``fmt``; derive its class subset from the data.
+
+    ``expected_subset`` names a shipped wnid list (``imagenet_a``, ``imagenet_r``) or a file of
+    wnids the derived subset must equal.
+    """
+    root = Path(root)
+    if fmt == "wnid_folders":
+        found, _ = read_class_folders(root, classes=list(space.ids))
+    elif fmt == "index_folders":
+        found, _ = read_class_folders(root, classes=[str(i) for i in range(len(space))])
+    elif fmt == "list":
+        if list_file is None:
+            raise DataError(f"{name}: format 'list' needs a list file")
+        found = read_list_file(Path(list_file), root=root, num_classes=len(space))
+    else:
+        raise DataError(f"{name}: unknown format {fmt!r}; expected one of {FORMATS}")
+    present = sorted({f.label for f in found})
+    subset = present if len(present) < len(space) else None
+    if expected_subset is not None:
+        path = (files("vpeft.robustness") / "data" / SHIPPED_SUBSETS[expected_subset]
+                if expected_subset in SHIPPED_SUBSETS else Path(expected_subset))
+        wanted = sorted(space.ids.index(w) for w in _wnids(path, space, name))
+        if present != wanted:
+            missing = [space.ids[i] for i in sorted(set(wanted) - set(present))]
+            extra = [space.ids[i] for i in sorted(set(present) - set(wanted))]
+            raise DataError(f"{root}: {name} holds {len(present)} classes, expected the "
+                            f"{len(wanted)} of {expected_subset}: missing {missing[:8]}, "
+                            f"unexpected {extra[:8]}")
+        subset = wanted if len(wanted) < len(space) else None
+    return EvalSet(name, root, found, subset)
+
+
+def _wnids(path, space: LabelSpace, name: str) -> list[str]:
+    wnids = [w.strip() for w in path.read_text(encoding="utf-8").splitlines() if w.strip()]
+    unknown = [w for w in wnids if w not in space.ids]
+    if unknown:
+        raise DataError(f"{path}: {name}: class ids not in the label space: {unknown[:8]}")
+    return wnids
+
+
+def few_shot_split(train: Sequence[LabelledFile], shots: int, val_shots: int, seed: int,
+                   num_classes: int) -> tuple[list[LabelledFile], list[LabelledFile]]:
+    """Per class, ``val_shots`` validation and ``shots`` training images, disjoint, seeded.
+
+    Deterministic for a given file set: files are ordered by path before the draw.
+    """
+    by_class: dict[int, list[LabelledFile]] = defaultdict(list)
+    for f in sorted(train, key=lambda f: f.path):
+        by_class[f.label].append(f)
+    short = [c for c in range(num_classes) if len(by_class[c]) < shots + val_shots]
+    if short:
+        raise DataError(f"few-shot split: {len(short)} classes have fewer than {shots} + "
+                        f"{val_shots} images (first: class {short[0]} with {len(by_class[short[0]])})")
+    rng = np.random.default_rng(seed)
+    train_out, val_out = [], []
+    for c in range(num_classes):
+        order = rng.permutation(len(by_class[c]))
+        picked = [by_class[c][i] for i in order[:val_shots + shots]]
+        val_out += picked[:val_shots]
+        train_out += picked[val_shots:]
+    return train_out, val_out
+
+
+def write_task_view(task_dir: str | Path, train_root: str | Path, train: Sequence[LabelledFile],
+                    val: Sequence[LabelledFile], test: EvalSet, info: dict) -> Path:
+    """The few-shot task as a VTAB-1K layout folder of list files and links to the image roots."""
+    from vpeft.io import atomic_dir
+
+    task_dir = Path(task_dir)
+    with atomic_dir(task_dir) as tmp:
+        os.symlink(Path(train_root).absolute(), tmp / TRAIN_LINK)
+        os.symlink(test.root.absolute(), tmp / TEST_LINK)
+
+        def lines(prefix: str, rows: Sequence[LabelledFile]) -> str:
+            return "".join(f"{prefix}/{f.path} {f.label}\n" for f in rows)
+
+        (tmp / "train800.txt").write_text(lines(TRAIN_LINK, train))
+        (tmp / "val200.txt").write_text(lines(TRAIN_LINK, val))
+        (tmp / "train800val200.txt").write_text(lines(TRAIN_LINK, [*train, *val]))
+        (tmp / "test.txt").write_text(lines(TEST_LINK, test.files))
+        write_json(tmp / "split.json", {**info, "train": len(train), "val": len(val),
+                                         "test": len(test.files)})
+    return task_dir

@@ -1,0 +1,230 @@
+"""The robustness study's steps (each one CLI verb and one Snakemake rule, see rules/robustness.smk).
+
+imagenet-split   few-shot train / held-out val / ID test as a VTAB-layout task (saved list files)
+prepare-shift    one shift set (V2, Sketch, A, R, ...) into a prepared test-only set
+zeroshot-head    the zero-shot head from the CLIP text tower, once per study (model.init_head)
+wise             WiSE-FT curve of one method's final run on the ID test set and every shift
+robust-synth     the offline miniature's image trees; fit-clip: its tiny CLIP
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from omegaconf import DictConfig
+
+from vpeft import layout
+from vpeft.config import StudyPlan
+from vpeft.errors import UserError
+from vpeft.io import write_json, write_parquet
+from vpeft.robustness.imagenet import (LabelSpace, few_shot_split, imagenet_label_space,
+                                       read_eval_set, write_task_view)
+
+log = logging.getLogger("vpeft.robustness")
+
+WISE_DIR, WISE_TABLE, WISE_SUMMARY = "wise", "wise.parquet", "wise.json"
+ID_SET = "id"  # the in-distribution test set's name in the WiSE table (ImageNet val)
+
+
+def settings(cfg: DictConfig) -> DictConfig:
+    section = cfg.study.get("robustness")
+    if section is None:
+        raise UserError(f"study '{cfg.study.name}' has no study.robustness section")
+    return section
+
+
+def label_space(cfg: DictConfig) -> LabelSpace:
+    kind = settings(cfg).label_space
+    if kind == "imagenet":
+        return imagenet_label_space()
+    if kind == "synthetic_source":
+        from vpeft.data.synthetic import SOURCE_TASK
+
+        return LabelSpace(tuple(SOURCE_TASK.class_names),
+                          tuple(n.replace("-", " ") for n in SOURCE_TASK.class_names))
+    raise UserError(f"study.robustness.label_space: {kind!r}; expected 'imagenet' or "
+                    "'synthetic_source'")
+
+
+def required(cfg: DictConfig, key: str) -> str:
+    """The value of ``key`` as a string, or a ConfigError saying how to set it."""
+    from omegaconf import OmegaConf
+
+    from vpeft.config import ConfigError
+
+    try:
+        value = OmegaConf.select(cfg, key, throw_on_missing=True)
+    except Exception as err:  # MissingMandatoryValue, or an unresolvable ${oc.env:...}
+        raise ConfigError(f"config key '{key}' has no value; set it, e.g. "
+                          f"--config 'overrides=[\"{key}=/path\"]' ({err})") from err
+    if value is None:
+        raise ConfigError(f"config key '{key}' is required")
+    return str(value)
+
+
+def shift_dir(cfg: DictConfig, name: str) -> Path:
+    return layout.prepared_task(cfg, "shifts") / name
+
+
+def wise_dir(cfg: DictConfig, task: str, method: str) -> Path:
+    return layout.method_dir(cfg, task, method) / WISE_DIR
+
+
+def _read(name: str, spec: DictConfig, space: LabelSpace):
+    return read_eval_set(name, spec.root, spec.format, space, list_file=spec.get("list_file"),
+                         expected_subset=spec.get("expected_subset"))
+
+
+def imagenet_split(cfg: DictConfig, task: str) -> Path:
+    """Draw the seeded few-shot split and write the task view (list files = the saved split)."""
+    r = settings(cfg)
+    space = label_space(cfg)
+    train_set = _read("train", r.train, space)
+    train, val = few_shot_split(train_set.files, int(r.shots), int(r.val_shots),
+                                int(r.split_seed), len(space))
+    test = _read(str(r.test.name), r.test, space)
+    info = {"shots": int(r.shots), "val_shots": int(r.val_shots), "seed": int(r.split_seed),
+            "train_root": str(r.train.root), "test_root": str(r.test.root)}
+    return write_task_view(layout.raw_task(cfg, task), train_set.root, train, val, test, info)
+
+
+def prepare_shift(cfg: DictConfig, name: str) -> dict[str, Any]:
+    from vpeft.robustness.shifts import prepare_eval_set
+
+    shifts = settings(cfg).shifts
+    if name not in shifts:
+        raise UserError(f"study.robustness.shifts has no {name!r}; known: {list(shifts)}")
+    space = label_space(cfg)
+    return prepare_eval_set(_read(name, shifts[name], space), shift_dir(cfg, name),
+                            image_size=int(cfg.model.img_size), num_classes=len(space))
+
+
+def zeroshot_head(cfg: DictConfig) -> dict[str, Any]:
+    from vpeft.robustness import zeroshot
+
+    clip = settings(cfg).clip
+    templates = None
+    if settings(cfg).get("templates") == "miniature":
+        from vpeft.robustness.miniature import TEMPLATES as templates
+    return zeroshot.write_zeroshot_head(str(clip.model), clip.get("weights"),
+                                        list(label_space(cfg).names), cfg.model.init_head,
+                                        backbone_weights=cfg.model.weights, templates=templates)
+
+
+def zero_shot_model(cfg: DictConfig, num_classes: int):
+    """The CLIP image tower with the zero-shot head (the α = 0 end of every WiSE curve)."""
+    from vpeft.models.backbone import create_backbone
+    from vpeft.robustness.zeroshot import install_head
+
+    model = create_backbone(cfg.model.name, cfg.model.weights, num_classes, kwargs=cfg.model.kwargs)
+    return install_head(model, cfg.model.init_head)
+
+
+def _eval_sets(cfg: DictConfig, task: str) -> dict[str, tuple[Path, list[int] | None]]:
+    from vpeft.robustness.shifts import class_subset
+
+    sets = {ID_SET: (layout.prepared_task(cfg, task), None)}
+    for name in settings(cfg).shifts:
+        sets[str(name)] = (shift_dir(cfg, name), class_subset(shift_dir(cfg, name)))
+    return sets
+
+
+def run_wise(plan: StudyPlan, task: str, method: str) -> dict[str, Any]:
+    """Top-1 of the WiSE-FT models α ∈ study.robustness.alphas on the ID test set and every shift."""
+    import torch
+
+    from vpeft.data.vtab import read_manifest, read_split, read_test_labels
+    from vpeft.io import read_json
+    from vpeft.methods import load_adapter
+    from vpeft.models.backbone import normalisation
+    from vpeft.robustness.shifts import top1
+    from vpeft.robustness.wise import prepare_wise
+    from vpeft.train.loop import Normaliser, predict, resolve_device
+
+    cfg = plan.cfg
+    started = time.perf_counter()
+    final = layout.final_dir(cfg, task, method)
+    status = read_json(final / layout.METRICS)["status"]
+    alphas = [float(a) for a in settings(cfg).alphas]
+    num_classes = int(read_manifest(layout.prepared_task(cfg, task))["num_classes"])
+    rows: list[dict[str, Any]] = []
+    sets = _eval_sets(cfg, task)
+    if status == "ok":
+        model = zero_shot_model(cfg, num_classes)
+        wise = prepare_wise(model, lambda m: load_adapter(m, final / layout.ADAPTER))
+        device = resolve_device(cfg.train.get("device", "auto"))
+        model.to(device).eval()
+        mean, std = normalisation(model, cfg.model.mean, cfg.model.std)
+        normaliser = Normaliser(mean, std, int(cfg.model.img_size))
+        batch = int(cfg.train.eval_batch_size)
+        for name, (path, subset) in sets.items():
+            images = torch.from_numpy(read_split(path, "test").images)
+            labels = read_test_labels(path)[1]
+            for alpha in alphas:
+                with torch.no_grad():
+                    logits = predict(wise.set_alpha(alpha), normaliser, images, batch)
+                rows.append({"alpha": alpha, "eval_set": name, "top1": top1(logits, labels, subset),
+                             "num_images": len(labels), "num_classes_scored":
+                             len(subset) if subset else num_classes})
+    table = pa.Table.from_pylist(rows, schema=pa.schema([
+        ("alpha", pa.float64()), ("eval_set", pa.string()), ("top1", pa.float64()),
+        ("num_images", pa.int64()), ("num_classes_scored", pa.int64())]))
+    out = wise_dir(cfg, task, method)
+    write_parquet(out / WISE_TABLE, table)
+    summary = {"task": task, "method": method, "status": status, "alphas": alphas,
+               "eval_sets": list(sets), "id_set": ID_SET,
+               "wall_time_s": time.perf_counter() - started}
+    write_json(out / WISE_SUMMARY, summary)
+    log.info("%s/%s: WiSE-FT over %d alphas x %d sets", task, method, len(alphas), len(sets))
+    return summary
+
+
+def fit_clip(cfg: DictConfig) -> dict[str, Any]:
+    """Miniature: fit the tiny CLIP to the pretrained demo ViT's features of the source set."""
+    import torch
+
+    from vpeft.data.vtab import read_split
+    from vpeft.models.backbone import create_backbone, normalisation
+    from vpeft.robustness.miniature import fit_tiny_clip
+    from vpeft.robustness.zeroshot import LOCAL_DIR
+    from vpeft.train.loop import Normaliser
+
+    data = read_split(layout.prepared_task(cfg, layout.SOURCE_TASK), "train800")
+    model = create_backbone(cfg.model.name, cfg.model.weights, 1, kwargs=cfg.model.kwargs).eval()
+    mean, std = normalisation(model, cfg.model.mean, cfg.model.std)
+    normaliser = Normaliser(mean, std, int(cfg.model.img_size))
+    with torch.no_grad():
+        images = torch.from_numpy(data.images)
+        features = torch.cat([model.forward_head(model.forward_features(normaliser(images[i:i + 256])),
+                                                 pre_logits=True) for i in range(0, len(images), 256)])
+    folder = str(settings(cfg).clip.model)
+    if not folder.startswith(LOCAL_DIR):
+        raise UserError("study.robustness.clip.model must be 'local-dir:<folder>' to fit a tiny CLIP")
+    return fit_tiny_clip(features, torch.from_numpy(data.labels), list(label_space(cfg).names),
+                         folder[len(LOCAL_DIR):], steps=int(settings(cfg).miniature.clip_steps),
+                         seed=int(cfg.train.seeds[0]))
+
+
+def run_verb(verb: str, plan: StudyPlan, *, task: str | None = None, method: str | None = None,
+             shift: str | None = None) -> None:
+    cfg = plan.cfg
+    if verb == "imagenet-split":
+        imagenet_split(cfg, task)
+    elif verb == "prepare-shift":
+        prepare_shift(cfg, shift)
+    elif verb == "zeroshot-head":
+        zeroshot_head(cfg)
+    elif verb == "wise":
+        run_wise(plan, task, method)
+    elif verb == "robust-synth":
+        from vpeft.robustness.miniature import write_shift_trees
+
+        write_shift_trees(Path(settings(cfg).miniature.root), label_space(cfg),
+                          settings(cfg).miniature, seed=int(cfg.train.seeds[0]))
+    elif verb == "fit-clip":
+        fit_clip(cfg)
+    else:
+        raise UserError(f"unknown robustness verb {verb!r}")

@@ -1,0 +1,225 @@
+"""Robustness study data: the class-subset logit mask, the seeded few-shot split saved as a
+VTAB-layout task, the ImageNet-family readers and the prepared evaluation sets."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vpeft.data.vtab import DataError, read_split, read_test_labels
+from vpeft.robustness.imagenet import (LabelSpace, few_shot_split, imagenet_label_space,
+                                       read_eval_set, shipped_wnids, write_task_view)
+from vpeft.robustness.shifts import class_subset, masked_argmax, prepare_eval_set, top1
+
+SPACE = LabelSpace(ids=("n001", "n002", "n003", "n004", "n005"),
+                   names=("cat", "dog", "fox", "owl", "yak"))
+
+
+def _tree(root: Path, folders: dict[str, int], size: int = 8) -> Path:
+    for k, (folder, count) in enumerate(folders.items()):
+        (root / folder).mkdir(parents=True)
+        for i in range(count):
+            Image.fromarray(np.full((size, size, 3), (10 * k + i) % 256, np.uint8)).save(
+                root / folder / f"img{i:02d}.png")
+    return root
+
+
+def test_mask_takes_the_argmax_among_the_subset_only():
+    logits = np.array([[9.0, 1.0, 3.0, 2.0, 0.0],    # global argmax 0 is outside {2, 3}
+                       [0.0, 0.5, 1.0, 4.0, 8.0]])   # global argmax 4 is outside {2, 3}
+    assert masked_argmax(logits, None).tolist() == [0, 4]
+    assert masked_argmax(logits, [2, 3]).tolist() == [2, 3]
+    assert top1(logits, np.array([2, 3]), [2, 3]) == 100.0
+    assert top1(logits, np.array([2, 3]), None) == 0.0
+
+
+def test_few_shot_split_is_seeded_disjoint_and_per_class(tmp_path):
+    files, _ = _read(tmp_path, {w: 6 for w in SPACE.ids})
+    train, val = few_shot_split(files, shots=3, val_shots=2, seed=4, num_classes=5)
+    again = few_shot_split(list(reversed(files)), shots=3, val_shots=2, seed=4, num_classes=5)
+    assert (train, val) == again
+    assert few_shot_split(files, shots=3, val_shots=2, seed=5, num_classes=5) != (train, val)
+    assert not {f.path for f in train} & {f.path for f in val}
+    assert np.bincount([f.label for f in train]).tolist() == [3] * 5
+    assert np.bincount([f.label for f in val]).tolist() == [2] * 5
+    with pytest.raises(DataError, match="fewer than 5"):
+        few_shot_split(files, shots=5, val_shots=2, seed=0, num_classes=5)
+
+
+def _read(tmp_path: Path, folders: dict[str, int]):
+    root = _tree(tmp_path / "train", folders)
+    return read_eval_set("train", root, "wnid_folders", SPACE).files, root
+
+
+def test_task_view_is_a_valid_vtab_task_and_keeps_the_split(tmp_path):
+    from vpeft.data.vtab import prepare_task
+
+    files, root = _read(tmp_path, {w: 4 for w in SPACE.ids})
+    test = read_eval_set("val", _tree(tmp_path / "val", {w: 2 for w in SPACE.ids}),
+                         "wnid_folders", SPACE)
+    train, val = few_shot_split(files, shots=2, val_shots=1, seed=0, num_classes=5)
+    view = write_task_view(tmp_path / "view", root, train, val, test, {"seed": 0})
+    assert (view / "train800.txt").read_text().splitlines()[0].startswith("train_images/n00")
+    out = tmp_path / "prepared"
+    prepare_task(view, out, task="imagenet", image_size=8, num_classes=5, group="natural",
+                 split_sizes={"train800": 10, "val200": 5, "train800val200": 15, "test": 10})
+    data = read_split(out, "train800")
+    assert data.labels.tolist() == [f.label for f in train]
+    assert read_test_labels(out)[1].tolist() == [f.label for f in test.files]
+
+
+def test_readers_derive_the_subset_and_labels_in_the_full_space(tmp_path):
+    subset = read_eval_set("sub", _tree(tmp_path / "a", {"n002": 2, "n004": 3}), "wnid_folders", SPACE)
+    assert subset.subset == [1, 3] and sorted({f.label for f in subset.files}) == [1, 3]
+    full = read_eval_set("v2", _tree(tmp_path / "v2", {str(i): 1 for i in range(5)}),
+                         "index_folders", SPACE)
+    assert full.subset is None and [f.label for f in full.files] == [0, 1, 2, 3, 4]
+    (tmp_path / "list.txt").write_text("n004/img00.png 3\nn002/img01.png 1\n")
+    listed = read_eval_set("l", tmp_path / "a", "list", SPACE, list_file=tmp_path / "list.txt")
+    assert [f.label for f in listed.files] == [3, 1] and listed.subset == [1, 3]
+    with pytest.raises(DataError, match="not one of"):
+        read_eval_set("bad", _tree(tmp_path / "bad", {"n999": 1}), "wnid_folders", SPACE)
+
+
+def test_imagenet_a_subset_is_checked_against_the_shipped_list(tmp_path):
+    space = imagenet_label_space()
+    wnids = shipped_wnids("imagenet_a_synsets.txt")
+    root = _tree(tmp_path / "imagenet-a", {w: 1 for w in wnids}, size=2)
+    found = read_eval_set("imagenet_a", root, "wnid_folders", space, expected_subset="imagenet_a")
+    assert len(found.subset) == 200 and found.subset == sorted(space.ids.index(w) for w in wnids)
+    (root / wnids[0] / "img00.png").unlink()
+    (root / wnids[0]).rmdir()
+    with pytest.raises(DataError, match=f"missing \\['{wnids[0]}'\\]"):
+        read_eval_set("imagenet_a", root, "wnid_folders", space, expected_subset="imagenet_a")
+
+
+def test_prepared_eval_set_round_trips_with_its_subset(tmp_path):
+    found = read_eval_set("sub", _tree(tmp_path / "a", {"n002": 2, "n004": 3}), "wnid_folders", SPACE)
+    prepare_eval_set(found, tmp_path / "out", image_size=4, num_classes=5)
+    images = read_split(tmp_path / "out", "test").images
+    assert images.shape == (5, 4, 4, 3)
+    assert read_test_labels(tmp_path / "out")[1].tolist() == [1, 1, 3, 3, 3]
+    assert class_subset(tmp_path / "out") == [1, 3]
+
+
+# --------------------------------------------------------------------------------------------
+# Report section
+# --------------------------------------------------------------------------------------------
+
+def _wise_rows(methods=("linear", "lo<b>ra")):
+    rows = []
+    for m in methods:
+        for a in (0.0, 0.5, 1.0):
+            for s, base in (("id", 50.0), ("sketch", 20.0), ("subset", 30.0)):
+                rows.append({"task": "imagenet", "method": m, "alpha": a, "eval_set": s,
+                             "top1": base + (10 * a if m == "linear" else 20 * a) - (0 if s == "id" else 5 * a),
+                             "num_images": 10, "num_classes_scored": 5})
+    return rows
+
+
+def test_report_section_marks_zero_shot_and_carries_raw_values():
+    import pyarrow as pa
+
+    from vpeft.report.render import _environment
+    from vpeft.report.robustness import WISE_SCHEMA, robustness_view
+
+    class Results:
+        analysis = {"wise": pa.Table.from_pylist(_wise_rows(), schema=WISE_SCHEMA)}
+
+    study = {"name": "r", "methods": ["linear", "lo<b>ra"]}
+    views = robustness_view(Results(), study)
+    assert len(views) == 1 and views[0].shifts == ["sketch", "subset"]
+    v = views[0]
+    assert v.zero_shot_consistent and float(v.zero_shot.id_value) == 50.0
+    assert float(v.zero_shot.ood_value) == 25.0
+    html = _environment().get_template("_robustness.html.j2").render(robustness=views)
+    assert "lo<b>ra" not in html and "lo&lt;b&gt;ra" in html  # autoescaped
+    assert 'class="zero-shot" data-id="50.0" data-ood="25.0"' in html
+    # the fine-tuned end of lora: ID 50 + 20 = 70; OOD mean of sketch 35 and subset 45 = 40
+    assert 'data-alpha="1.0" data-id="70.0" data-ood="40.0"' in html
+    assert html.count('class="mark"') == 6
+
+
+def test_report_section_flags_disagreeing_zero_shot_points():
+    import pyarrow as pa
+
+    from vpeft.report.robustness import WISE_SCHEMA, robustness_view
+
+    rows = _wise_rows()
+    rows[0]["top1"] += 1.0  # linear's α = 0 ID differs from lora's
+
+    class Results:
+        analysis = {"wise": pa.Table.from_pylist(rows, schema=WISE_SCHEMA)}
+
+    assert not robustness_view(Results(), {"methods": ["linear", "lo<b>ra"]})[0].zero_shot_consistent
+
+
+# --------------------------------------------------------------------------------------------
+# The miniature end to end through real Snakemake
+# --------------------------------------------------------------------------------------------
+
+MINIATURE_OVERRIDES = ["study.pretrain.epochs=2", "study.methods=[linear,lora]",
+                       "study.robustness.miniature.clip_steps=150", "train.epochs=2"]
+
+
+@pytest.fixture(scope="module")
+def miniature_run(tmp_path_factory) -> Path:
+    import json
+    import shutil
+
+    from conftest import REPO
+    from test_pipeline import snakemake
+
+    workdir = tmp_path_factory.mktemp("robustness")
+    for item in ("Snakefile", "rules", "params"):
+        src = REPO / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, workdir / item)
+    proc = snakemake(workdir, "all", "--config", "study=demo_robustness", "threads=1",
+                     "overrides=" + json.dumps(MINIATURE_OVERRIDES))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return workdir
+
+
+def test_miniature_runs_every_robustness_step(miniature_run):
+    import json
+
+    import pyarrow.parquet as pq
+
+    from vpeft.robustness.wise import ALPHAS
+
+    runs = miniature_run / "runs" / "demo_robustness" / "imagenet"
+    prepared = miniature_run / "data" / "prepared" / "demo_robustness"
+    view = miniature_run / "data" / "raw" / "demo_robustness" / "imagenet"
+    split = json.loads((view / "split.json").read_text())
+    assert (split["train"], split["val"]) == (24 * 8, 24 * 2)
+    assert class_subset(prepared / "shifts" / "retextured") == list(range(0, 24, 2))
+    assert class_subset(prepared / "shifts" / "sketch") is None
+    head = json.loads((miniature_run / "models" / "demo_robustness" / "zeroshot_head.json").read_text())
+    assert head["num_classes"] == 24
+    tables = {m: pq.read_table(runs / m / "wise" / "wise.parquet").to_pylist() for m in ("linear", "lora")}
+    for method, rows in tables.items():
+        assert sorted({r["alpha"] for r in rows}) == list(ALPHAS)
+        assert {r["eval_set"] for r in rows} == {"id", "sketch", "inverted", "retextured"}
+        final = json.loads((runs / method / "final" / "test_eval.json").read_text())
+        # α = 1 is the fine-tuned model: its ID accuracy is the protocol's one test evaluation
+        assert [r["top1"] for r in rows if r["alpha"] == 1.0 and r["eval_set"] == "id"] == \
+            [final["test_top1"]]
+        adapter = json.loads((runs / method / "final" / "adapter_config.json").read_text())
+        assert "head.classifier.weight" in adapter["tensors"]  # trained from the zero-shot head
+    # α = 0 is the zero-shot model, the same for every method; and zero-shot means something
+    zero = [{(r["eval_set"]): r["top1"] for r in rows if r["alpha"] == 0.0} for rows in tables.values()]
+    assert zero[0] == zero[1]
+    assert zero[0]["id"] > 3 * 100 / 24  # well above chance on 24 classes
+
+
+def test_miniature_report_shows_the_wise_curves(miniature_run):
+    import pyarrow.parquet as pq
+
+    html = (miniature_run / "reports" / "demo_robustness" / "index.html").read_text()
+    assert '<section id="robustness">' in html and 'class="zero-shot"' in html
+    rows = pq.read_table(miniature_run / "runs" / "demo_robustness" / "imagenet" / "lora" / "wise"
+                         / "wise.parquet").to_pylist()
+    ft_id = [r["top1"] for r in rows if r["alpha"] == 1.0 and r["eval_set"] == "id"][0]
+    assert f'data-method="lora" data-column="id" data-value="{ft_id!r}"' in html
