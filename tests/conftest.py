@@ -3,6 +3,9 @@ tasks made by the real generator and loader. Nothing touches the network."""
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -17,6 +20,23 @@ ensure_torchvision_importable()
 import timm  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def workflow_copy(workdir: Path) -> Path:
+    """The workflow (Snakefile, rules, params) copied into ``workdir``; the package comes from
+    the repository's src/ (see run_snakemake), so nothing here writes into the repository."""
+    for item in ("Snakefile", "rules", "params"):
+        src = REPO / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, workdir / item)
+    return workdir
+
+
+def run_snakemake(workdir: Path, *args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
+    """Real Snakemake on 2 cores in ``workdir``, offline, with this checkout's package."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", *args],
+                          cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
 # The tiny ViT used by the method tests: width 32, depth 2, MLP 128, 4x4 patches of a 16 px image
 # (16 patches + CLS), heads 2; the head has CLASSES outputs.
 DIM, DEPTH, MLP, CLASSES = 32, 2, 128, 5

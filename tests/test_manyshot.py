@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, run_snakemake, workflow_copy
 from vpeft.config import load_study
 from vpeft.data.manyshot import draw_split, ensure_split, resolve_task
 from vpeft.data.folder import LabelledFile
@@ -272,20 +271,10 @@ def test_training_loop_applies_augmentation_reproducibly_and_eval_crops(tmp_path
 # The miniature through real Snakemake
 # ---------------------------------------------------------------------------------------------
 
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", *args],
-                          cwd=workdir, env=env, capture_output=True, text=True, timeout=1200)
-
-
 @pytest.fixture(scope="module")
 def miniature(tmp_path_factory) -> Path:
-    workdir = tmp_path_factory.mktemp("manyshot")
-    for item in ("Snakefile", "rules", "params"):
-        src = REPO / item
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, workdir / item)
-    proc = snakemake(workdir, "all", "--config", f"study={STUDY}", "threads=1")
+    workdir = workflow_copy(tmp_path_factory.mktemp("manyshot"))
+    proc = run_snakemake(workdir, "all", "--config", f"study={STUDY}", "threads=1")
     assert proc.returncode == 0, proc.stderr[-4000:]
     return workdir
 

@@ -4,16 +4,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import REPO
+from conftest import run_snakemake, workflow_copy
 
 
 class CellParser(HTMLParser):
@@ -33,18 +31,12 @@ class CellParser(HTMLParser):
 
 
 def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", *args],
-                          cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
+    return run_snakemake(workdir, *args, timeout=900)
 
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory) -> Path:
-    workdir = tmp_path_factory.mktemp("smoke")
-    for item in ("Snakefile", "rules", "params"):
-        src = REPO / item
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, workdir / item)
+    workdir = workflow_copy(tmp_path_factory.mktemp("smoke"))
     proc = snakemake(workdir, "all", "--config", "study=smoke", "threads=1")
     assert proc.returncode == 0, proc.stderr[-4000:]
     return workdir
@@ -101,9 +93,7 @@ def test_a_second_run_has_nothing_to_do(smoke_run):
 
 def test_the_paper_study_is_planned_from_config_alone(tmp_path):
     """study=vtab1k + a data root + a weights file: the full paper grid, no code change."""
-    for item in ("Snakefile", "rules", "params"):
-        src = REPO / item
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / item)
+    workflow_copy(tmp_path)
     root = tmp_path / "vtab-1k"
     for task in ("dtd", "eurosat"):
         (root / task).mkdir(parents=True)

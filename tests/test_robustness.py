@@ -167,16 +167,11 @@ MINIATURE_OVERRIDES = ["study.pretrain.epochs=2", "study.methods=[linear,lora]",
 @pytest.fixture(scope="module")
 def miniature_run(tmp_path_factory) -> Path:
     import json
-    import shutil
 
-    from conftest import REPO
-    from test_pipeline import snakemake
+    from conftest import run_snakemake, workflow_copy
 
-    workdir = tmp_path_factory.mktemp("robustness")
-    for item in ("Snakefile", "rules", "params"):
-        src = REPO / item
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, workdir / item)
-    proc = snakemake(workdir, "all", "--config", "study=demo_robustness", "threads=1",
+    workdir = workflow_copy(tmp_path_factory.mktemp("robustness"))
+    proc = run_snakemake(workdir, "all", "--config", "study=demo_robustness", "threads=1",
                      "overrides=" + json.dumps(MINIATURE_OVERRIDES))
     assert proc.returncode == 0, proc.stderr[-4000:]
     return workdir

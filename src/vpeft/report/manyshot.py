@@ -10,11 +10,11 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+from vpeft.report.numbers import fmt_acc
+from vpeft.report.svg import PALETTE
+
 __all__ = ["ManyShotCurve", "manyshot_curves"]
 
-# Colour-blind-safe (Okabe-Ito, then greys), cycled over methods in study order.
-PALETTE = ("#0072b2", "#e69f00", "#009e73", "#cc79a7", "#56b4e9", "#d55e00", "#f0e442",
-           "#000000", "#8c959f", "#57606a")
 LEFT, RIGHT, TOP, BOTTOM, PLOT_W, PLOT_H = 56, 130, 14, 44, 440, 260
 
 
@@ -64,12 +64,6 @@ class ManyShotCurve:
     width: int
     height: int
     plot: dict[str, float]
-
-
-def _fmt(value: float) -> str:
-    from vpeft.report.render import _fmt_acc  # the report's one rounding rule
-
-    return _fmt_acc(value)
 
 
 def _count(n: int) -> str:
@@ -124,9 +118,9 @@ def _curve(dataset: str, columns: Sequence[Column], methods: Sequence[str],
         for c in columns:
             v = acc.get((c.task, method))
             cells.append(Cell(c.task, method, None if v is None else repr(v),
-                              "–" if v is None else _fmt(v)))
+                              "–" if v is None else fmt_acc(v)))
             if v is not None:
-                marks.append(Mark(c.task, method, c.train_images, repr(v), _fmt(v),
+                marks.append(Mark(c.task, method, c.train_images, repr(v), fmt_acc(v),
                                   f"{sx(c.train_images):.1f}", f"{sy(v):.1f}"))
         rows.append((method, cells))
         if marks:

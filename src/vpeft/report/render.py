@@ -14,7 +14,6 @@ import html
 import json
 import math
 import os
-from decimal import ROUND_HALF_UP, Decimal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -24,8 +23,9 @@ from markupsafe import Markup
 
 from vpeft.io import atomic_path
 from vpeft.report import svg
-from vpeft.report.landscape import Landscape, landscape
 from vpeft.report.collect import GROUPS, StudyResults, study_methods, study_tasks
+from vpeft.report.landscape import Landscape, landscape
+from vpeft.report.numbers import fmt_acc, round1
 
 GROUP_TITLES = {"natural": "Natural", "specialized": "Specialized", "structured": "Structured"}
 PUBLISHED_TITLE = "Published (ViT-B/16 IN-21K)"
@@ -85,20 +85,8 @@ def _raw(value: Any) -> str | None:
     return str(value)
 
 
-def _round1(value: float) -> Decimal:
-    """Round half up on the shortest decimal form (70.25 -> 70.3), as a reader would by hand.
-
-    ``f"{x:.1f}"`` rounds the binary value half-to-even, which prints 70.25 as 70.2.
-    """
-    return Decimal(repr(value)).quantize(Decimal("0.1"), rounding=ROUND_HALF_UP)
-
-
-def _fmt_acc(value: float | None) -> str:
-    return "–" if value is None else f"{_round1(value):.1f}"
-
-
 def _fmt_delta(value: float | None) -> str:
-    return "–" if value is None else f"{_round1(value):+.1f}".replace("-", "−")
+    return "–" if value is None else f"{round1(value):+.1f}".replace("-", "−")
 
 
 def _fmt_params(value: float | None) -> str:
@@ -155,14 +143,14 @@ def _acc_cell(row: Mapping[str, Any] | None, task: str, method: str) -> Cell:
         return Cell("diverged", column="test_top1", task=task, method=method,
                     classes=["num", "diverged"])
     value = row["test_top1"]
-    return Cell(_fmt_acc(value), _raw(value), "test_top1", task, method, ["num", "rankable"])
+    return Cell(fmt_acc(value), _raw(value), "test_top1", task, method, ["num", "rankable"])
 
 
 def _mean_cell(value: float | None, column: str, method: str,
                why_missing: str = "not every task of this column has a test accuracy") -> Cell:
     classes = ["num", "mean-col"] + (["rankable"] if value is not None else [])
     title = None if value is not None else why_missing
-    return Cell(_fmt_acc(value), _raw(value), column, None, method, classes, title)
+    return Cell(fmt_acc(value), _raw(value), column, None, method, classes, title)
 
 
 def _present_groups(tasks: Sequence[tuple[str, str]]) -> list[tuple[str, list[str]]]:
@@ -222,7 +210,7 @@ def _hparam_rows(results: StudyResults, study: Mapping) -> list[Row]:
             cell("–" if r["weight_decay"] is None else f"{r['weight_decay']:g}",
                  r["weight_decay"], "weight_decay", "num"),
             cell(hp_text, r["hparams_json"], "hparams_json", "mono"),
-            cell(_fmt_acc(r["val_top1"]), r["val_top1"], "val_top1", "num"),
+            cell(fmt_acc(r["val_top1"]), r["val_top1"], "val_top1", "num"),
             cell("–" if r["num_grid_points"] is None else str(r["num_grid_points"]),
                  r["num_grid_points"], "num_grid_points", "num"),
             cell("–" if r["num_diverged"] is None else str(r["num_diverged"]),
@@ -240,7 +228,7 @@ def _grid_rows(results: StudyResults) -> list[Row]:
             Cell(g["point"], g["point"], "point", task, method,
                  ["mono"] + (["selected"] if g["selected"] else [])),
             Cell(g["status"], g["status"], "status", task, method, [f"status-{g['status']}"]),
-            Cell(_fmt_acc(g["val_top1"]), _raw(g["val_top1"]), "val_top1", task, method, ["num"]),
+            Cell(fmt_acc(g["val_top1"]), _raw(g["val_top1"]), "val_top1", task, method, ["num"]),
             Cell(_fmt_seconds(g["wall_time_s"]), _raw(g["wall_time_s"]), "wall_time_s", task,
                  method, ["num"]),
         ], method=method, task=task))
@@ -289,7 +277,7 @@ def _published_table(results: StudyResults, study: Mapping, published: Mapping[
         for _, ts in groups:
             for t in ts:
                 value = published.get((t, method))
-                cell = Cell(_fmt_acc(value), _raw(value), "published_top1", t, method,
+                cell = Cell(fmt_acc(value), _raw(value), "published_top1", t, method,
                             ["num"] + (["rankable"] if value is not None else ["missing"]))
                 mine = ours.get((t, method))
                 if value is not None and mine is not None and mine["test_top1"] is not None:
@@ -473,7 +461,7 @@ def _finite_or_none(value: Any) -> float | None:
 def _num_cell(value: Any, column: str, task: str, fmt=None, method: str | None = None,
               extra: Sequence[str] = ()) -> Cell:
     v = _finite_or_none(value)
-    text = (fmt or _fmt_acc)(v)
+    text = (fmt or fmt_acc)(v)
     return Cell(text, _raw(v), column, task, method, ["num", *extra])
 
 
@@ -577,11 +565,11 @@ def _confidence_view(results: StudyResults, study: Mapping, task: str
         rows.append(Row(m, [
             _num_cell(a.get("test_top1"), "test_top1", task, method=m),
             _num_cell(a.get("mean_confidence"), "mean_confidence", task, _fmt_frac, m),
-            _num_cell(a.get("ece"), "ece", task, _fmt_acc, m),
+            _num_cell(a.get("ece"), "ece", task, fmt_acc, m),
             _num_cell(c["n_confident"], "n_confident", task, _fmt_count, m),
             _num_cell(c["confident_right"], "confident_right", task, _fmt_count, m),
             _num_cell(c["confident_wrong"], "confident_wrong", task, _fmt_count, m),
-            _num_cell(c["confident_precision"], "confident_precision", task, _fmt_acc, m),
+            _num_cell(c["confident_precision"], "confident_precision", task, fmt_acc, m),
         ], method=m, task=task))
     return threshold, svg.confidence_histograms(task, panels, threshold), rows
 
@@ -643,7 +631,7 @@ def _landscapes(results: StudyResults, study: Mapping) -> list[TaskLandscapes]:
     out = []
     for task, _ in study_tasks(study):
         charts = [c for m in study_methods(study)
-                  if (c := landscape(task, m, by_key.get((task, m), []), _fmt_acc)) is not None]
+                  if (c := landscape(task, m, by_key.get((task, m), []), fmt_acc)) is not None]
         if charts:
             out.append(TaskLandscapes(task, charts))
     return out
@@ -679,7 +667,7 @@ def _scatter_points(results: StudyResults, study: Mapping) -> list[svg.ScatterPo
 
 
 def _svg_scatter(results: StudyResults, study: Mapping) -> Markup | None:
-    return svg.scatter(_scatter_points(results, study), _fmt_params, _fmt_acc)
+    return svg.scatter(_scatter_points(results, study), _fmt_params, fmt_acc)
 
 
 @dataclass
@@ -742,7 +730,7 @@ def recommendations(results: StudyResults, study: Mapping,
         value = best[0][g]
         out.append(Advice("group-best", names[0], g, Markup(
             f'{esc(GROUP_TITLES[g])}: {_names(names)} (group mean '
-            f'{_num_span(value, g, _fmt_acc(value), names[0])} %)'
+            f'{_num_span(value, g, fmt_acc(value), names[0])} %)'
             f'{esc(_tie_note(names, "this group mean"))}'), names[1:]))
     best = _best_rows(rows, "mean")
     if not best:
@@ -751,7 +739,7 @@ def recommendations(results: StudyResults, study: Mapping,
     bm = best_names[0]
     out.append(Advice("best-overall", bm, None, Markup(
         f'Best overall: {_names(best_names)} (mean over tasks '
-        f'{_num_span(bmean, "mean", _fmt_acc(bmean), bm)} %)'
+        f'{_num_span(bmean, "mean", fmt_acc(bmean), bm)} %)'
         f'{esc(_tie_note(best_names, "this mean"))}'), best_names[1:]))
     near = [r for r in rows if r["mean"] is not None and r["trainable_params"] is not None
             and r["mean"] >= bmean - margin]
@@ -769,7 +757,7 @@ def recommendations(results: StudyResults, study: Mapping,
             f'Fewest trainable parameters within '
             f'{_num_span(margin, "margin", f"{margin:g}")} percentage point(s) of the best mean: '
             f'{_names(small_names)} with {_num_span(small["trainable_params"], "trainable_params", _fmt_params(small["trainable_params"]), sm)} '
-            f'trainable parameters and mean {_num_span(small["mean"], "mean", _fmt_acc(small["mean"]), sm)} % '
+            f'trainable parameters and mean {_num_span(small["mean"], "mean", fmt_acc(small["mean"]), sm)} % '
             f'({_num_span(gap, "gap", _fmt_delta(-gap), sm)} pp vs the best){esc(same)}'
             f'{esc(_tie_note(small_names, "these parameters and this mean"))}'), small_names[1:]))
     return out
@@ -811,9 +799,9 @@ def _svg_mean_bars(results: StudyResults, study: Mapping) -> Markup | None:
         parts.append(f'<text x="{label_w - 8}" y="{y + bar_h - 5}" class="label">{esc(method)}</text>')
         parts.append(f'<rect x="{label_w}" y="{y}" width="{w:.2f}" height="{bar_h}" class="{cls}" '
                      f'data-method="{esc(method)}" data-value="{esc(repr(value))}">'
-                     f'<title>{esc(method)}: {esc(_fmt_acc(value))}</title></rect>')
+                     f'<title>{esc(method)}: {esc(fmt_acc(value))}</title></rect>')
         parts.append(f'<text x="{label_w + w + 4:.2f}" y="{y + bar_h - 5}" class="value">'
-                     f'{esc(_fmt_acc(value))}</text>')
+                     f'{esc(fmt_acc(value))}</text>')
     parts.append("</svg>")
     return Markup("".join(parts))
 

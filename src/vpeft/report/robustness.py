@@ -18,14 +18,15 @@ from typing import Any, Mapping, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vpeft.report.numbers import fmt_acc
+from vpeft.report.svg import PALETTE
+
 __all__ = ["WISE_SCHEMA", "RobustnessView", "collect_wise", "robustness_view"]
 
 WISE_SCHEMA = pa.schema([("task", pa.string()), ("method", pa.string()), ("alpha", pa.float64()),
                          ("eval_set", pa.string()), ("top1", pa.float64()),
                          ("num_images", pa.int64()), ("num_classes_scored", pa.int64())])
 ID_SET = "id"
-PALETTE = ("#0072b2", "#e69f00", "#009e73", "#cc79a7", "#56b4e9", "#d55e00", "#f0e442",
-           "#000000", "#8c959f", "#57606a")
 LEFT, RIGHT, TOP, BOTTOM, PLOT_W, PLOT_H = 56, 120, 14, 44, 420, 300
 
 
@@ -96,16 +97,10 @@ class RobustnessView:
     plot: dict[str, float]
 
 
-def _fmt(value: float) -> str:
-    from vpeft.report.render import _fmt_acc  # the report's one rounding rule
-
-    return _fmt_acc(value)
-
-
 def _cell(method: str, column: str, value: float | None) -> Cell:
     if value is None or not math.isfinite(value):
         return Cell(method, column, None, "–")
-    return Cell(method, column, repr(float(value)), _fmt(value))
+    return Cell(method, column, repr(float(value)), fmt_acc(value))
 
 
 def robustness_view(results: Any, study: Mapping[str, Any]) -> list[RobustnessView]:
@@ -150,7 +145,7 @@ def _task_view(task: str, rows: Sequence[Mapping[str, Any]], methods: Sequence[s
         if i is None or o is None:
             return None
         return Mark(m, a, repr(float(i)), repr(float(o)), f"{sx(i):.1f}", f"{sy(o):.1f}",
-                    f"{m}, α={a:g}: ID {_fmt(i)} %, OOD {_fmt(o)} %")
+                    f"{m}, α={a:g}: ID {fmt_acc(i)} %, OOD {fmt_acc(o)} %")
 
     lines = []
     for k, m in enumerate(methods):

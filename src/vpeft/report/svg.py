@@ -15,6 +15,11 @@ from typing import Callable, Mapping, Sequence
 from markupsafe import Markup
 
 
+# Colour-blind-safe (Okabe-Ito, then greys), cycled over methods in study order (line plots).
+PALETTE = ("#0072b2", "#e69f00", "#009e73", "#cc79a7", "#56b4e9", "#d55e00", "#f0e442",
+           "#000000", "#8c959f", "#57606a")
+
+
 def esc(value: object) -> str:
     return html.escape(str(value), quote=True)
 
