@@ -218,3 +218,45 @@ def test_miniature_report_shows_the_wise_curves(miniature_run):
                          / "wise.parquet").to_pylist()
     ft_id = [r["top1"] for r in rows if r["alpha"] == 1.0 and r["eval_set"] == "id"][0]
     assert f'data-method="lora" data-column="id" data-value="{ft_id!r}"' in html
+
+
+def test_a_final_run_exports_with_its_zero_shot_head(miniature_run):
+    """`vpeft export` rebuilds the model a run trained (zero-shot head included): the merged
+    checkpoint reproduces the final run's test logits."""
+    import json
+    import subprocess
+    import sys
+
+    import pyarrow.parquet as pq
+    import torch
+    from safetensors.torch import load_file
+
+    from conftest import REPO
+    from vpeft.data.vtab import read_split
+    from vpeft.models.backbone import create_backbone, normalisation
+    from vpeft.robustness.zeroshot import ZeroShotHead, install_head
+    from vpeft.train.loop import Normaliser, predict
+
+    env = {"PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, "-m", "vpeft", "export", "--study", "demo_robustness",
+                           "--task", "imagenet", "--method", "lora",
+                           *[a for o in MINIATURE_OVERRIDES for a in ("-o", o)]],
+                          cwd=miniature_run, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    final = miniature_run / "runs" / "demo_robustness" / "imagenet" / "lora" / "final"
+    info = json.loads((final / "merged.json").read_text())
+    assert info["head"].startswith("zero-shot")
+    state = load_file(str(final / "merged.safetensors"))
+    assert not any("lora" in k for k in state)
+    head = ZeroShotHead.from_tensors(state["head.proj.weight"], state["head.classifier.weight"],
+                                     state["head.classifier.bias"])
+    model = create_backbone(info["architecture"], None, info["num_classes"], kwargs=info["kwargs"])
+    install_head(model, head)
+    model.load_state_dict(state)
+    prepared = miniature_run / "data" / "prepared" / "demo_robustness" / "imagenet"
+    images = torch.from_numpy(read_split(prepared, "test").images)
+    normaliser = Normaliser(*normalisation(model, [0.5] * 3, [0.5] * 3), images.shape[1])
+    logits = predict(model, normaliser, images)
+    saved = pq.read_table(final / "test_logits.parquet").sort_by("index")
+    expected = torch.tensor(saved.column("logits").to_pylist())
+    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)

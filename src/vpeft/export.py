@@ -74,7 +74,7 @@ def final_model(plan: StudyPlan, task: str, method: str) -> tuple["torch.nn.Modu
     """The final run of ``task``/``method``: its backbone with the saved adapter, and its metrics."""
     from vpeft.data.vtab import read_manifest
     from vpeft.methods import load_adapter
-    from vpeft.models.backbone import create_backbone
+    from vpeft.models.backbone import study_backbone
 
     cfg = plan.cfg
     final = layout.final_dir(cfg, task, method)
@@ -83,7 +83,7 @@ def final_model(plan: StudyPlan, task: str, method: str) -> tuple["torch.nn.Modu
         raise UserError(f"{final / layout.METRICS}: the final run is '{metrics['status']}'; "
                         "nothing to export")
     num_classes = int(read_manifest(layout.prepared_task(cfg, task))["num_classes"])
-    model = create_backbone(cfg.model.name, cfg.model.weights, num_classes, kwargs=cfg.model.kwargs)
+    model = study_backbone(cfg.model, num_classes)
     load_adapter(model, final / layout.ADAPTER)
     return model.eval(), metrics
 
@@ -110,6 +110,10 @@ def export_merged(plan: StudyPlan, task: str, method: str, out: Path | None = No
     info: dict[str, Any] = {"architecture": cfg.model.name, "kwargs": dict(cfg.model.kwargs),
                             "num_classes": num_classes, "method": method,
                             "point": metrics["point"], "merged_from": str(final / layout.ADAPTER)}
+    if cfg.model.get("init_head"):
+        # Trained from the zero-shot head (robustness study): a timm backbone plus that head, which
+        # is not a linear layer; vpeft.robustness.zeroshot.install_head rebuilds it.
+        info["head"] = "zero-shot: head.proj -> L2 norm -> head.classifier"
     write_json(out.with_suffix(".json"), info)
-    log.info("exported %s/%s as a plain timm checkpoint: %s", task, method, out)
+    log.info("exported %s/%s with the method folded in: %s", task, method, out)
     return out

@@ -115,7 +115,7 @@ def run_points(plan: StudyPlan, task: str, method: str, points: Sequence[GridPoi
     from torch import nn
 
     from vpeft.methods import apply, count_trainable, save_adapter
-    from vpeft.models.backbone import create_backbone, normalisation
+    from vpeft.models.backbone import normalisation, study_backbone
     from vpeft.train.augment import transforms_for
     from vpeft.train.features import HeadProbe, extract_features, head_only
     from vpeft.train.loop import (Normaliser, Run, TrainSettings, effective_precision,
@@ -149,14 +149,9 @@ def run_points(plan: StudyPlan, task: str, method: str, points: Sequence[GridPoi
     for point in points:
         out_dir = layout.grid_dir(cfg, task, method, point.id) if phase == "grid" else \
             layout.final_dir(cfg, task, method)
-        model = create_backbone(cfg.model.name, cfg.model.weights, num_classes,
-                                kwargs=cfg.model.kwargs, seed=seed,
-                                # a grid may sweep drop_path under optim (the many-shot study does)
-                                drop_path=float(point.optim.get("drop_path", cfg.train.drop_path)))
-        if cfg.model.get("init_head"):  # robustness study: every run starts from the zero-shot head
-            from vpeft.robustness.zeroshot import install_head
-
-            install_head(model, cfg.model.init_head)
+        model = study_backbone(cfg.model, num_classes, seed=seed,
+                               # a grid may sweep drop_path under optim (the many-shot study does)
+                               drop_path=float(point.optim.get("drop_path", cfg.train.drop_path)))
         apply(model, method, **point.hparams)
         model.to(device)
         counts = count_trainable(model)

@@ -106,6 +106,22 @@ def create_backbone(name: str, weights: str | Path | None, num_classes: int, *,
     return model
 
 
+def study_backbone(model_cfg: Any, num_classes: int, *, drop_path: float = 0.0,
+                   seed: int | None = None) -> VisionTransformer:
+    """The model every run of a study starts from, before a method attaches: ``model_cfg``'s
+    architecture and weights with a fresh head, or with the study's zero-shot head when
+    ``model_cfg.init_head`` names one (the robustness study). Training, WiSE-FT and export all
+    build their model here, so the head an adapter file was trained on is always the one it
+    is loaded into."""
+    model = create_backbone(model_cfg.name, model_cfg.weights, num_classes,
+                            kwargs=model_cfg.kwargs, drop_path=drop_path, seed=seed)
+    if model_cfg.get("init_head"):
+        from vpeft.robustness.zeroshot import install_head
+
+        install_head(model, model_cfg.init_head)
+    return model
+
+
 def _checked_vit(model: nn.Module, name: str) -> VisionTransformer:
     if not isinstance(model, VisionTransformer):
         raise WeightsError(f"model.name: '{name}' builds a {type(model).__name__}; vpeft methods "

@@ -116,11 +116,9 @@ def zeroshot_head(cfg: DictConfig) -> dict[str, Any]:
 
 def zero_shot_model(cfg: DictConfig, num_classes: int):
     """The CLIP image tower with the zero-shot head (the α = 0 end of every WiSE curve)."""
-    from vpeft.models.backbone import create_backbone
-    from vpeft.robustness.zeroshot import install_head
+    from vpeft.models.backbone import study_backbone
 
-    model = create_backbone(cfg.model.name, cfg.model.weights, num_classes, kwargs=cfg.model.kwargs)
-    return install_head(model, cfg.model.init_head)
+    return study_backbone(cfg.model, num_classes)
 
 
 def _eval_sets(cfg: DictConfig, task: str) -> dict[str, tuple[Path, list[int] | None]]:
