@@ -97,6 +97,21 @@ class RobustnessView:
     plot: dict[str, float]
 
 
+def _span(values: Sequence[float]) -> tuple[float, float]:
+    """An axis range in percent covering ``values``, on multiples of 5, at least 10 wide."""
+    lo = max(0.0, math.floor(min(values, default=0.0) / 5) * 5)
+    hi = min(100.0, math.ceil(max(values, default=100.0) / 5) * 5)
+    if hi - lo < 10:
+        hi = min(100.0, lo + 10)
+        lo = hi - 10
+    return lo, hi
+
+
+def _ticks(lo: float, hi: float) -> list[int]:
+    step = 10 if hi - lo > 30 else 5
+    return list(range(int(lo), int(hi) + 1, step))
+
+
 def _cell(method: str, column: str, value: float | None) -> Cell:
     if value is None or not math.isfinite(value):
         return Cell(method, column, None, "–")
@@ -128,17 +143,15 @@ def _task_view(task: str, rows: Sequence[Mapping[str, Any]], methods: Sequence[s
         return None if not shifts or any(v is None for v in vals) else sum(vals) / len(vals)
 
     points = {(m, a): (acc.get((m, a, ID_SET)), ood(m, a)) for m in methods for a in alphas}
-    present = [v for p in points.values() for v in p if v is not None]
-    lo = max(0.0, math.floor(min(present, default=0.0) / 10) * 10)
-    hi = min(100.0, math.ceil(max(present, default=100.0) / 10) * 10)
-    if hi <= lo:
-        lo, hi = max(0.0, hi - 10), max(10.0, hi)
+    # Each axis spans its own values (ID and OOD accuracies can sit far apart).
+    (x_lo, x_hi), (y_lo, y_hi) = (_span([p[k] for p in points.values() if p[k] is not None])
+                                  for k in (0, 1))
 
     def sx(v: float) -> float:
-        return LEFT + PLOT_W * (v - lo) / (hi - lo)
+        return LEFT + PLOT_W * (v - x_lo) / (x_hi - x_lo)
 
     def sy(v: float) -> float:
-        return TOP + PLOT_H * (1 - (v - lo) / (hi - lo))
+        return TOP + PLOT_H * (1 - (v - y_lo) / (y_hi - y_lo))
 
     def mark(m: str, a: float) -> Mark | None:
         i, o = points[(m, a)]
@@ -177,11 +190,10 @@ def _task_view(task: str, rows: Sequence[Mapping[str, Any]], methods: Sequence[s
     curve_rows = [(m, a, [_cell(m, ID_SET, acc.get((m, a, ID_SET))),
                           *[_cell(m, s, acc.get((m, a, s))) for s in shifts],
                           _cell(m, "ood_mean", ood(m, a))]) for m in methods for a in alphas]
-    step = 10 if hi - lo > 30 else 5
-    ticks = [v for v in range(int(lo), int(hi) + 1, step)]
     return RobustnessView(
         task, shifts, lines, zero_shot, consistent, headers, table_rows, curve_rows,
-        [(f"{sx(v):.1f}", f"{v:g}") for v in ticks], [(f"{sy(v):.1f}", f"{v:g}") for v in ticks],
+        [(f"{sx(v):.1f}", f"{v:g}") for v in _ticks(x_lo, x_hi)],
+        [(f"{sy(v):.1f}", f"{v:g}") for v in _ticks(y_lo, y_hi)],
         LEFT + PLOT_W + RIGHT, TOP + PLOT_H + BOTTOM,
         {"left": LEFT, "right": LEFT + PLOT_W, "top": TOP, "bottom": TOP + PLOT_H,
          "mid_x": LEFT + PLOT_W / 2, "mid_y": TOP + PLOT_H / 2})
