@@ -503,3 +503,11 @@ def test_every_runs_config_in_page(runs: Path, tmp_path: Path) -> None:
     text = {(c["attrs"]["data-task"], c["attrs"]["data-method"]): c["text"] for c in cells}
     assert text[("cifar", "linear")] == "same as shown"
     assert 'method="bitfit"' in text[("cifar", "bitfit")]
+
+
+def test_end_of_line_labels_are_spread_apart_in_their_order():
+    from vpeft.report.svg import spread_labels
+
+    assert spread_labels([50.0, 10.0, 11.0]) == [50.0, 10.0, 22.0]  # the lower of the close pair moves
+    assert spread_labels([10.0, 15.0, 20.0], gap=12) == [10.0, 22.0, 34.0]
+    assert spread_labels([30.0, 80.0]) == [30.0, 80.0]  # far enough apart: untouched

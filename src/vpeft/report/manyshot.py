@@ -7,11 +7,11 @@ Every mark and table cell carries the raw value it shows (``data-value``).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
 from vpeft.report.numbers import fmt_acc
-from vpeft.report.svg import PALETTE
+from vpeft.report.svg import PALETTE, spread_labels
 
 __all__ = ["ManyShotCurve", "manyshot_curves"]
 
@@ -126,6 +126,8 @@ def _curve(dataset: str, columns: Sequence[Column], methods: Sequence[str],
         if marks:
             lines.append(Line(method, PALETTE[i % len(PALETTE)],
                               " ".join(f"{m.x},{m.y}" for m in marks), marks, marks[-1].y))
+    lines = [replace(line, label_y=f"{y:.1f}")
+             for line, y in zip(lines, spread_labels([float(line.label_y) for line in lines]))]
     step = 10 if y_hi - y_lo > 30 else 5
     y_ticks = [(f"{sy(v):.1f}", f"{v:g}") for v in _range(y_lo, y_hi, step)]
     x_ticks = [(f"{sx(n):.1f}", _count(n)) for n in sorted(set(xs))]

@@ -11,7 +11,7 @@ accuracy would be selection on test data; the whole curve is shown.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vpeft.report.numbers import fmt_acc
-from vpeft.report.svg import PALETTE
+from vpeft.report.svg import PALETTE, spread_labels
 
 __all__ = ["WISE_SCHEMA", "RobustnessView", "collect_wise", "robustness_view"]
 
@@ -166,6 +166,8 @@ def _task_view(task: str, rows: Sequence[Mapping[str, Any]], methods: Sequence[s
         if marks:
             lines.append(Line(m, PALETTE[k % len(PALETTE)], " ".join(f"{p.x},{p.y}" for p in marks),
                               marks, marks[-1].y))
+    lines = [replace(line, label_y=f"{y:.1f}")
+             for line, y in zip(lines, spread_labels([float(line.label_y) for line in lines]))]
     zero = [points[(m, 0.0)] for m in methods if (m, 0.0) in points and None not in points[(m, 0.0)]]
     zero_shot = next((mark(m, 0.0) for m in methods if (m, 0.0) in points
                       and None not in points[(m, 0.0)]), None)

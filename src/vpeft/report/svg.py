@@ -20,6 +20,18 @@ PALETTE = ("#0072b2", "#e69f00", "#009e73", "#cc79a7", "#56b4e9", "#d55e00", "#f
            "#000000", "#8c959f", "#57606a")
 
 
+def spread_labels(ys: Sequence[float], gap: float = 12.0) -> list[float]:
+    """Label positions at least ``gap`` apart, each as close to its own ``ys`` value as a downward
+    push allows (end-of-line labels of curves that end close together would overprint)."""
+    out = list(map(float, ys))
+    previous = None
+    for i in sorted(range(len(out)), key=lambda k: out[k]):
+        if previous is not None and out[i] < out[previous] + gap:
+            out[i] = out[previous] + gap
+        previous = i
+    return out
+
+
 def esc(value: object) -> str:
     return html.escape(str(value), quote=True)
 
