@@ -44,6 +44,22 @@ TINY_VIT = {"name": "vit_tiny_patch16_224",
             "kwargs": {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}}
 
 
+def toy_images(n: int = 64, classes: int = 4, seed: int = 0, noise: int = 20):
+    """16 px uint8 images whose mean brightness encodes the class: learnable in a few steps."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % classes
+    base = (labels.float() * (200 / classes) + 20).view(n, 1, 1, 1)
+    jitter = torch.randint(0, noise, (n, 16, 16, 3), generator=g).float()
+    return (base + jitter).clamp(0, 255).to(torch.uint8), labels
+
+
+def half_normaliser(size: int = 16):
+    """Mean 0.5 / std 0.5 input normalisation at ``size`` px (the tiny test models' own)."""
+    from vpeft.train.loop import Normaliser
+
+    return Normaliser(torch.full((1, 3, 1, 1), 0.5), torch.full((1, 3, 1, 1), 0.5), size)
+
+
 def tiny_vit(num_classes: int = 5, **overrides) -> torch.nn.Module:
     torch.manual_seed(0)
     kwargs = {**TINY_VIT["kwargs"], **overrides}

@@ -19,7 +19,7 @@ from vpeft.protocol import run_point
 from vpeft.train.features import HeadProbe, extract_features, predict_features
 from vpeft.train.loop import Normaliser, Run, TrainSettings, predict, train, train_runs
 
-from conftest import tiny_vit
+from conftest import half_normaliser, tiny_vit, toy_images
 
 from vpeft._compat import ensure_torchvision_importable
 
@@ -57,33 +57,23 @@ class _BackboneCalls:
         monkeypatch.setattr(VisionTransformer, "forward_features", counted)
 
 
-def _toy(n: int = 48, classes: int = 4, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(n) % classes
-    base = (labels.float() * (200 / classes) + 20).view(n, 1, 1, 1)
-    noise = torch.randint(0, 40, (n, 16, 16, 3), generator=g).float()
-    return (base + noise).clamp(0, 255).to(torch.uint8), labels
-
-
-def _normaliser() -> Normaliser:
-    return Normaliser(torch.full((1, 3, 1, 1), 0.5), torch.full((1, 3, 1, 1), 0.5), 16)
 
 
 def test_cached_features_train_the_same_head_as_backprop_through_the_frozen_model(monkeypatch):
     """drop_path 0: the frozen backbone computes the same function in train and eval mode, so
     the two paths differ only by float rounding of the features (batches of 16 vs 256)."""
-    images, labels = _toy()
+    images, labels = toy_images(48, noise=40)
     settings = TrainSettings(epochs=5, lr=1e-2, weight_decay=1e-4, batch_size=16, warmup_epochs=1,
                              log_every_s=1e9)
     calls = _BackboneCalls(monkeypatch)
 
     reference = methods.apply(tiny_vit(num_classes=4, drop_path_rate=0.0), "linear")
-    ref_result = train(reference, _normaliser(), images, labels, settings, seed=7)
+    ref_result = train(reference, half_normaliser(), images, labels, settings, seed=7)
     assert calls.train_images == settings.epochs * len(images)  # every epoch runs the backbone
 
     calls.train_images = calls.eval_images = 0
     cached = methods.apply(tiny_vit(num_classes=4, drop_path_rate=0.0), "linear")
-    features = extract_features(cached, _normaliser(), images, batch_size=256)
+    features = extract_features(cached, half_normaliser(), images, batch_size=256)
     probe = HeadProbe(cached)
     result = train(probe, torch.nn.Identity(), features, labels, settings, seed=7)
     # the cache path: the backbone saw each image once, in eval mode, and never while training
@@ -98,7 +88,7 @@ def test_cached_features_train_the_same_head_as_backprop_through_the_frozen_mode
     torch.testing.assert_close(cached.head.weight, reference.head.weight, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(cached.head.bias, reference.head.bias, rtol=1e-4, atol=1e-4)
     logits = predict_features(probe, features)
-    ref_logits = predict(reference, _normaliser(), images)
+    ref_logits = predict(reference, half_normaliser(), images)
     torch.testing.assert_close(logits, ref_logits, rtol=1e-4, atol=1e-4)
     assert torch.equal(logits.argmax(1), ref_logits.argmax(1))
 
@@ -185,10 +175,10 @@ def test_gpu_options_are_recorded_and_checked(tmp_path, prepared_task, tiny_weig
 
 
 def test_a_diverged_run_beside_others_stops_alone():
-    images, labels = _toy()
+    images, labels = toy_images(48, noise=40)
     settings = TrainSettings(epochs=2, lr=1e-3, weight_decay=1e-4, batch_size=16, warmup_epochs=0)
     bad = TrainSettings(epochs=2, lr=1e12, weight_decay=0.0, batch_size=16, warmup_epochs=0)
-    runs = [Run(methods.apply(tiny_vit(num_classes=4), "full"), _normaliser(), images, labels, s,
+    runs = [Run(methods.apply(tiny_vit(num_classes=4), "full"), half_normaliser(), images, labels, s,
                 seed=0) for s in (settings, bad)]
     good, diverged = train_runs(runs)
     assert diverged.status == "diverged" and diverged.diverged_at is not None

@@ -7,22 +7,9 @@ from safetensors.torch import save_file
 
 from vpeft import methods
 from vpeft.models.backbone import WeightsError, create_backbone
-from vpeft.train.loop import Normaliser, TrainSettings, predict, top1, train
+from vpeft.train.loop import TrainSettings, predict, top1, train
 
-from conftest import TINY_VIT, tiny_vit
-
-
-def _normaliser(size: int = 16) -> Normaliser:
-    return Normaliser(torch.full((1, 3, 1, 1), 0.5), torch.full((1, 3, 1, 1), 0.5), size)
-
-
-def _toy_data(n: int = 64, classes: int = 4, seed: int = 0):
-    """Images whose mean brightness encodes the class: learnable in a few steps."""
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(n) % classes
-    base = (labels.float() * (200 / classes) + 20).view(n, 1, 1, 1)
-    noise = torch.randint(0, 20, (n, 16, 16, 3), generator=g).float()
-    return (base + noise).clamp(0, 255).to(torch.uint8), labels
+from conftest import TINY_VIT, half_normaliser, tiny_vit, toy_images
 
 
 def test_loading_goes_through_timm_and_replaces_the_head(tiny_weights):
@@ -61,32 +48,32 @@ def test_a_file_of_another_width_is_rejected(tiny_weights):
 
 
 def test_a_few_steps_lower_the_loss():
-    images, labels = _toy_data()
+    images, labels = toy_images()
     model = methods.apply(tiny_vit(num_classes=4), "full")
     settings = TrainSettings(epochs=8, lr=1e-3, weight_decay=1e-4, batch_size=16, warmup_epochs=1,
                              log_every_s=1e9)
-    result = train(model, _normaliser(), images, labels, settings, seed=0)
+    result = train(model, half_normaliser(), images, labels, settings, seed=0)
     assert result.status == "ok"
     assert result.steps == 8 * 4
     assert result.loss_curve[-1] < 0.7 * result.loss_curve[0]
-    assert top1(predict(model, _normaliser(), images), labels) > 50.0
+    assert top1(predict(model, half_normaliser(), images), labels) > 50.0
 
 
 def test_training_is_seeded():
-    images, labels = _toy_data()
+    images, labels = toy_images()
     settings = TrainSettings(epochs=2, lr=1e-3, weight_decay=1e-4, batch_size=16, warmup_epochs=1)
     curves = []
     for _ in range(2):
         model = methods.apply(tiny_vit(num_classes=4), "lora", rank=2)
-        curves.append(train(model, _normaliser(), images, labels, settings, seed=3).loss_curve)
+        curves.append(train(model, half_normaliser(), images, labels, settings, seed=3).loss_curve)
     assert curves[0] == curves[1]
 
 
 def test_divergence_is_recorded_not_raised():
-    images, labels = _toy_data()
+    images, labels = toy_images()
     model = methods.apply(tiny_vit(num_classes=4), "full")
     settings = TrainSettings(epochs=3, lr=1e12, weight_decay=0.0, batch_size=16, warmup_epochs=0)
-    result = train(model, _normaliser(), images, labels, settings, seed=0)
+    result = train(model, half_normaliser(), images, labels, settings, seed=0)
     assert result.status == "diverged"
     assert result.diverged_at is not None and result.diverged_at["step"] >= 1
     assert result.loss_curve[-1] is None
@@ -94,6 +81,6 @@ def test_divergence_is_recorded_not_raised():
 
 def test_normaliser_resizes_and_normalises():
     x = torch.full((2, 8, 8, 3), 255, dtype=torch.uint8)
-    out = _normaliser(16)(x)
+    out = half_normaliser(16)(x)
     assert out.shape == (2, 3, 16, 16)
     torch.testing.assert_close(out, torch.ones_like(out))
