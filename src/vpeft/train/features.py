@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from vpeft.methods import count_trainable
-from vpeft.train.loop import Normaliser, autocast
+from vpeft.train.loop import Normaliser, eval_batches
 
 
 class HeadProbe(nn.Module):
@@ -50,19 +50,13 @@ def extract_features(model: nn.Module, normaliser: Normaliser, images: torch.Ten
     mode: what the head sees. ``transform`` maps each uint8 batch first (as in ``predict``)."""
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
-    normaliser = normaliser.to(device)
-    out = []
-    for i in range(0, len(images), batch_size):
-        batch = images[i:i + batch_size].to(device)
-        if transform is not None:
-            batch = transform(batch)
-        with autocast(device, precision):
-            features = model.forward_head(model.forward_features(normaliser(batch)), pre_logits=True)
-        out.append(features.float())
+    out = eval_batches(model, normaliser, images,
+                       lambda x: model.forward_head(model.forward_features(x), pre_logits=True),
+                       batch_size, transform, precision)
     model.train(was_training)
     if not out:
-        return torch.empty(0, getattr(model, "head_hidden_size", model.num_features), device=device)
+        return torch.empty(0, getattr(model, "head_hidden_size", model.num_features),
+                           device=next(model.parameters()).device)
     return torch.cat(out)
 
 

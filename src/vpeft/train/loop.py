@@ -408,15 +408,28 @@ def predict(model: nn.Module, normaliser: Normaliser, images: torch.Tensor,
     """Logits [N, C] in eval mode (float32, CPU); ``transform`` (e.g. a centre crop) maps each
     uint8 batch before normalisation; ``precision='bf16'`` autocasts on CUDA."""
     model.eval()
+    out = eval_batches(model, normaliser, images, lambda x: model(x).cpu(), batch_size, transform,
+                       precision)
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def eval_batches(model: nn.Module, normaliser: Normaliser, images: torch.Tensor,
+                 forward: Callable[[torch.Tensor], torch.Tensor], batch_size: int = 256,
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 precision: str = "fp32") -> list[torch.Tensor]:
+    """``forward`` of each normalised batch of uint8 ``images`` (``transform`` applied first, on
+    the model's device), as float32: the one evaluation loop of ``predict`` and
+    ``features.extract_features``. The caller sets the model's mode and grad state."""
     device = next(model.parameters()).device
     normaliser = normaliser.to(device)
-    transform = transform or (lambda batch: batch)
     out = []
     for i in range(0, len(images), batch_size):
+        batch = images[i:i + batch_size].to(device)
+        if transform is not None:
+            batch = transform(batch)
         with autocast(device, precision):
-            logits = model(normaliser(transform(images[i:i + batch_size].to(device))))
-        out.append(logits.float().cpu())
-    return torch.cat(out) if out else torch.empty(0)
+            out.append(forward(normaliser(batch)).float())
+    return out
 
 
 def top1(logits: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray) -> float:
