@@ -7,11 +7,13 @@ the ImageNet readers), which reuse the VTAB-1K preparation code.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from vpeft.data.vtab import _LINE_RE, DataError, _check_relpath, _raise_collected
+from vpeft.io import atomic_dir, write_json
 
 __all__ = ["IMAGE_EXTENSIONS", "LabelledFile", "read_class_folders", "read_list_file"]
 
@@ -141,3 +143,28 @@ def read_list_file(path: Path, root: Path | None = None, num_classes: int | None
         files.append(LabelledFile(rel.replace("\\", "/"), label))
     _raise_collected(errors)
     return files
+
+
+def list_lines(files: Sequence[LabelledFile], prefix: str) -> str:
+    """``files`` as VTAB-1K list-file lines, ``<prefix>/<relpath> <label>``."""
+    for f in files:
+        if any(ch.isspace() for ch in f.path):
+            raise DataError(f"{f.path}: image paths with white space cannot be listed in the "
+                            "'<relpath> <label>' format; rename the file")
+    return "".join(f"{prefix}/{f.path} {f.label}\n" for f in files)
+
+
+def write_list_view(out_dir: str | Path, splits: Mapping[str, tuple[str, Sequence[LabelledFile]]],
+                    links: Mapping[str, str | Path], info_file: str,
+                    info: Mapping[str, object]) -> Path:
+    """Publish a VTAB-1K layout view of image files held elsewhere, atomically: a list file per
+    split (``splits``: name -> (link, files)), a link per image root (``links``: link -> root)
+    and a JSON record of how the view was made. The VTAB-1K loader reads it like any task."""
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        for name, (link, files) in splits.items():
+            (tmp / f"{name}.txt").write_text(list_lines(files, link), encoding="utf-8")
+        for link, root in links.items():
+            os.symlink(Path(root).resolve(), tmp / link, target_is_directory=True)
+        write_json(tmp / info_file, dict(info))
+    return out_dir

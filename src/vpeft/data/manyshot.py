@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
 import zlib
 from collections.abc import Mapping, Sequence
@@ -39,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from vpeft.data.folder import LabelledFile, read_class_folders, read_list_file
+from vpeft.data.folder import LabelledFile, read_class_folders, read_list_file, write_list_view
 from vpeft.data.vtab import GROUPS, DataError
 from vpeft.errors import UserError
 from vpeft.io import atomic_dir, read_json, write_json
@@ -328,12 +327,6 @@ def ensure_split(cfg: Any, task: ManyShotTask, train_files: Sequence[LabelledFil
     return record
 
 
-def _lines(files: Sequence[LabelledFile], prefix: str) -> str:
-    for f in files:
-        if any(ch.isspace() for ch in f.path):
-            raise DataError(f"{f.path}: image paths with white space cannot be listed in the "
-                            "'<relpath> <label>' format; rename the file")
-    return "".join(f"{prefix}/{f.path} {f.label}\n" for f in files)
 
 
 def write_view(cfg: Any, task_name_: str, out_dir: Path) -> dict[str, int]:
@@ -353,18 +346,16 @@ def write_view(cfg: Any, task_name_: str, out_dir: Path) -> dict[str, int]:
     val_set = set(split["val"])
     val = [train_files[i] for i in split["val"]]
     train_only = [train_files[i] for i in split["train"] if i not in val_set]
-    with atomic_dir(Path(out_dir)) as tmp:
-        # A separate test part keeps its own root: linked as test_images/.
-        test_prefix = "images" if ds.test is None else "test_images"
-        for name, files, prefix in (("train800", train_only, "images"), ("val200", val, "images"),
-                                    ("train800val200", train, "images"),
-                                    ("test", test_files, test_prefix)):
-            (tmp / f"{name}.txt").write_text(_lines(files, prefix), encoding="utf-8")
-        os.symlink(ds.train.image_root.resolve(), tmp / "images", target_is_directory=True)
-        if ds.test is not None:
-            os.symlink(ds.test.image_root.resolve(), tmp / "test_images", target_is_directory=True)
-        write_json(tmp / "classes.json", {"classes": class_list, "dataset": ds.name,
-                                          "size": task.size, "subset_index": str(subset_file(cfg, task.name))})
+    # A separate test part keeps its own root: linked as test_images/.
+    test_prefix = "images" if ds.test is None else "test_images"
+    links = {"images": ds.train.image_root}
+    if ds.test is not None:
+        links["test_images"] = ds.test.image_root
+    write_list_view(out_dir, {"train800": ("images", train_only), "val200": ("images", val),
+                              "train800val200": ("images", train), "test": (test_prefix, test_files)},
+                    links, "classes.json",
+                    {"classes": class_list, "dataset": ds.name, "size": task.size,
+                     "subset_index": str(subset_file(cfg, task.name))})
     counts = {"train": len(train_only), "val": len(val), "train_total": len(train),
               "test": len(test_files)}
     log.info("%s: view %s %s", task.name, out_dir, counts)

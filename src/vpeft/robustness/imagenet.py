@@ -18,7 +18,6 @@ with links to the image roots: those list files are the saved split, and the exi
 """
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from dataclasses import dataclass
 from importlib.resources import files
@@ -27,9 +26,8 @@ from typing import Sequence
 
 import numpy as np
 
-from vpeft.data.folder import LabelledFile, read_class_folders, read_list_file
+from vpeft.data.folder import LabelledFile, read_class_folders, read_list_file, write_list_view
 from vpeft.data.vtab import DataError
-from vpeft.io import write_json
 
 FORMATS = ("wnid_folders", "index_folders", "list")
 SHIPPED_SUBSETS = {"imagenet_a": "imagenet_a_synsets.txt", "imagenet_r": "imagenet_r_synsets.txt"}
@@ -146,20 +144,8 @@ def few_shot_split(train: Sequence[LabelledFile], shots: int, val_shots: int, se
 def write_task_view(task_dir: str | Path, train_root: str | Path, train: Sequence[LabelledFile],
                     val: Sequence[LabelledFile], test: EvalSet, info: dict) -> Path:
     """The few-shot task as a VTAB-1K layout folder of list files and links to the image roots."""
-    from vpeft.io import atomic_dir
-
-    task_dir = Path(task_dir)
-    with atomic_dir(task_dir) as tmp:
-        os.symlink(Path(train_root).absolute(), tmp / TRAIN_LINK)
-        os.symlink(test.root.absolute(), tmp / TEST_LINK)
-
-        def lines(prefix: str, rows: Sequence[LabelledFile]) -> str:
-            return "".join(f"{prefix}/{f.path} {f.label}\n" for f in rows)
-
-        (tmp / "train800.txt").write_text(lines(TRAIN_LINK, train))
-        (tmp / "val200.txt").write_text(lines(TRAIN_LINK, val))
-        (tmp / "train800val200.txt").write_text(lines(TRAIN_LINK, [*train, *val]))
-        (tmp / "test.txt").write_text(lines(TEST_LINK, test.files))
-        write_json(tmp / "split.json", {**info, "train": len(train), "val": len(val),
-                                         "test": len(test.files)})
-    return task_dir
+    return write_list_view(
+        task_dir, {"train800": (TRAIN_LINK, train), "val200": (TRAIN_LINK, val),
+                   "train800val200": (TRAIN_LINK, [*train, *val]), "test": (TEST_LINK, test.files)},
+        {TRAIN_LINK: train_root, TEST_LINK: test.root}, "split.json",
+        {**info, "train": len(train), "val": len(val), "test": len(test.files)})
