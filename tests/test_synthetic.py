@@ -14,7 +14,7 @@ from vpeft.data import synthetic as S
 SMALL = {"train800": 20, "val200": 10, "test": 10}
 SOURCE_SMALL = {"train800": 24, "val200": 24, "test": 12}  # 24 classes
 ALL_TASKS = [*S.DEMO_TASKS, S.SOURCE_TASK.name]
-LINE = re.compile(r"^images/(train800|val200|test)/(\d{6})\.jpg (\d+)$")
+LINE = re.compile(r"^images/(train800|val200|test|train800val200)/(\d{6})\.jpg (\d+)$")
 
 
 def _sizes(name: str) -> dict[str, int]:
@@ -92,9 +92,14 @@ def test_layout(generated: Path, name: str) -> None:
         assert all(0 <= label < meta.num_classes for _, label in entries)
         assert sorted(p.name for p in (task_dir / "images" / split).iterdir()) == \
             [f"{i:06d}.jpg" for i in range(len(entries))]
-    assert _read_list(task_dir, "train800val200") == lists["train800"] + lists["val200"]
-    assert (task_dir / "train800val200.txt").read_text() == \
-        (task_dir / "train800.txt").read_text() + (task_dir / "val200.txt").read_text()
+    # As the public generators write it: train800val200 is its own folder of copies, train800's
+    # images then val200's, renumbered, byte-identical to their originals.
+    copies = _read_list(task_dir, "train800val200")
+    originals = lists["train800"] + lists["val200"]
+    assert [rel for rel, _ in copies] == [f"images/train800val200/{i:06d}.jpg" for i in range(len(originals))]
+    assert [label for _, label in copies] == [label for _, label in originals]
+    assert all((task_dir / c).read_bytes() == (task_dir / o).read_bytes()
+               for (c, _), (o, _) in zip(copies, originals))
     assert {label for _, label in lists["train800"] + lists["val200"]} == set(range(meta.num_classes))
     # Balanced as far as sizes allow.
     counts = np.bincount([label for _, label in lists["train800"]], minlength=meta.num_classes)

@@ -159,9 +159,8 @@ def test_label_out_of_range(task_dir: Path, out_dir: Path) -> None:
 def test_wrong_split_size(task_dir: Path, out_dir: Path) -> None:
     _set_lines(task_dir, "test", _lines(task_dir, "test")[:-1])
     _set_lines(task_dir, "val200", _lines(task_dir, "val200") + ["images/test/000005.jpg 2"])
-    # val200 grew, so train800val200 no longer equals the union: that is reported too.
     _expect_error(task_dir, out_dir, "val200.txt: expected 4 entries, found 5",
-                  "val200.txt:5: 'images/test/000005.jpg 2' is missing from train800val200.txt")
+                  "test.txt: expected 6 entries, found 5")
     # "test": None accepts any size >= 1, but never an empty split.
     _set_lines(task_dir, "val200", _lines(task_dir, "val200")[:4])
     validate_task(task_dir, "toy", NUM_CLASSES, {**SIZES, "test": None})
@@ -178,11 +177,18 @@ def test_duplicate_path(task_dir: Path, out_dir: Path) -> None:
                   "first at line 2")
 
 
-def test_train800val200_not_union(task_dir: Path, out_dir: Path) -> None:
+def test_train800val200_relabelled_is_recorded_not_refused(task_dir: Path, out_dir: Path) -> None:
     lines = _lines(task_dir, "train800val200")
     lines[3] = lines[3].rsplit(" ", 1)[0] + " 2"   # label differs from train800.txt line 4 (label 0)
     _set_lines(task_dir, "train800val200", lines)
-    _expect_error(task_dir, out_dir, "train800val200.txt:4:", "train800.txt:4:", "union")
+    content = _prepare(task_dir, out_dir)["content"]
+    assert content["train800val200_union"] == "differs"
+    assert (content["missing_from_train800val200"], content["extra_in_train800val200"],
+            content["relabelled"]) == (1, 1, 1)
+    assert any("train800val200.txt:4:" in m and "with this label" in m for m in content["examples"])
+    assert any("train800.txt:4:" in m and "missing from train800val200" in m
+               for m in content["examples"])
+    assert read_split(out_dir, "train800val200").labels[3] == 2  # trained on what the list says
 
 
 def test_train_val_overlap(task_dir: Path, out_dir: Path) -> None:

@@ -3,9 +3,11 @@
 Every task is written in the real VTAB-1K on-disk layout, so the ordinary VTAB loader reads it::
 
     <root>/<task>/train800.txt  val200.txt  train800val200.txt  test.txt
-    <root>/<task>/images/<split>/000000.jpg ...        (split in train800, val200, test)
+    <root>/<task>/images/<split>/000000.jpg ...   (split in train800, val200, test, train800val200)
 
-Each list line is ``images/<split>/<index>.jpg <label>``. Pixels come partly from real images
+Each list line is ``images/<split>/<index>.jpg <label>``. Like the public VTAB-1K generators,
+train800val200 is its own folder of copies (train800's images, then val200's, renumbered), so the
+loader's content-based union check runs on every demo. Pixels come partly from real images
 shipped inside installed packages (scikit-learn's digits and sample photos, scikit-image's
 ``skimage.data`` photos and LFW subset) and partly from shapes rendered with PIL; nothing touches
 the network. ``source`` is a broader labelled set on which the demo pretrains its tiny ViT.
@@ -21,6 +23,7 @@ import functools
 import importlib.util
 import io
 import math
+import shutil
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -594,7 +597,16 @@ def generate_task(name: str, root: Path, *, sizes: Mapping[str, int] | None = No
                 relative = f"images/{split}/{index:06d}.jpg"
                 _save_image(image, tmp / relative)
                 lines[split].append(f"{relative} {label}\n")
-        lines["train800val200"] = lines["train800"] + lines["val200"]
+        # The generators decode train800 + val200 again and save each image under its new name;
+        # the encoder is deterministic, so the copy's bytes equal the original's.
+        copies = tmp / "images" / "train800val200"
+        copies.mkdir(parents=True)
+        lines["train800val200"] = []
+        for index, line in enumerate(lines["train800"] + lines["val200"]):
+            original, label = line.split()
+            relative = f"images/train800val200/{index:06d}.jpg"
+            shutil.copyfile(tmp / original, tmp / relative)
+            lines["train800val200"].append(f"{relative} {label}\n")
         for split in ("train800", "val200", "train800val200", "test"):
             (tmp / f"{split}.txt").write_text("".join(lines[split]), encoding="utf-8")
     return target

@@ -39,7 +39,8 @@ from vpeft.io import atomic_dir, read_json, sha256_file, write_json, write_parqu
 
 __all__ = [
     "GROUPS", "SPLITS", "TaskInfo", "VTAB_TASKS", "DEFAULT_SPLIT_SIZES", "FORMAT", "DataError",
-    "Entry", "SplitData", "task_info", "validate_task", "prepare_task", "read_split",
+    "Entry", "Decoded", "SplitData", "task_info", "validate_task", "inspect_task", "prepare_task",
+    "content_report", "content_digest", "decode_image", "read_split",
     "read_test_labels", "read_manifest",
 ]
 
@@ -251,7 +252,7 @@ def validate_task(task_dir: Path, task: str, num_classes: int,
             errors.append(f"{list_file}: expected {want} entries, found {p.records}")
 
     if not any(parsed[s].broken for s in LABELLED_SPLITS):
-        errors.extend(_union_errors(task_dir, parsed))
+        errors.extend(_disjoint_path_errors(task_dir, parsed))
     if not parsed["train800val200"].broken:
         present = {e.label for e in parsed["train800val200"].entries}
         absent = [c for c in range(num_classes) if c not in present]
@@ -265,27 +266,13 @@ def validate_task(task_dir: Path, task: str, num_classes: int,
     return {s: parsed[s].entries for s in SPLITS}
 
 
-def _union_errors(task_dir: Path, parsed: Mapping[str, _ParsedList]) -> list[str]:
-    """train800val200 must equal train800 ∪ val200 (as (path, label) sets); train and val must be disjoint."""
-    errors: list[str] = []
-    train, val, both = (parsed[s].entries for s in LABELLED_SPLITS)
-    val_paths = {e.path: e.line for e in val}
-    for e in train:
-        if e.path in val_paths:
-            errors.append(f"{task_dir / 'train800.txt'}:{e.line}: image {e.path} is also in val200.txt "
-                          f"(line {val_paths[e.path]}); train800 and val200 must be disjoint")
-    union = {(e.path, e.label) for e in (*train, *val)}
-    both_set = {(e.path, e.label) for e in both}
-    for e in both:
-        if (e.path, e.label) not in union:
-            errors.append(f"{task_dir / 'train800val200.txt'}:{e.line}: '{e.path} {e.label}' is in "
-                          "neither train800.txt nor val200.txt; train800val200 must be their union")
-    for split, entries in (("train800", train), ("val200", val)):
-        for e in entries:
-            if (e.path, e.label) not in both_set:
-                errors.append(f"{task_dir / (split + '.txt')}:{e.line}: '{e.path} {e.label}' is missing "
-                              "from train800val200.txt; train800val200 must be the union of train800 and val200")
-    return errors
+def _disjoint_path_errors(task_dir: Path, parsed: Mapping[str, _ParsedList]) -> list[str]:
+    """train800 and val200 must not name the same image file (the cheap, path-level half of the
+    disjointness rule; equal pixels under other names are caught by :func:`content_report`)."""
+    val_paths = {e.path: e.line for e in parsed["val200"].entries}
+    return [f"{task_dir / 'train800.txt'}:{e.line}: image {e.path} is also in val200.txt "
+            f"(line {val_paths[e.path]}); train800 and val200 must be disjoint"
+            for e in parsed["train800"].entries if e.path in val_paths]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -321,15 +308,42 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def _load_image(data: bytes, size: int) -> tuple[bytes, str]:
-    """Decode fully, convert to RGB, bicubic-resize to size x size; return (HWC uint8 bytes, source mode)."""
+@dataclass(frozen=True)
+class Decoded:
+    """One decoded image: the resized HWC uint8 bytes (None when no size was asked for), the
+    source mode, and a digest of the decoded source pixels that equal images share whatever
+    their file names or encodings (how train800val200's copies are matched to their originals)."""
+
+    pixels: bytes | None
+    mode: str
+    content: str
+
+
+def content_digest(img: Image.Image) -> str:
+    """Digest of a decoded image's mode, size and pixels."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{img.mode}:{img.width}x{img.height}:".encode("ascii"))
+    digest.update(img.tobytes())
+    return digest.hexdigest()
+
+
+def decode_image(data: bytes, size: int | None) -> Decoded:
+    """Decode fully; with ``size``, also convert to RGB and bicubic-resize to size x size."""
     with Image.open(io.BytesIO(data)) as img:
         img.load()
-        mode = img.mode
+        mode, content = img.mode, content_digest(img)
+        if size is None:
+            return Decoded(None, mode, content)
         rgb = _to_rgb(img).resize((size, size), Image.BICUBIC)
     arr = np.asarray(rgb, dtype=np.uint8)
     assert arr.shape == (size, size, 3), arr.shape
-    return arr.tobytes(), mode
+    return Decoded(arr.tobytes(), mode, content)
+
+
+def _load_image(data: bytes, size: int) -> tuple[bytes, str]:
+    """(HWC uint8 bytes, source mode) of ``data`` resized to size x size."""
+    decoded = decode_image(data, size)
+    return decoded.pixels, decoded.mode  # type: ignore[return-value]
 
 
 def _schema(image_size: int, labelled: bool) -> pa.Schema:
@@ -373,20 +387,163 @@ def _images_checksum(task_dir: Path, relpaths: set[str]) -> str:
     return digest.hexdigest()
 
 
-def prepare_task(task_dir: Path, out_dir: Path, *, task: str, image_size: int, num_classes: int,
-                 group: str, split_sizes: Mapping[str, int | None] | None = None,
-                 shard_rows: int = 4096) -> dict[str, Any]:
-    """Validate ``task_dir``, decode/convert/resize every image and publish ``out_dir`` atomically.
+# Decoded pixels of train800 / val200 kept for train800val200's byte-identical copies, up to this
+# many bytes (beyond it copies are decoded again: many-shot tasks hold tens of thousands of images).
+DECODE_CACHE_BYTES = 1 << 30
+MAX_SHOWN_EXAMPLES = 5
 
-    Returns the manifest. On any failure no new ``out_dir`` is published and the temp dir is
-    removed; a previously prepared ``out_dir`` is left untouched.
+
+def _decode_entries(task_dir: Path, entries: Mapping[str, list[Entry]], image_size: int | None,
+                    errors: list[str]) -> Iterator[tuple[str, int, Entry, Decoded]]:
+    """Decode every entry of every split, in SPLITS order, appending failures to ``errors``.
+
+    A file whose bytes equal an already decoded train800 / val200 file is not decoded again: the
+    public generators write train800val200 as re-encoded copies, which PIL's deterministic
+    encoder makes byte-identical; vpeft's older layout shares the very files.
     """
-    if image_size < 1:
+    by_bytes: dict[bytes, Decoded] = {}
+    cached = 0
+    with _strict_decoding():
+        for split in SPLITS:
+            list_file = Path(task_dir).absolute() / f"{split}.txt"
+            for index, e in enumerate(entries[split]):
+                try:
+                    data = e.file.read_bytes()
+                except OSError as exc:
+                    errors.append(f"{list_file}:{e.line}: cannot read image {e.path}: {exc}")
+                    continue
+                key = hashlib.blake2b(data, digest_size=16).digest()
+                decoded = by_bytes.get(key)
+                if decoded is None:
+                    try:
+                        decoded = decode_image(data, image_size)
+                    except _DECODE_ERRORS as exc:
+                        errors.append(f"{list_file}:{e.line}: cannot decode image {e.path}: "
+                                      f"{type(exc).__name__}: {exc}")
+                        continue
+                    size = len(decoded.pixels or b"")
+                    if split in ("train800", "val200") and cached + size <= DECODE_CACHE_BYTES:
+                        by_bytes[key] = decoded
+                        cached += size
+                yield split, index, e, decoded
+
+
+def _where(task_dir: Path, split: str, e: Entry) -> str:
+    return f"{Path(task_dir).absolute() / (split + '.txt')}:{e.line}"
+
+
+def content_report(task_dir: Path, entries: Mapping[str, list[Entry]],
+                   contents: Mapping[str, Sequence[str]], *, allow_duplicates: bool = False
+                   ) -> tuple[list[str], dict[str, Any]]:
+    """Compare the splits by image content (``contents[split][i]`` is entry i's pixel digest).
+
+    Returns (errors, record). Errors are what would corrupt the protocol: a val200 image that is
+    also in train800 (selection would score training images) and a test image in any training
+    split (the one evaluation would score training images); with ``allow_duplicates`` (a dataset
+    whose source holds genuine duplicates) they are recorded instead. train800val200 must equal
+    train800 ⊎ val200 as a multiset of (content, label); where it does not, the record says what
+    differs (counts and a few ``file:line`` examples) and training goes on: the final run simply
+    trains on what the list names.
+    """
+    def pairs(split: str) -> list[tuple[str, int]]:
+        return [(c, e.label) for c, e in zip(contents[split], entries[split])]
+
+    errors: list[str] = []
+    overlaps: list[str] = []
+    first_seen: dict[str, tuple[str, Entry]] = {}
+    for split in ("train800", "val200", "train800val200"):
+        for c, e in zip(contents[split], entries[split]):
+            first_seen.setdefault(c, (split, e))
+    train = dict(zip(contents["train800"], entries["train800"]))
+    for c, e in zip(contents["val200"], entries["val200"]):
+        if c in train:
+            overlaps.append(f"{_where(task_dir, 'val200', e)}: image {e.path} has the same pixels as "
+                            f"{_where(task_dir, 'train800', train[c])} ({train[c].path}); "
+                            "train800 and val200 must be disjoint")
+    for c, e in zip(contents["test"], entries["test"]):
+        if c in first_seen:
+            split, other = first_seen[c]
+            overlaps.append(f"{_where(task_dir, 'test', e)}: test image {e.path} has the same pixels "
+                            f"as {_where(task_dir, split, other)} ({other.path}); test images must "
+                            "not be in a training split")
+    if allow_duplicates:
+        for message in overlaps:
+            log.warning("%s (allowed: study.data.allow_duplicates)", message)
+    else:
+        errors.extend(overlaps)
+
+    union = Counter(pairs("train800") + pairs("val200"))
+    both = Counter(pairs("train800val200"))
+    missing, extra = union - both, both - union
+    relabelled = {c for c, _ in missing} & {c for c, _ in extra}
+    examples = [f"{_where(task_dir, 'train800val200', e)}: {e.path} (label {e.label}) is in neither "
+                "train800 nor val200" + (" with this label" if c in relabelled else "")
+                for c, e in zip(contents["train800val200"], entries["train800val200"])
+                if (c, e.label) in extra][:MAX_SHOWN_EXAMPLES]
+    examples += [f"{_where(task_dir, split, e)}: {e.path} (label {e.label}) is missing from "
+                 "train800val200" for split in ("train800", "val200")
+                 for c, e in zip(contents[split], entries[split]) if (c, e.label) in missing
+                 ][:MAX_SHOWN_EXAMPLES]
+    shared = {e.path for s in ("train800", "val200") for e in entries[s]}
+    n_shared = sum(e.path in shared for e in entries["train800val200"])
+    layout = ("shared paths" if n_shared == len(entries["train800val200"])
+              else "own copies" if n_shared == 0 else "mixed")
+    record: dict[str, Any] = {
+        "train800val200_layout": layout,
+        "train800val200_union": "exact" if not missing and not extra else "differs",
+        "missing_from_train800val200": sum(missing.values()),
+        "extra_in_train800val200": sum(extra.values()),
+        "relabelled": len(relabelled),
+        "examples": examples,
+        "allowed_overlaps": overlaps if allow_duplicates else [],
+    }
+    if missing or extra:
+        log.warning("%s: train800val200 differs from train800 + val200 by content: %d missing, "
+                    "%d extra (%d relabelled), e.g. %s", task_dir, record["missing_from_train800val200"],
+                    record["extra_in_train800val200"], len(relabelled), examples[:2])
+    return errors, record
+
+
+def _checked_prepare_args(image_size: int | None, shard_rows: int, group: str) -> None:
+    if image_size is not None and image_size < 1:
         raise ValueError(f"image_size must be >= 1, got {image_size}")
     if shard_rows < 1:
         raise ValueError(f"shard_rows must be >= 1, got {shard_rows}")
     if group not in (*GROUPS, PRETRAINING_GROUP):
         raise ValueError(f"group {group!r} is not one of {(*GROUPS, PRETRAINING_GROUP)}")
+
+
+def inspect_task(task_dir: Path, *, task: str, num_classes: int,
+                 split_sizes: Mapping[str, int | None] | None = None,
+                 allow_duplicates: bool = False) -> dict[str, Any]:
+    """Everything :func:`prepare_task` checks, without writing anything: the lists, every image
+    (decoded, not resized) and the splits' contents. Returns split counts, source modes and the
+    content record; raises one :class:`DataError` listing every problem."""
+    entries = validate_task(task_dir, task, num_classes, split_sizes)
+    errors: list[str] = []
+    contents: dict[str, list[str]] = {s: [] for s in SPLITS}
+    modes: Counter[str] = Counter()
+    for split, _, _, decoded in _decode_entries(Path(task_dir), entries, None, errors):
+        contents[split].append(decoded.content)
+        modes[decoded.mode] += 1
+    _raise_collected(errors)
+    errors, record = content_report(Path(task_dir), entries, contents,
+                                    allow_duplicates=allow_duplicates)
+    _raise_collected(errors)
+    return {"task": task, "num_classes": num_classes,
+            "counts": {s: len(entries[s]) for s in SPLITS}, "modes": dict(sorted(modes.items())),
+            "content": record}
+
+
+def prepare_task(task_dir: Path, out_dir: Path, *, task: str, image_size: int, num_classes: int,
+                 group: str, split_sizes: Mapping[str, int | None] | None = None,
+                 shard_rows: int = 4096, allow_duplicates: bool = False) -> dict[str, Any]:
+    """Validate ``task_dir``, decode/convert/resize every image and publish ``out_dir`` atomically.
+
+    Returns the manifest. On any failure no new ``out_dir`` is published and the temp dir is
+    removed; a previously prepared ``out_dir`` is left untouched.
+    """
+    _checked_prepare_args(image_size, shard_rows, group)
     task_dir = Path(task_dir)
     out_dir = Path(out_dir).absolute()
     entries = validate_task(task_dir, task, num_classes, split_sizes)
@@ -395,65 +552,50 @@ def prepare_task(task_dir: Path, out_dir: Path, *, task: str, image_size: int, n
         raise DataError(f"{out_dir}: exists and is not a directory; refusing to replace it")
     with atomic_dir(out_dir) as tmp:
         manifest = _build(task_dir, tmp, entries, task=task, image_size=image_size,
-                          num_classes=num_classes, group=group, shard_rows=shard_rows)
+                          num_classes=num_classes, group=group, shard_rows=shard_rows,
+                          allow_duplicates=allow_duplicates)
     return manifest
 
 
 def _build(task_dir: Path, tmp: Path, entries: Mapping[str, list[Entry]], *, task: str,
-           image_size: int, num_classes: int, group: str, shard_rows: int) -> dict[str, Any]:
+           image_size: int, num_classes: int, group: str, shard_rows: int,
+           allow_duplicates: bool) -> dict[str, Any]:
     errors: list[str] = []
-    # train800val200 is train800 ∪ val200: reuse their decoded pixels instead of decoding twice.
-    cache: dict[str, tuple[bytes, str] | None] = {}
-    conversions: Counter[str] = Counter()  # per distinct source image
-    converted: set[str] = set()
-    splits: dict[str, Any] = {}
+    contents: dict[str, list[str]] = {s: [] for s in SPLITS}
+    conversions: dict[str, str] = {}  # distinct source image (by content) -> its mode, when not RGB
+    modes: dict[str, Counter[str]] = {s: Counter() for s in SPLITS}
+    writers = {s: _ShardWriter(tmp, s, _schema(image_size, s != "test"), shard_rows) for s in SPLITS}
     test_index: list[int] = []
     test_label: list[int] = []
 
-    with _strict_decoding():
-        for split in SPLITS:
-            labelled = split != "test"
-            list_file = task_dir.absolute() / f"{split}.txt"
-            writer = _ShardWriter(tmp, split, _schema(image_size, labelled), shard_rows)
-            modes: Counter[str] = Counter()
-            for index, e in enumerate(entries[split]):
-                result = cache.get(e.path) if split == "train800val200" else None
-                if result is None:
-                    try:
-                        result = _load_image(e.file.read_bytes(), image_size)
-                    except _DECODE_ERRORS as exc:
-                        errors.append(f"{list_file}:{e.line}: cannot decode image {e.path}: "
-                                      f"{type(exc).__name__}: {exc}")
-                        result = None
-                    if split in ("train800", "val200"):
-                        cache[e.path] = result
-                if result is None:
-                    continue
-                pixels, mode = result
-                if mode != "RGB":
-                    modes[mode] += 1
-                    if e.path not in converted:
-                        converted.add(e.path)
-                        conversions[mode] += 1
-                if errors:  # output will be discarded; keep decoding only to report every bad image
-                    continue
-                row = {"index": index, "path": e.path, "image": pixels}
-                if labelled:
-                    row["label"] = e.label
-                else:
-                    test_index.append(index)
-                    test_label.append(e.label)
-                writer.add(**row)
-            for mode, n in sorted(modes.items()):
-                log.info("%s/%s: converted %d %s image(s) to RGB", task, split, n, mode)
-            if not errors:
-                writer.flush()
-            info: dict[str, Any] = {"count": len(entries[split]), "shards": writer.shards}
-            if labelled:
-                counts = Counter(e.label for e in entries[split])
-                info["class_counts"] = {str(c): counts.get(c, 0) for c in range(num_classes)}
-            splits[split] = info
+    for split, index, e, decoded in _decode_entries(task_dir, entries, image_size, errors):
+        contents[split].append(decoded.content)
+        if decoded.mode != "RGB":
+            modes[split][decoded.mode] += 1
+            conversions[decoded.content] = decoded.mode
+        if errors:  # output will be discarded; keep decoding only to report every bad image
+            continue
+        row = {"index": index, "path": e.path, "image": decoded.pixels}
+        if split == "test":
+            test_index.append(index)
+            test_label.append(e.label)
+        else:
+            row["label"] = e.label
+        writers[split].add(**row)
     _raise_collected(errors)
+    errors, content = content_report(task_dir, entries, contents, allow_duplicates=allow_duplicates)
+    _raise_collected(errors)
+
+    splits: dict[str, Any] = {}
+    for split in SPLITS:
+        writers[split].flush()
+        for mode, n in sorted(modes[split].items()):
+            log.info("%s/%s: converted %d %s image(s) to RGB", task, split, n, mode)
+        info: dict[str, Any] = {"count": len(entries[split]), "shards": writers[split].shards}
+        if split != "test":
+            counts = Counter(e.label for e in entries[split])
+            info["class_counts"] = {str(c): counts.get(c, 0) for c in range(num_classes)}
+        splits[split] = info
 
     write_parquet(tmp / "test_labels.parquet", pa.table(
         {"index": pa.array(test_index, pa.int64()), "label": pa.array(test_label, pa.int64())}))
@@ -470,7 +612,8 @@ def _build(task_dir: Path, tmp: Path, entries: Mapping[str, list[Entry]], *, tas
         "image_size": image_size,
         "format": FORMAT,
         "splits": splits,
-        "conversions": dict(sorted(conversions.items())),
+        "conversions": dict(sorted(Counter(conversions.values()).items())),
+        "content": content,
         "source": {"root": str(task_dir), "checksums": checksums},
         "vpeft_version": __version__,
     }
