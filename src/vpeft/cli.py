@@ -68,7 +68,8 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     size = int(cfg.study.data.stored_size) if manyshot else int(cfg.model.img_size)
     manifest = prepare_task(layout.raw_task(cfg, args.task), layout.prepared_task(cfg, args.task),
                             task=args.task, image_size=size,
-                            num_classes=entry.num_classes, group=entry.group, split_sizes=sizes)
+                            num_classes=entry.num_classes, group=entry.group, split_sizes=sizes,
+                            allow_duplicates=bool(cfg.study.data.get("allow_duplicates", False)))
     counts = {k: v["count"] for k, v in manifest["splits"].items()}
     log.info("prepared %s: %s", args.task, counts)
 
