@@ -473,3 +473,26 @@ def test_render_failure_leaves_no_file(collected: StudyResults, tmp_path: Path,
             render_report(collected, STUDY, out, provenance={"x": 1})
     assert out.read_bytes() == before
     assert [p.name for p in out.parent.iterdir()] == ["index.html"]
+
+
+def test_input_data_provenance_shows_content_record(collected: StudyResults, tmp_path: Path) -> None:
+    study = json.loads(json.dumps(STUDY))
+    study["tasks"][0]["content"] = {
+        "train800val200_layout": "own copies", "train800val200_union": "exact",
+        "missing_from_train800val200": 0, "extra_in_train800val200": 0, "relabelled": 0,
+        "examples": [], "allowed_overlaps": []}
+    study["tasks"][1]["content"] = {
+        "train800val200_layout": "mixed", "train800val200_union": "differs",
+        "missing_from_train800val200": 2, "extra_in_train800val200": 1, "relabelled": 1,
+        "examples": ["/v/dtd/train800val200.txt:7: x.jpg (label 3) is in neither <b>"],
+        "allowed_overlaps": []}
+    page = render(tmp_path, collected, study)
+    cells = parse_cells(page, "input-data-table")
+    by_task = {}
+    for c in cells:
+        by_task.setdefault(c["attrs"].get("data-task"), []).append(c["text"])
+    first, second = (study["tasks"][i]["name"] for i in (0, 1))
+    assert by_task[first][:2] == ["own copies", "equals train800 + val200"]
+    assert by_task[second][1] == "differs: 2 missing, 1 extra (1 relabelled)"
+    assert "train800val200.txt:7:" in by_task[second][2]
+    assert "&lt;b&gt;" in page and "neither <b>" not in page

@@ -342,7 +342,8 @@ def study_metadata(plan: StudyPlan) -> dict[str, Any]:
         manifest = read_manifest(layout.prepared_task(plan.cfg, task))
         tasks.append({"name": task, "group": manifest["group"],
                       "num_classes": manifest["num_classes"],
-                      "description": task_entry(plan.cfg, task).description})
+                      "description": task_entry(plan.cfg, task).description,
+                      "content": manifest.get("content")})  # train800val200 vs train800 + val200
     study = plan.cfg.study
     meta = {"name": plan.name, "title": study.get("title", plan.name),
             "description": study.get("description", ""), "tasks": tasks,

@@ -326,6 +326,30 @@ def _short_commit(commit: str | None) -> str:
     return commit[:12] + ("-dirty" if commit.endswith("-dirty") else "")
 
 
+def _input_data_rows(study: Mapping) -> list[Row]:
+    """Per task, how its train800val200 was stored and whether it equals train800 + val200 by
+    content (vpeft.data.vtab.content_report, recorded in the prepared task's manifest)."""
+    rows: list[Row] = []
+    for t in study.get("tasks") or []:
+        content = t.get("content")
+        if not content:
+            continue
+        task = str(t.get("name"))
+        differs = content.get("train800val200_union") == "differs"
+        union = ("equals train800 + val200" if not differs else
+                 f"differs: {content.get('missing_from_train800val200', 0)} missing, "
+                 f"{content.get('extra_in_train800val200', 0)} extra "
+                 f"({content.get('relabelled', 0)} relabelled)")
+        notes = list(content.get("examples") or []) + [
+            f"allowed duplicate: {m}" for m in content.get("allowed_overlaps") or []]
+        rows.append(Row(task, [
+            Cell(str(content.get("train800val200_layout", "–")), column="layout", task=task),
+            Cell(union, column="union", task=task, classes=["warn"] if differs else []),
+            Cell("; ".join(notes) or "–", column="notes", task=task, classes=["small"]),
+        ], task=task))
+    return rows
+
+
 def _provenance_rows(results: StudyResults, study: Mapping) -> list[Row]:
     rows: list[Row] = []
     for task, method, r in _runs_in_study_order(results, study):
@@ -858,6 +882,7 @@ def render_html(results: StudyResults, study: Mapping, *, published_csv: Path | 
         published_title=PUBLISHED_TITLE,
         provenance=[(str(k), _fmt_hparam(v)) for k, v in provenance.items() if k != "date"],
         runs=_provenance_rows(results, study),
+        input_data=_input_data_rows(study),
         notes=_consistency_notes(results),
         config=(config := _representative_config(results, study)),
         config_diffs=_config_differences(results, study, config),
