@@ -90,9 +90,11 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from vpeft.errors import UserError
+    from vpeft.gpu_slots import claim_for_training
     from vpeft.protocol import run_final, run_points
 
     plan = _plan(args)
+    claim_for_training(plan.cfg.train.get("device", "auto"))  # local multi-GPU: a GPU of its own
     if args.phase == "final":
         run_final(plan, args.task, args.method)
     else:
