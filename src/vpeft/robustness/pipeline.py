@@ -75,7 +75,8 @@ def wise_dir(cfg: DictConfig, task: str, method: str) -> Path:
 
 def _read(name: str, spec: DictConfig, space: LabelSpace):
     return read_eval_set(name, spec.root, spec.format, space, list_file=spec.get("list_file"),
-                         expected_subset=spec.get("expected_subset"))
+                         expected_subset=spec.get("expected_subset"), devkit=spec.get("devkit"),
+                         solution_csv=spec.get("solution_csv"))
 
 
 def imagenet_split(cfg: DictConfig, task: str) -> Path:
