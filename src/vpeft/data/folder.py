@@ -8,7 +8,7 @@ the ImageNet readers), which reuse the VTAB-1K preparation code.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,15 +156,22 @@ def list_lines(files: Sequence[LabelledFile], prefix: str) -> str:
 
 def write_list_view(out_dir: str | Path, splits: Mapping[str, tuple[str, Sequence[LabelledFile]]],
                     links: Mapping[str, str | Path], info_file: str,
-                    info: Mapping[str, object]) -> Path:
+                    info: Mapping[str, object],
+                    write_images: Callable[[Path], None] | None = None) -> Path:
     """Publish a VTAB-1K layout view of image files held elsewhere, atomically: a list file per
     split (``splits``: name -> (link, files)), a link per image root (``links``: link -> root)
-    and a JSON record of how the view was made. The VTAB-1K loader reads it like any task."""
+    and a JSON record of how the view was made. The VTAB-1K loader reads it like any task.
+
+    ``write_images``, if given, is called with the unpublished view folder to write image files
+    the view holds itself (images that exist only as arrays, e.g. CIFAR-100's pickles), so they
+    are published together with the list files or not at all."""
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
         for name, (link, files) in splits.items():
             (tmp / f"{name}.txt").write_text(list_lines(files, link), encoding="utf-8")
         for link, root in links.items():
             os.symlink(Path(root).resolve(), tmp / link, target_is_directory=True)
+        if write_images is not None:
+            write_images(tmp)
         write_json(tmp / info_file, dict(info))
     return out_dir

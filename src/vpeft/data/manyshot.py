@@ -1,8 +1,8 @@
 """Many-shot study data: datasets as users hold them, deterministic saved subsets, VTAB-layout views.
 
-A many-shot *dataset* (CIFAR-100, RESISC45, Clevr-Dist) comes as a class-per-folder tree or a
-``<relpath> <label>`` list file (``vpeft.data.folder``), for its train part and, optionally, its
-test part. A many-shot *task* is a dataset at one training-set size::
+A many-shot *dataset* (CIFAR-100, RESISC45, Clevr-Dist) comes as a class-per-folder tree, a
+``<relpath> <label>`` list file (``vpeft.data.folder``) or CIFAR-100's pickled "python version"
+(``vpeft.data.cifar``), for its train part and, optionally, its test part. A many-shot *task* is a dataset at one training-set size::
 
     <dataset>_n<size>   a class-balanced subset of <size> training images (cifar100_n500)
     <dataset>           all of its training images (cifar100)
@@ -15,6 +15,10 @@ and preparation (``vpeft.data.vtab.prepare_task``) and every later rule work unc
     <views>/<task>/train800val200.txt  all of the task's training images (the final run)
     <views>/<task>/test.txt            the dataset's test images
     <views>/<task>/images -> <train image root>     test_images -> <test image root> (if separate)
+
+A part without image files (CIFAR-100's pickles) has the images its view lists written into the
+view itself as PNGs (``images/<row>.png``, lossless, published atomically with the list files), so
+that one preparation path reads every dataset.
 
 The split names are the pipeline's; the sizes are the task's. Which training images a task uses
 is decided once and saved as an **index file** (``<subsets_dir>/<task>.json``: seed, source
@@ -31,20 +35,22 @@ import hashlib
 import logging
 import re
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from vpeft.data.cifar import CIFAR100_PARTS, read_cifar100
 from vpeft.data.folder import LabelledFile, read_class_folders, read_list_file, write_list_view
 from vpeft.data.vtab import GROUPS, DataError
 from vpeft.errors import UserError
-from vpeft.io import atomic_dir, read_json, write_json
+from vpeft.io import atomic_dir, atomic_path, read_json, write_json
 
-__all__ = ["DatasetSpec", "Source", "ManyShotTask", "dataset_specs", "resolve_task", "task_names",
-           "read_source", "draw_split", "subset_file", "ensure_split", "write_view"]
+__all__ = ["DatasetSpec", "Source", "Part", "ManyShotTask", "dataset_specs", "resolve_task",
+           "task_names", "read_source", "read_part", "draw_split", "subset_file", "ensure_split",
+           "write_view", "clevr_dist_label", "write_clevr_dist"]
 
 log = logging.getLogger("vpeft.data")
 
@@ -54,20 +60,40 @@ _TASK_RE = re.compile(r"^(?P<dataset>.+)_n(?P<size>[1-9][0-9]*)$")
 
 @dataclass(frozen=True)
 class Source:
-    """One part (train or test) of a dataset: a class-folder tree, or a list file with its image root."""
+    """One part (train or test) of a dataset: a class-folder tree, a list file with its image
+    root, or one part (``cifar_part``: train or test) of an unpacked ``cifar-100-python`` folder."""
 
     folders: Path | None = None
     list_file: Path | None = None
     root: Path | None = None
+    cifar100_python: Path | None = None
+    cifar_part: str | None = None
 
     @property
     def image_root(self) -> Path:
+        """Where the part's image files are (for CIFAR-100: the pickles' folder, which holds none;
+        its images are written into the view instead)."""
         if self.folders is not None:
             return self.folders
+        if self.cifar100_python is not None:
+            return self.cifar100_python
         return self.root if self.root is not None else self.list_file.parent  # type: ignore[union-attr]
 
+    @property
+    def inputs(self) -> tuple[Path, ...]:
+        """The files or folders the part is read from (what a Snakemake rule depends on)."""
+        if self.folders is not None:
+            return (self.folders,)
+        if self.cifar100_python is not None:
+            return (self.cifar100_python / str(self.cifar_part), self.cifar100_python / "meta")
+        return (self.list_file,)  # type: ignore[return-value]
+
     def describe(self) -> str:
-        return f"folders {self.folders}" if self.folders is not None else f"list {self.list_file}"
+        if self.folders is not None:
+            return f"folders {self.folders}"
+        if self.cifar100_python is not None:
+            return f"CIFAR-100 {self.cifar100_python / str(self.cifar_part)}"
+        return f"list {self.list_file}"
 
 
 @dataclass(frozen=True)
@@ -96,19 +122,26 @@ class ManyShotTask:
 FLIPS = ("horizontal", "vertical")
 
 
+_SOURCE_FORMS = ("{folders: DIR}, {list: FILE, root: DIR} or "
+                 "{cifar100_python: DIR, part: train|test}")
+
+
 def _source(raw: Any, base: Path, where: str) -> Source | None:
     if raw is None:
         return None
     if not isinstance(raw, Mapping):
-        raise UserError(f"{where}: expected {{folders: DIR}} or {{list: FILE, root: DIR}}, got {raw!r}")
+        raise UserError(f"{where}: expected {_SOURCE_FORMS}, got {raw!r}")
     keys = set(raw)
     if keys == {"folders"}:
         return Source(folders=base / str(raw["folders"]))
     if "list" in keys and keys <= {"list", "root"}:
         root = raw.get("root")
         return Source(list_file=base / str(raw["list"]), root=base / str(root) if root else None)
-    raise UserError(f"{where}: expected {{folders: DIR}} or {{list: FILE, root: DIR}}, "
-                    f"got keys {sorted(keys)}")
+    if keys == {"cifar100_python", "part"}:
+        if raw["part"] not in CIFAR100_PARTS:
+            raise UserError(f"{where}.part: {raw['part']!r} is not one of {', '.join(CIFAR100_PARTS)}")
+        return Source(cifar100_python=base / str(raw["cifar100_python"]), cifar_part=str(raw["part"]))
+    raise UserError(f"{where}: expected {_SOURCE_FORMS}, got keys {sorted(keys)}")
 
 
 def dataset_specs(cfg: Any) -> dict[str, DatasetSpec]:
@@ -186,16 +219,55 @@ def resolve_task(cfg: Any, task: str) -> ManyShotTask:
 # Reading a dataset and drawing its splits
 # ---------------------------------------------------------------------------------------------
 
-def read_source(source: Source, num_classes: int, classes: Sequence[str] | None
-                ) -> tuple[list[LabelledFile], list[str] | None]:
-    """Files of one dataset part (folder trees sorted by path, list files in file order)."""
+@dataclass(frozen=True)
+class Part:
+    """One dataset part as read: ``files`` (paths relative to the part's image root), the class
+    names when the format carries them, and for a format without image files (CIFAR-100's
+    pickles) the ``pixels`` (N x H x W x 3 uint8; ``pixels[i]`` is ``files[i]``)."""
+
+    files: list[LabelledFile]
+    classes: list[str] | None
+    pixels: np.ndarray | None = None
+
+
+def cifar_image_name(row: int) -> str:
+    """The name a CIFAR-100 row gets in a view: its row number (stable, unique, traceable)."""
+    return f"{row:05d}.png"
+
+
+def _read_cifar(source: Source, num_classes: int, classes: Sequence[str] | None) -> Part:
+    assert source.cifar100_python is not None and source.cifar_part is not None
+    part = read_cifar100(source.cifar100_python, source.cifar_part)
+    meta = source.cifar100_python / "meta"
+    if len(part.classes) != num_classes:
+        raise DataError(f"{meta}: fine_label_names names {len(part.classes)} classes, but the "
+                        f"dataset declares num_classes={num_classes}")
+    if classes is not None and list(classes) != part.classes:
+        raise DataError(f"{meta}: fine_label_names differ from the classes given "
+                        "(study.data.datasets.<name>.classes, or the train part's)")
+    files = [LabelledFile(cifar_image_name(i), int(label)) for i, label in enumerate(part.labels)]
+    return Part(files, part.classes, part.images)
+
+
+def read_part(source: Source, num_classes: int, classes: Sequence[str] | None) -> Part:
+    """One dataset part: folder trees sorted by path, list files in file order, CIFAR-100 pickles
+    in row order (with their pixels)."""
     if source.folders is not None:
         files, class_list = read_class_folders(source.folders, classes)
         if len(class_list) != num_classes:
             raise DataError(f"{source.folders}: {len(class_list)} classes found, but the dataset "
                             f"declares num_classes={num_classes}")
-        return files, class_list
-    return read_list_file(source.list_file, source.image_root, num_classes), None  # type: ignore[arg-type]
+        return Part(files, class_list)
+    if source.cifar100_python is not None:
+        return _read_cifar(source, num_classes, classes)
+    return Part(read_list_file(source.list_file, source.image_root, num_classes), None)  # type: ignore[arg-type]
+
+
+def read_source(source: Source, num_classes: int, classes: Sequence[str] | None
+                ) -> tuple[list[LabelledFile], list[str] | None]:
+    """Files and class names of one dataset part (:func:`read_part` without the pixels)."""
+    part = read_part(source, num_classes, classes)
+    return part.files, part.classes
 
 
 def fingerprint(files: Sequence[LabelledFile]) -> str:
@@ -327,16 +399,38 @@ def ensure_split(cfg: Any, task: ManyShotTask, train_files: Sequence[LabelledFil
     return record
 
 
+def write_png(path: Path, pixels: np.ndarray) -> None:
+    """One image as PNG: lossless, and deterministic (PIL writes no time stamp)."""
+    from PIL import Image
+
+    Image.fromarray(np.ascontiguousarray(pixels)).save(path, format="PNG")
+
+
+def _png_writer(parts: Mapping[str, tuple[Part, Sequence[LabelledFile]]]):
+    """A ``write_list_view`` hook that writes, under ``<view>/<link>/``, the listed images of
+    the parts given by pixels (link -> (part, files the view lists under that link))."""
+    def write(view: Path) -> None:
+        for link, (part, listed) in parts.items():
+            assert part.pixels is not None
+            row = {f.path: i for i, f in enumerate(part.files)}
+            (view / link).mkdir()
+            for f in sorted(set(listed), key=lambda f: f.path):
+                write_png(view / link / f.path, part.pixels[row[f.path]])
+    return write
 
 
 def write_view(cfg: Any, task_name_: str, out_dir: Path) -> dict[str, int]:
     """Read the task's dataset, draw or read its saved index file, and publish the VTAB-layout
-    view ``out_dir`` atomically (list files + an ``images`` link to the dataset root)."""
+    view ``out_dir`` atomically (list files + an ``images`` link to the dataset root; a part
+    given by pixels instead has its listed images written into the view as PNGs)."""
     task = resolve_task(cfg, task_name_)
     ds = task.dataset
-    train_files, class_list = read_source(ds.train, ds.num_classes, ds.classes)
+    train_part = read_part(ds.train, ds.num_classes, ds.classes)
+    train_files, class_list = train_part.files, train_part.classes
+    test_part = None
     if ds.test is not None:
-        test_files, test_classes = read_source(ds.test, ds.num_classes, class_list or ds.classes)
+        test_part = read_part(ds.test, ds.num_classes, class_list or ds.classes)
+        test_files, test_classes = test_part.files, test_part.classes
         if class_list is not None and test_classes is not None and test_classes != class_list:
             raise DataError(f"{ds.test.describe()}: test classes differ from the train classes")
     split = ensure_split(cfg, task, train_files)
@@ -348,18 +442,86 @@ def write_view(cfg: Any, task_name_: str, out_dir: Path) -> dict[str, int]:
     train_only = [train_files[i] for i in split["train"] if i not in val_set]
     # A separate test part keeps its own root: linked as test_images/.
     test_prefix = "images" if ds.test is None else "test_images"
-    links = {"images": ds.train.image_root}
-    if ds.test is not None:
-        links["test_images"] = ds.test.image_root
+    links: dict[str, Path] = {}
+    own: dict[str, tuple[Part, list[LabelledFile]]] = {}
+    if train_part.pixels is None:
+        links["images"] = ds.train.image_root
+    else:
+        own["images"] = (train_part, train + (test_files if ds.test is None else []))
+    if ds.test is not None and test_part is not None:
+        if test_part.pixels is None:
+            links["test_images"] = ds.test.image_root
+        else:
+            own["test_images"] = (test_part, test_files)
     write_list_view(out_dir, {"train800": ("images", train_only), "val200": ("images", val),
                               "train800val200": ("images", train), "test": (test_prefix, test_files)},
                     links, "classes.json",
                     {"classes": class_list, "dataset": ds.name, "size": task.size,
-                     "subset_index": str(subset_file(cfg, task.name))})
+                     "subset_index": str(subset_file(cfg, task.name))},
+                    write_images=_png_writer(own) if own else None)
     counts = {"train": len(train_only), "val": len(val), "train_total": len(train),
               "test": len(test_files)}
     log.info("%s: view %s %s", task.name, out_dir, counts)
     return counts
+
+
+# ---------------------------------------------------------------------------------------------
+# Clevr-Dist from the VTAB source
+# ---------------------------------------------------------------------------------------------
+
+# VTAB's closest_object_distance bins (task_adaptation data/clevr.py): the label is the largest i
+# with CLEVR_DIST_THRESHOLDS[i] < min over objects of pixel_coords[:, 2], so 6 classes.
+CLEVR_DIST_THRESHOLDS = (0.0, 8.0, 8.5, 9.0, 9.5, 10.0, 100.0)
+_SPLIT_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def clevr_dist_label(z: Sequence[float] | np.ndarray) -> int:
+    """VTAB's Clevr-Dist label of one scene from its objects' ``pixel_coords[:, 2]`` (depth)."""
+    z = np.asarray(z, dtype=np.float64).reshape(-1)
+    if z.size == 0 or not np.all(np.isfinite(z)):
+        raise ValueError(f"expected the finite depths of at least one object, got {z.tolist()}")
+    dist = float(z.min())
+    thr = CLEVR_DIST_THRESHOLDS
+    if not thr[0] < dist <= thr[-1]:
+        raise ValueError(f"closest object at depth {dist} lies outside VTAB's bins ({thr[0]}, {thr[-1]}]")
+    return int(np.searchsorted(thr, dist, side="left")) - 1
+
+
+def write_clevr_dist(records: Iterable[tuple[np.ndarray, Sequence[float] | np.ndarray]],
+                     out_dir: str | Path, split: str) -> int:
+    """Write one Clevr-Dist split in the list-file layout a many-shot dataset reads:
+    ``out_dir/images/<split>/%06d.png`` and ``out_dir/<split>.txt`` (``images/<split>/000000.png
+    <label>`` lines, record order). ``records`` yields (image uint8 H x W [x 3|4], the objects'
+    ``pixel_coords[:, 2]``), e.g. from ``tensorflow_datasets`` ``clevr`` (docs/data.md).
+
+    PNG keeps the rendered pixels exactly. The image folder is published atomically and the list
+    file only after it, so a failure (a bad record: one :class:`DataError` naming it) leaves no
+    half-written split. Returns the number of images written.
+    """
+    out_dir = Path(out_dir)
+    if not _SPLIT_NAME_RE.match(split):
+        raise DataError(f"{out_dir}: split name {split!r} must be letters, digits, '_' or '-'")
+    lines: list[str] = []
+    with atomic_dir(out_dir / "images" / split) as tmp:
+        for i, (image, z) in enumerate(records):
+            where = f"{out_dir / 'images' / split}: record {i}"
+            image = np.asarray(image)
+            if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4))):
+                raise DataError(f"{where}: image must be uint8 H x W, H x W x 3 or H x W x 4, found "
+                                f"{image.dtype} of shape {image.shape}")
+            try:
+                label = clevr_dist_label(z)
+            except ValueError as exc:
+                raise DataError(f"{where}: {exc}") from None
+            name = f"{i:06d}.png"
+            write_png(tmp / name, image)
+            lines.append(f"images/{split}/{name} {label}\n")
+        if not lines:
+            raise DataError(f"{out_dir / 'images' / split}: no records given for split {split!r}")
+    with atomic_path(out_dir / f"{split}.txt") as tmp_list:
+        tmp_list.write_text("".join(lines), encoding="utf-8")
+    log.info("clevr_dist %s: %d images under %s", split, len(lines), out_dir)
+    return len(lines)
 
 
 # ---------------------------------------------------------------------------------------------
