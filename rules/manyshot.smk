@@ -14,7 +14,7 @@ if CFG.study.data.kind == "manyshot":
         if OmegaConf.select(CFG, f"study.data.datasets.{ds.name}.synthetic") is not None:
             return [f"{CFG.study.data.root}/{ds.name}"]
         parts = [ds.train] + ([ds.test] if ds.test is not None else [])
-        return [str(p.folders if p.folders is not None else p.list_file) for p in parts]
+        return [str(path) for p in parts for path in p.inputs]
 
     rule subsets:
         input:
