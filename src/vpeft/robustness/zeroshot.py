@@ -31,6 +31,9 @@ log = logging.getLogger("vpeft.robustness")
 
 METADATA_KEY = "vpeft_zeroshot_head"
 LOCAL_DIR = "local-dir:"  # open_clip's schema for a folder with open_clip_config.json + weights
+# The checkpoint names open_clip looks for in such a folder, in its order of preference.
+OPEN_CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
+                   "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth")
 
 
 class ZeroShotError(UserError):
@@ -75,7 +78,10 @@ def load_clip(model: str, weights: str | Path | None) -> nn.Module:
     """An open_clip CLIP model from local files only (never a pretrained tag, which downloads).
 
     ``model`` is an open_clip architecture name (``ViT-B-16-quickgelu``) with ``weights`` a local
-    checkpoint, or ``local-dir:<folder>`` holding ``open_clip_config.json`` and the weights.
+    checkpoint as open_clip publishes them (``open_clip_pytorch_model.bin``,
+    ``open_clip_model.safetensors``), or ``local-dir:<folder>`` holding ``open_clip_config.json``
+    and one of those files. The file is read by vpeft (safetensors or
+    ``torch.load(weights_only=True)``) and must fit the architecture tensor for tensor.
     """
     from vpeft._compat import ensure_torchvision_importable
 
@@ -86,19 +92,60 @@ def load_clip(model: str, weights: str | Path | None) -> nn.Module:
         folder = Path(model[len(LOCAL_DIR):])
         if not (folder / "open_clip_config.json").is_file():
             raise ZeroShotError(f"study.robustness.clip.model: {folder}/open_clip_config.json not found")
-        pretrained = None
+        path = next((folder / n for n in OPEN_CLIP_FILES if (folder / n).is_file()), None)
+        if path is None:
+            raise ZeroShotError(f"study.robustness.clip.model: {folder} holds none of {OPEN_CLIP_FILES}")
     else:
         if weights is None or not Path(weights).is_file():
             raise ZeroShotError(f"study.robustness.clip.weights: local CLIP weights file not found: "
                                 f"{weights} (open_clip model {model!r}; vpeft never downloads them)")
-        pretrained = str(weights)
+        path = Path(weights)
+    quiet = _DropMessage("Model initialized randomly")  # open_clip's warning; the weights follow
+    logging.getLogger().addFilter(quiet)
     try:
-        clip = open_clip.create_model(model, pretrained=pretrained, pretrained_text=False,
-                                      require_pretrained=True)
+        clip = open_clip.create_model(model, pretrained=None, load_weights=False, pretrained_text=False)
     except (RuntimeError, ValueError, FileNotFoundError, KeyError) as err:
-        raise ZeroShotError(f"study.robustness.clip: cannot load open_clip model {model!r} from "
-                            f"{weights}: {err}") from err
+        raise ZeroShotError(f"study.robustness.clip.model: cannot build open_clip model {model!r}: "
+                            f"{err}") from err
+    finally:
+        logging.getLogger().removeFilter(quiet)
+    _load_clip_state(clip, path, model)
+    log.info("CLIP %s loaded from %s", model, path)
     return clip.eval()
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+def _load_clip_state(clip: nn.Module, path: Path, model: str) -> None:
+    """Load an open_clip checkpoint strictly; the first tensor that differs is the error."""
+    from open_clip.model import resize_pos_embed, resize_text_pos_embed
+
+    from vpeft.models.backbone import WeightsError, read_tensors, shape_problems
+
+    key = "study.robustness.clip.weights"
+    try:
+        state = read_tensors(path, key=key)
+    except WeightsError as err:
+        raise ZeroShotError(str(err)) from err
+    scale = state.get("logit_scale")
+    if scale is not None and scale.ndim != clip.logit_scale.ndim:  # scalar vs [1] across versions
+        state["logit_scale"] = scale.reshape(clip.logit_scale.shape)
+    resize_pos_embed(state, clip)  # as open_clip's own loader: other image/text lengths resample
+    resize_text_pos_embed(state, clip)
+    problems = shape_problems({k: tuple(v.shape) for k, v in clip.state_dict().items()},
+                              {k: tuple(v.shape) for k, v in state.items()})
+    if problems:
+        more = f" (and {len(problems) - 1} more differences)" if len(problems) > 1 else ""
+        raise ZeroShotError(f"{key}: {path} does not fit open_clip model {model!r}: "
+                            f"{problems[0]}{more}")
+    clip.load_state_dict(state, strict=True)
 
 
 def tokenizer_for(model: str, clip: nn.Module) -> Callable[[Sequence[str]], torch.Tensor]:
@@ -184,20 +231,16 @@ def install_head(model: nn.Module, head: ZeroShotHead | str | Path) -> nn.Module
 
 
 def check_projection(weights: str | Path, proj_weight: torch.Tensor) -> bool | None:
-    """Whether a timm CLIP image-tower file's ``head.weight`` (timm stores CLIP's visual.proj
-    there) equals the text checkpoint's projection; None when the file has no such head."""
-    from safetensors import safe_open
+    """Whether the image-tower file's CLIP projection (timm keeps CLIP's visual.proj as
+    ``head.weight``; an open_clip file holds ``visual.proj``) equals the text checkpoint's; None
+    when the file has no head of that shape (not a CLIP image tower)."""
+    from vpeft.models.backbone import read_tensors, to_timm
 
-    path = Path(weights)
-    if path.suffix != ".safetensors":
+    converted = to_timm(read_tensors(weights), weights)
+    head = converted.head.get("head.weight")
+    if head is None or tuple(head.shape) != tuple(proj_weight.shape):
         return None
-    with safe_open(str(path), framework="pt") as f:
-        if "head.weight" not in f.keys():
-            return None
-        head = f.get_tensor("head.weight").float()
-    if tuple(head.shape) != tuple(proj_weight.shape):
-        return None
-    return bool(torch.allclose(head, proj_weight, atol=1e-6))
+    return bool(torch.allclose(head.float(), proj_weight, atol=1e-6))
 
 
 def write_zeroshot_head(clip_model: str, clip_weights: str | Path | None, classnames: Sequence[str],
