@@ -44,7 +44,7 @@ import numpy as np
 
 from vpeft.data.cifar import CIFAR100_PARTS, read_cifar100
 from vpeft.data.folder import LabelledFile, read_class_folders, read_list_file, write_list_view
-from vpeft.data.vtab import GROUPS, DataError
+from vpeft.data.vtab import GROUPS, DataError, _raise_collected
 from vpeft.errors import UserError
 from vpeft.io import atomic_dir, atomic_path, read_json, write_json
 
@@ -397,6 +397,40 @@ def ensure_split(cfg: Any, task: ManyShotTask, train_files: Sequence[LabelledFil
     log.info("%s: wrote subset index %s (%d train, %d val)", task.name, path,
              len(split["train"]), len(split["val"]))
     return record
+
+
+def check_task(cfg: Any, task_name_: str, *, decode: bool = True) -> dict[str, int]:
+    """``vpeft check`` for a many-shot task: its parts read and checked, the images it will use
+    decoded (``decode``), its split sizes counted; nothing is written (an index file not yet
+    saved is drawn in memory, exactly as ``vpeft subsets`` would draw it)."""
+    from vpeft.data.vtab import undecodable
+
+    task = resolve_task(cfg, task_name_)
+    ds = task.dataset
+    train_part = read_part(ds.train, ds.num_classes, ds.classes)
+    train_files = train_part.files
+    test_part = (read_part(ds.test, ds.num_classes, train_part.classes or ds.classes)
+                 if ds.test is not None else None)
+    if subset_file(cfg, task.name).is_file():
+        split = ensure_split(cfg, task, train_files)  # reads and checks the saved file
+    else:
+        settings = _split_settings(cfg)
+        split = draw_split(np.array([f.label for f in train_files], dtype=np.int64), ds.num_classes,
+                           dataset=ds.name, seed=settings["seed"], size=task.size,
+                           val_fraction=settings["val_fraction"], val_max=settings["val_max"],
+                           test_fraction=ds.test_fraction)
+    test_count = len(test_part.files) if test_part is not None else len(split["test"])
+    if decode:
+        used = [(ds.train, train_files[i]) for i in split["train"]]
+        if test_part is not None:
+            used += [(ds.test, f) for f in test_part.files]  # type: ignore[misc]
+        else:
+            used += [(ds.train, train_files[i]) for i in split["test"]]
+        errors = undecodable((src.describe(), src.image_root / f.path)
+                             for src, f in used if src.cifar100_python is None)
+        _raise_collected(errors)
+    return {"train800": len(split["train"]) - len(split["val"]), "val200": len(split["val"]),
+            "train800val200": len(split["train"]), "test": test_count}
 
 
 def write_png(path: Path, pixels: np.ndarray) -> None:

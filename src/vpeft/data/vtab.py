@@ -24,7 +24,7 @@ import logging
 import posixpath
 import re
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -40,7 +40,7 @@ from vpeft.io import atomic_dir, read_json, sha256_file, write_json, write_parqu
 __all__ = [
     "GROUPS", "SPLITS", "TaskInfo", "VTAB_TASKS", "DEFAULT_SPLIT_SIZES", "FORMAT", "DataError",
     "Entry", "Decoded", "SplitData", "task_info", "validate_task", "inspect_task", "prepare_task",
-    "content_report", "content_digest", "decode_image", "read_split",
+    "content_report", "content_digest", "decode_image", "undecodable", "read_split",
     "read_test_labels", "read_manifest",
 ]
 
@@ -338,6 +338,19 @@ def decode_image(data: bytes, size: int | None) -> Decoded:
     arr = np.asarray(rgb, dtype=np.uint8)
     assert arr.shape == (size, size, 3), arr.shape
     return Decoded(arr.tobytes(), mode, content)
+
+
+def undecodable(images: Iterable[tuple[str, Path]]) -> list[str]:
+    """``"<where>: cannot decode <file>: ..."`` for every (where, file) that does not decode fully
+    (missing, truncated, not an image); what ``vpeft check`` reports without writing anything."""
+    errors: list[str] = []
+    with _strict_decoding():
+        for where, file in images:
+            try:
+                decode_image(Path(file).read_bytes(), None)
+            except (*_DECODE_ERRORS, OSError) as exc:
+                errors.append(f"{where}: cannot decode {file}: {type(exc).__name__}: {exc}")
+    return errors
 
 
 def _load_image(data: bytes, size: int) -> tuple[bytes, str]:

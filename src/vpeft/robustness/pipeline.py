@@ -79,6 +79,36 @@ def _read(name: str, spec: DictConfig, space: LabelSpace):
                          solution_csv=spec.get("solution_csv"))
 
 
+def input_checks(cfg: DictConfig):
+    """``vpeft check`` for the robustness study: (name, check) per input set, where
+    ``check(decode)`` reads the set (and decodes its images) and returns (split counts, classes)."""
+    from vpeft.data.vtab import _raise_collected, undecodable
+
+    r = settings(cfg)
+
+    def reader(name: str, spec: DictConfig, few_shot: bool):
+        def check(decode: bool) -> tuple[dict[str, int], int]:
+            space = label_space(cfg)
+            found = _read(name, spec, space)
+            files = found.files
+            if few_shot:
+                train, val = few_shot_split(files, int(r.shots), int(r.val_shots),
+                                            int(r.split_seed), len(space))
+                files, counts = train + val, {"train800": len(train), "val200": len(val),
+                                              "train800val200": len(train) + len(val)}
+            else:
+                counts = {"test": len(files)}
+            if decode:
+                _raise_collected(undecodable((name, found.root / f.path) for f in files))
+            return counts, len(found.subset) if found.subset is not None else len(space)
+        return check
+
+    yield "imagenet (few-shot train/val)", reader("train", r.train, True)
+    yield str(r.test.name), reader(str(r.test.name), r.test, False)
+    for name, spec in r.shifts.items():
+        yield str(name), reader(str(name), spec, False)
+
+
 def imagenet_split(cfg: DictConfig, task: str) -> Path:
     """Draw the seeded few-shot split and write the task view (list files = the saved split)."""
     r = settings(cfg)

@@ -1,0 +1,286 @@
+"""``vpeft check``: a whole study's inputs validated before anything is queued.
+
+Run on the login node, it reads every task's lists and images (decoding them, writing nothing),
+checks the weights file against the model, and counts the jobs the study will run and the disk
+it will fill, so that what would fail after hours in the queue fails here in minutes::
+
+    python -m vpeft check --study vtab1k -o study.data.root=/data/vtab-1k -o model.weights=/w/ViT-B_16.npz
+
+Exit status 1 when any problem is found (each names its file, line or config key).
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from vpeft import layout
+from vpeft.config import StudyPlan
+from vpeft.errors import UserError
+
+log = logging.getLogger("vpeft.check")
+
+SPLIT_COLUMNS = ("train800", "val200", "train800val200", "test")
+FLOAT_BYTES = 4
+
+
+@dataclass
+class TaskCheck:
+    """What one task's data looks like and what is wrong with it."""
+
+    task: str
+    classes: int | None
+    counts: dict[str, int] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class StudyCheck:
+    study: str
+    tasks: list[TaskCheck]
+    weights: TaskCheck
+    jobs: dict[str, int]
+    disk_bytes: dict[str, int]
+
+    @property
+    def problems(self) -> list[str]:
+        return [p for t in (*self.tasks, self.weights) for p in t.problems]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+# ---------------------------------------------------------------------------------------------
+# Data, per study kind
+# ---------------------------------------------------------------------------------------------
+
+def _problems_of(err: Exception) -> list[str]:
+    return list(getattr(err, "errors", None) or [str(err)])
+
+
+def _check_vtab_task(cfg: DictConfig, task: str, classes: int, decode: bool) -> TaskCheck:
+    from vpeft.data.vtab import inspect_task, validate_task
+
+    result = TaskCheck(task, classes)
+    task_dir = layout.raw_task(cfg, task)
+    if cfg.study.data.kind == "synthetic" and not task_dir.exists():
+        result.notes.append(f"{task_dir}: written by `vpeft synth` when the study runs")
+        return result
+    sizes = (None if task == layout.SOURCE_TASK else dict(cfg.study.data.split_sizes))
+    if sizes is None:
+        sizes = dict.fromkeys(SPLIT_COLUMNS)
+    try:
+        if decode:
+            info = inspect_task(task_dir, task=task, num_classes=classes, split_sizes=sizes,
+                                allow_duplicates=bool(cfg.study.data.get("allow_duplicates", False)))
+            result.counts = info["counts"]
+            content = info["content"]
+            result.notes.append(f"train800val200 stored as {content['train800val200_layout']}; "
+                                f"{'equals' if content['train800val200_union'] == 'exact' else 'DIFFERS from'}"
+                                " train800 + val200 by content")
+            result.notes += content["examples"] + content["allowed_overlaps"]
+            modes = {m: n for m, n in info["modes"].items() if m != "RGB"}
+            if modes:
+                result.notes.append("converted to RGB: " + ", ".join(f"{n} {m}" for m, n in modes.items()))
+        else:
+            entries = validate_task(task_dir, task, classes, sizes)
+            result.counts = {s: len(v) for s, v in entries.items()}
+    except UserError as err:
+        result.problems += _problems_of(err)
+    return result
+
+
+def _check_manyshot_task(cfg: DictConfig, task: str, classes: int, decode: bool) -> TaskCheck:
+    from vpeft.data import manyshot
+
+    result = TaskCheck(task, classes)
+    try:
+        result.counts = manyshot.check_task(cfg, task, decode=decode)
+    except UserError as err:
+        result.problems += _problems_of(err)
+    return result
+
+
+def _check_robustness_inputs(cfg: DictConfig, decode: bool) -> list[TaskCheck]:
+    from vpeft.robustness import pipeline
+
+    checks = []
+    for name, check in pipeline.input_checks(cfg):
+        result = TaskCheck(name, None)
+        try:
+            result.counts, result.classes = check(decode)
+        except UserError as err:
+            result.problems += _problems_of(err)
+        checks.append(result)
+    return checks
+
+
+def _check_tasks(plan: StudyPlan, decode: bool) -> list[TaskCheck]:
+    from vpeft.data.catalog import task_entry
+
+    cfg = plan.cfg
+    kind = cfg.study.data.kind
+    robustness = cfg.study.get("robustness")
+    if robustness is not None and robustness.get("miniature") is not None:
+        return [TaskCheck("robustness miniature", None,
+                          notes=["its image trees are written by the pipeline (robust-synth)"])]
+    if robustness is not None:
+        return _check_robustness_inputs(cfg, decode)
+    checks = []
+    tasks = list(plan.tasks)
+    if cfg.study.get("pretrain"):
+        tasks.append(layout.SOURCE_TASK)
+    for task in tasks:
+        try:
+            classes = task_entry(cfg, task).num_classes
+        except UserError as err:
+            checks.append(TaskCheck(task, None, problems=_problems_of(err)))
+            continue
+        checker: Callable[..., TaskCheck] = (
+            _check_manyshot_task if kind == "manyshot" and task != layout.SOURCE_TASK
+            else _check_vtab_task)
+        checks.append(checker(cfg, task, classes, decode))
+    return checks
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights
+# ---------------------------------------------------------------------------------------------
+
+def _check_weights(plan: StudyPlan) -> TaskCheck:
+    from vpeft.models.backbone import check_weights
+
+    cfg = plan.cfg
+    result = TaskCheck("model.weights", None)
+    weights = Path(str(cfg.model.weights))
+    if cfg.study.get("pretrain") and not weights.exists():
+        result.notes.append(f"{weights}: pretrained by the pipeline (rule pretrain)")
+        return result
+    try:
+        info = check_weights(cfg.model.name, weights, cfg.model.get("kwargs") or {})
+    except UserError as err:
+        result.problems += _problems_of(err)
+        return result
+    result.notes.append(f"{weights}: {info.get('format', '?')}, {info.get('tensors', '?')} tensors"
+                        + (f", head of {info['file_classes']} classes (replaced per task)"
+                           if info.get("file_classes") else ""))
+    result.notes += list(info.get("notes") or [])
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Jobs and disk
+# ---------------------------------------------------------------------------------------------
+
+def count_jobs(plan: StudyPlan) -> dict[str, int]:
+    """The Snakemake jobs of ``snakemake all`` for this study, by kind (the rules in rules/*.smk)."""
+    cfg = plan.cfg
+    tasks, methods = len(plan.tasks), len(plan.methods)
+    per_job = int(cfg.train.get("points_per_job", 0))
+    grid = tasks * sum(math.ceil(len(plan.points[m]) / (per_job or len(plan.points[m])))
+                       for m in plan.methods)
+    jobs = {
+        "grid training": grid,
+        "final training": tasks * methods,
+        "select + evaluate": 2 * tasks * methods,
+        "analyze": tasks,
+        "prepare": tasks,
+        "report": 1,
+    }
+    if cfg.study.get("pretrain"):
+        jobs["pretrain (synth + prepare + train)"] = 3
+    if cfg.study.data.kind == "synthetic":
+        jobs["synth"] = tasks
+    if cfg.study.data.kind == "manyshot":
+        jobs["subsets"] = tasks
+    return jobs
+
+
+def _trainable_with_head(cfg: DictConfig, method: str, hparams: Mapping[str, Any],
+                         classes: int, cache: dict) -> int:
+    """Trainable parameters (head included) of ``method`` on the study's model, built on the meta
+    device: no memory, no weights."""
+    import torch
+
+    from vpeft import methods
+    from vpeft.models.backbone import create_backbone
+
+    key = (method, tuple(sorted((k, str(v)) for k, v in hparams.items())), classes)
+    if key not in cache:
+        with torch.device("meta"):
+            model = create_backbone(cfg.model.name, None, classes,
+                                    kwargs=cfg.model.get("kwargs") or {})
+            methods.apply(model, method, **dict(hparams))
+        cache[key] = methods.count_trainable(model)["trainable_params_with_head"]
+    return cache[key]
+
+
+def estimate_disk(plan: StudyPlan, tasks: list[TaskCheck]) -> dict[str, int]:
+    """Bytes the study writes: prepared images (uncompressed, an upper bound), every run's
+    trainable tensors (float32) and its logits (val200 per grid point, test twice per final run:
+    logits and scored predictions)."""
+    cfg = plan.cfg
+    kind = cfg.study.data.kind
+    side = int(cfg.study.data.stored_size) if kind == "manyshot" else int(cfg.model.img_size)
+    prepared = sum(n for t in tasks for n in t.counts.values()) * side * side * 3
+    cache: dict = {}
+    adapters = logits = 0
+    for t in tasks:
+        if t.task not in plan.tasks or t.classes is None:
+            continue
+        val, test = t.counts.get("val200", 0), t.counts.get("test", 0)
+        for m in plan.methods:
+            sizes = [_trainable_with_head(cfg, m, p.hparams, t.classes, cache) for p in plan.points[m]]
+            adapters += FLOAT_BYTES * (sum(sizes) + max(sizes))  # grid points + the final run
+            logits += FLOAT_BYTES * t.classes * (val * len(sizes) + 2 * test)
+    return {"prepared data": prepared, "run weights": adapters, "predictions": logits}
+
+
+def check_study(plan: StudyPlan, *, decode: bool = True) -> StudyCheck:
+    tasks = _check_tasks(plan, decode)
+    weights = _check_weights(plan)
+    return StudyCheck(plan.name, tasks, weights, count_jobs(plan), estimate_disk(plan, tasks))
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+# ---------------------------------------------------------------------------------------------
+
+def _human(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError
+
+
+def format_check(check: StudyCheck) -> str:
+    """The check as a table (one row per task) followed by its problems, jobs and disk."""
+    splits = [s for s in SPLIT_COLUMNS if any(s in t.counts for t in check.tasks)]
+    extra = sorted({s for t in check.tasks for s in t.counts} - set(splits))
+    columns = ["task", "classes", *splits, *extra, "problems"]
+    rows = [[t.task, "–" if t.classes is None else str(t.classes),
+             *(str(t.counts[s]) if s in t.counts else "–" for s in (*splits, *extra)),
+             str(len(t.problems)) if t.problems else "ok"] for t in check.tasks]
+    widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(columns)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    out = [f"study {check.study}", line(columns), line(["-" * w for w in widths]), *map(line, rows), ""]
+    for t in (*check.tasks, check.weights):
+        for note in t.notes:
+            out.append(f"note    {t.task}: {note}")
+        for problem in t.problems:
+            out.append(f"PROBLEM {t.task}: {problem}")
+    total = sum(check.jobs.values())
+    out.append(f"jobs: {total} (" + ", ".join(f"{k} {v}" for k, v in check.jobs.items()) + ")")
+    out.append(f"disk: {_human(sum(check.disk_bytes.values()))} ("
+               + ", ".join(f"{k} {_human(v)}" for k, v in check.disk_bytes.items()) + ")")
+    out.append("OK: nothing wrong found" if check.ok else
+               f"{len(check.problems)} problem(s): fix them before queuing the study")
+    return "\n".join(out)

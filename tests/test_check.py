@@ -1,0 +1,98 @@
+"""`vpeft check`: the preflight of a whole study on data written the public generators' way and a
+timm-format weights file; problems named by file and line; job count equal to Snakemake's plan."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+from safetensors.torch import save_file
+
+from conftest import REPO, run_snakemake, workflow_copy
+from vtab_trees import task_arrays, write_vtab_tree
+
+SIZES = {"train800": 12, "val200": 6, "train800val200": 18, "test": 8}
+TASKS = {"dtd": (47, False), "smallnorb_ele": (9, True)}  # (classes, grey-scale as stored)
+TINY = ("model=vit_demo_tiny", "model.kwargs.img_size=16", "model.img_size=16",
+        "model.kwargs.patch_size=8", "model.kwargs.embed_dim=24", "model.kwargs.depth=1",
+        "model.kwargs.num_heads=2")
+
+
+@pytest.fixture(scope="module")
+def study_inputs(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("check")
+    for task, (classes, grey) in TASKS.items():
+        sizes = {**SIZES, "train800": max(SIZES["train800"], classes)}
+        sizes["train800val200"] = sizes["train800"] + sizes["val200"]
+        write_vtab_tree(root / "vtab-1k" / task, task_arrays(classes, sizes, grey=grey))
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=16, patch_size=8,
+                              embed_dim=24, depth=1, num_heads=2, num_classes=21843)
+    weights = root / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    return root / "vtab-1k", weights
+
+
+def _overrides(root: Path, weights: Path) -> list[str]:
+    sizes = {"train800": "null", "val200": 6, "train800val200": "null", "test": 8}
+    return [*TINY, f"study.data.root={root}", f"model.weights={weights}",
+            f"study.tasks=[{','.join(TASKS)}]", "study.methods=[linear,lora,adapter]",
+            *(f"study.data.split_sizes.{k}={v}" for k, v in sizes.items())]
+
+
+def _check(*overrides: str) -> subprocess.CompletedProcess:
+    args = [a for o in overrides for a in ("-o", o)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO / "src")}
+    return subprocess.run([sys.executable, "-m", "vpeft", "check", "--study", "vtab1k", *args],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_check_passes_on_generator_layout_and_counts_like_snakemake(study_inputs, tmp_path) -> None:
+    root, weights = study_inputs
+    proc = _check(*_overrides(root, weights))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert re.search(r"^dtd\s+47\s+47\s+6\s+53\s+8\s+ok$", out, re.M), out
+    assert re.search(r"^smallnorb_ele\s+9\s+12\s+6\s+18\s+8\s+ok$", out, re.M), out
+    assert "train800val200 stored as own copies; equals train800 + val200 by content" in out
+    assert "converted to RGB: " in out and " L" in out            # the grey-scale task
+    assert "head of 21843 classes (replaced per task)" in out
+    assert "OK: nothing wrong found" in out
+    jobs = int(re.search(r"^jobs: (\d+) ", out, re.M).group(1))
+    # The same study through Snakemake's own planner.
+    workdir = workflow_copy(tmp_path)
+    overrides = "[" + ",".join(f"'{o}'" for o in _overrides(root, weights)) + "]"
+    plan = run_snakemake(workdir, "-n", "all", "--config", "study=vtab1k", f"overrides={overrides}")
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    total = re.search(r"^total\s+(\d+)", plan.stdout, re.M)
+    assert total and int(total.group(1)) == jobs + 1, plan.stdout  # + the target rule `all`
+
+
+def test_check_names_every_problem_and_exits_1(study_inputs, tmp_path) -> None:
+    import shutil
+
+    root, weights = study_inputs
+    bad = tmp_path / "vtab-1k"
+    shutil.copytree(root, bad)
+    lines = (bad / "dtd" / "val200.txt").read_text().splitlines()
+    lines[2] = lines[2].rsplit(" ", 1)[0] + " 47"                    # label out of range
+    (bad / "dtd" / "val200.txt").write_text("\n".join(lines) + "\n")
+    image = bad / "smallnorb_ele" / "images" / "test" / "000003.jpg"
+    image.write_bytes(image.read_bytes()[:40])                      # truncated
+    other = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=16, patch_size=8,
+                              embed_dim=32, depth=1, num_heads=2)
+    wrong = tmp_path / "wrong.safetensors"
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(wrong))
+    before = sorted(p for p in tmp_path.rglob("*"))
+    proc = _check(*_overrides(bad, wrong))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert re.search(r"PROBLEM dtd: .*dtd/val200\.txt:3: label 47 outside \[0, 47\)", out), out
+    assert re.search(r"PROBLEM smallnorb_ele: .*test\.txt:4: cannot decode image images/test/000003\.jpg",
+                     out), out
+    assert re.search(r"PROBLEM model\.weights: .*wrong\.safetensors.*24.*32|"
+                     r"PROBLEM model\.weights: .*wrong\.safetensors.*32.*24", out), out
+    assert sorted(p for p in tmp_path.rglob("*")) == before     # nothing written
