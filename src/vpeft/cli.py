@@ -30,6 +30,15 @@ def cmd_plan(args: argparse.Namespace) -> None:
                       "final_runs": len(plan.tasks) * len(plan.methods)}, indent=2))
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    """Validate a whole study's data and weights, count its jobs and disk; 1 on any problem."""
+    from vpeft.check import check_study, format_check
+
+    check = check_study(_plan(args), decode=not args.no_decode)
+    print(format_check(check))
+    return 0 if check.ok else 1
+
+
 def cmd_synth(args: argparse.Namespace) -> None:
     from pathlib import Path
 
@@ -256,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", required=True)
     verbs: dict[str, tuple[Callable, str]] = {
         "plan": (cmd_plan, "print the study's tasks, methods and grid points as JSON"),
+        "check": (cmd_check, "preflight: validate every task's data and the weights, count the "
+                             "study's jobs and disk, before anything is queued"),
         "synth": (cmd_synth, "generate one synthetic demo task in the VTAB-1K on-disk format"),
         "prepare": (cmd_prepare, "validate a VTAB-1K task and write its Parquet shards"),
         "subsets": (cmd_subsets, "many-shot: draw (once) or read a task's saved subset index and "
@@ -291,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
             _task_method(p, method=False)
         if name == "synth":
             p.add_argument("--seed", type=int, default=0)
+        if name == "check":
+            p.add_argument("--no-decode", action="store_true",
+                           help="check list files and that images exist, without decoding them")
         if name in ("imagenet-split", "wise"):
             _task_method(p, method=name == "wise")
         if name == "prepare-shift":
@@ -323,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from vpeft.errors import Preempted, UserError
 
     try:
-        args.func(args)
+        status = args.func(args)
     except Preempted as err:
         # 128 + SIGTERM: a failure to the scheduler, so it retries; the rerun resumes.
         print(f"vpeft {args.verb}: {err}", file=sys.stderr)
@@ -332,4 +346,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         # User-facing errors: one clear line, no traceback.
         print(f"vpeft {args.verb}: error: {err}", file=sys.stderr)
         return 2
-    return 0
+    return int(status or 0)
