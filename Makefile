@@ -1,7 +1,8 @@
 # Two commands for a fresh machine (Python 3.11, no GPU):
 #   make demo    install everything into .venv, then run the demo study end to end, then the
 #                many-shot and robustness miniatures (about 3.5 more minutes)
-#   make test    install everything into .venv, then run the test suite
+#   make test    install everything into .venv (and the system packages the suite runs: chromium,
+#                slurm-wlm, munge), then run the test suite
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -26,7 +27,10 @@ demo: install
 	done
 	@for study in $(DEMO_STUDIES); do echo "report: reports/$$study/index.html"; done
 
+# The suite runs a real SLURM and a real browser: their Debian packages are installed first when
+# missing (root or passwordless sudo; otherwise one line says what to install).
 test: install
+	bash tests/system_packages.sh
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 clean-demo:

@@ -115,10 +115,13 @@ def test_the_paper_study_is_planned_from_config_alone(tmp_path):
 def _require_chromium():
     from browser import chromium
 
+    # A browser check counts only when it ran: a missing Chromium fails (make test installs it)
+    # unless a developer opts out explicitly.
+    if os.environ.get("VPEFT_SKIP_BROWSER") == "1":
+        pytest.skip("VPEFT_SKIP_BROWSER=1: the real-browser check was opted out of")
     if chromium() is None:
-        if os.environ.get("CI"):
-            pytest.fail("Debian chromium is not installed; .ci/run installs it")
-        pytest.skip("Debian chromium is not installed (apt-get install chromium)")
+        pytest.fail("Debian chromium is not installed: `make test` installs it "
+                    "(tests/system_packages.sh), or set VPEFT_SKIP_BROWSER=1 to opt out", pytrace=False)
 
 
 def test_the_report_renders_in_a_real_browser_without_network(smoke_run, tmp_path):
