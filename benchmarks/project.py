@@ -89,8 +89,11 @@ def _result(row: Mapping[str, Any], phase: str, precision: str, source: Path) ->
     return result
 
 
-def read_speeds(doc: Mapping[str, Any], source: Path, precision: str) -> dict[str, Speed]:
-    """Per-method speeds from a ``benchmarks.run`` document (vpeft rows only)."""
+def read_speeds(doc: Mapping[str, Any], source: Path, precision: str,
+                clock: str = "wall") -> dict[str, Speed]:
+    """Per-method speeds from a ``benchmarks.run`` document (vpeft rows only). ``clock='cpu'``
+    reads the CPU-time figures of training and evaluation (a 1-thread CPU run on a shared
+    machine: what a core of its own would take); the cached-features figures are wall time."""
     for key in ("settings", "cases", "machine", "date"):
         if key not in doc:
             raise ProjectionError(f"{source}: key {key!r} missing: not a `python -m "
@@ -102,8 +105,12 @@ def read_speeds(doc: Mapping[str, Any], source: Path, precision: str) -> dict[st
         if row.get("kind") == "vpeft":
             train = _result(row, "train", precision, source)
             evaluation = _result(row, "eval", precision, source)
-            speeds[row["method"]] = Speed(train=float(train["seconds_per_step"]) / batch,
-                                          eval=1.0 / float(evaluation["images_per_s"]))
+            if clock == "cpu":
+                speeds[row["method"]] = Speed(train=1.0 / float(train["images_per_cpu_s"]),
+                                              eval=1.0 / float(evaluation["images_per_cpu_s"]))
+            else:
+                speeds[row["method"]] = Speed(train=float(train["seconds_per_step"]) / batch,
+                                              eval=1.0 / float(evaluation["images_per_s"]))
         elif row.get("kind") == "vpeft_linear_cached":
             cached[row["method"]] = _result(row, "train", precision, source)["cached"]
     for method, c in cached.items():
@@ -306,7 +313,8 @@ def unit_label(doc: Mapping[str, Any]) -> tuple[str, str]:
 
 def project(doc: Mapping[str, Any], source: Path, studies: Sequence[str],
             overrides: Sequence[str] = (), images: Mapping[str, int] | None = None,
-            precision: str | None = None, overhead_s: float = 5.0) -> dict[str, Any]:
+            precision: str | None = None, overhead_s: float = 5.0,
+            clock: str = "wall") -> dict[str, Any]:
     """The projection document (see the module docstring)."""
     from vpeft.config import load_study
 
@@ -314,7 +322,7 @@ def project(doc: Mapping[str, Any], source: Path, studies: Sequence[str],
                                     *overrides])
     chosen = choose_precision(doc, str(first.cfg.train.get("precision", "fp32")), precision,
                               source)
-    speeds = read_speeds(doc, source, chosen)
+    speeds = read_speeds(doc, source, chosen, clock)
     sizes = Sizes(images or {})
     results = [project_study(s, overrides, speeds, sizes, overhead_s) for s in studies]
     unit, warning = unit_label(doc)
@@ -334,7 +342,7 @@ def project(doc: Mapping[str, Any], source: Path, studies: Sequence[str],
         "not counted: data preparation, zero-shot head, selection, scoring, report (CPU jobs)",
     ]
     return {"source": str(source), "measured": doc["date"], "machine": doc["machine"],
-            "benchmark_settings": settings, "precision": chosen, "unit": unit,
+            "benchmark_settings": settings, "precision": chosen, "clock": clock, "unit": unit,
             "warning": warning, "job_overhead_s": overhead_s, "overrides": list(overrides),
             "assumptions": assumptions,
             "images_used": {k: {"images": v, "source": "--images" if k in sizes.overridden
@@ -356,7 +364,7 @@ def markdown(proj: Mapping[str, Any]) -> str:
     if proj["warning"]:
         lines += [proj["warning"], ""]
     lines += [f"- speeds: `{proj['source']}` (`python -m benchmarks.run`, {proj['measured']}), "
-              f"model `{s['model']}` on {s['device']}"
+              f"{proj['clock']}-clock figures of model `{s['model']}` on {s['device']}"
               f"{' (' + m['cuda'] + ')' if m.get('cuda') else ''}, {proj['precision']}; "
               f"torch {m.get('torch')}, timm {m.get('timm')}",
               f"- plans: vpeft's own study configs (`params/study/*.yaml`, `params/method/*.yaml`)"
@@ -433,6 +441,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="replace a public image count, repeatable (keys: see the output)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default=None,
                    help="default: what the study trains in on the measured device")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="wall (default) or cpu: CPU-time figures of a 1-thread CPU run on a "
+                        "shared machine")
     p.add_argument("--job-overhead-s", type=float, default=5.0,
                    help="start-up seconds of every device job (default 5)")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
@@ -452,7 +463,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not studies:
             raise ProjectionError("--studies: no study named")
         proj = project(read_json(source), source, studies, args.override,
-                       _images_option(args.images), args.precision, args.job_overhead_s)
+                       _images_option(args.images), args.precision, args.job_overhead_s,
+                       args.clock)
     except (UserError, ValueError) as err:  # read_json names the file for malformed JSON
         print(f"benchmarks.project: error: {err}", file=sys.stderr)
         return 2

@@ -37,7 +37,8 @@ def benchmark_doc(device: str = "cpu", precisions=("fp32",), methods=None) -> di
         for phase in row["phases"]:
             row[phase] = {}
             for precision in precisions:
-                result = {"seconds_per_step": TRAIN_S_PER_STEP, "images_per_s": EVAL_IPS}
+                result = {"seconds_per_step": TRAIN_S_PER_STEP, "images_per_s": EVAL_IPS,
+                          "images_per_cpu_s": 200.0}  # 0.005 s per image of CPU time
                 if row["kind"] == "vpeft_linear_cached":
                     result["cached"] = {"extract_images_per_s": EXTRACT_IPS,
                                         "head_images_per_s": HEAD_IPS}
@@ -215,3 +216,12 @@ def test_cli_end_to_end_from_a_real_cpu_benchmark(tmp_path):
     proc = subprocess.run([*cmd, "--images", "kitti=many"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "--images 'kitti=many': expected KEY=N" in proc.stderr
+
+
+def test_cpu_clock_reads_the_cpu_time_figures(tmp_path):
+    doc = benchmark_doc(methods=["lora"])
+    proj = project(doc, tmp_path / "x.json", ["vtab1k"], ["study.methods=[lora]"], clock="cpu")
+    lora = _row(proj["studies"][0], "lora")
+    assert lora["seconds"]["grid"] == pytest.approx(
+        19 * lora["grid_points"] * (100 * 800 + 200) * 0.005)
+    assert proj["clock"] == "cpu"
