@@ -31,6 +31,9 @@ rule train:  # every final run evaluated, and each task's mistake analysis (all 
     input:
         expand(f"{RUNS}/{{task}}/{{method}}/final/{layout.TEST_EVAL}", task=PLAN.tasks,
                method=PLAN.methods),
+        # further seeds of train.seeds: final-seed<s>/ (none when seeds has one element)
+        expand(f"{RUNS}/{{task}}/{{method}}/final-seed{{seed}}/{layout.TEST_EVAL}",
+               task=PLAN.tasks, method=PLAN.methods, seed=layout.seeds(CFG)[1:]),
         [str(layout.analysis_dir(CFG, task) / f"{name}.parquet") for task in PLAN.tasks
          for name in layout.ANALYSIS_TABLES],
 

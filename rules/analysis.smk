@@ -6,6 +6,9 @@ rule analyze:
     input:
         expand(f"{RUNS}/{{{{task}}}}/{{method}}/final/{layout.TEST_PREDICTIONS}", method=PLAN.methods),
         expand(f"{RUNS}/{{{{task}}}}/{{method}}/selection.json", method=PLAN.methods),
+        # every seed's predictions (the analysis reads the first seed's; the report all of them)
+        expand(f"{RUNS}/{{{{task}}}}/{{method}}/final-seed{{seed}}/{layout.TEST_PREDICTIONS}",
+               method=PLAN.methods, seed=EXTRA_SEEDS),
     output:
         [str(layout.analysis_dir(CFG, "{task}") / f"{name}.parquet") for name in layout.ANALYSIS_TABLES],
     group:

@@ -10,8 +10,9 @@ if CFG.study.get("robustness") is not None:
     SHIFT_DIR = str(robust.shift_dir(CFG, "{shift}"))
     CLIP_DIR = str(ROBUST.clip.model).removeprefix("local-dir:")
 
-    WISE_TABLES = [str(robust.wise_dir(CFG, t, m) / robust.WISE_TABLE) for t in PLAN.tasks
-                   for m in PLAN.methods]
+    # one WiSE-FT curve per seed's final run (wise/ for the first seed, wise-seed<s>/ for others)
+    WISE_TABLES = [str(robust.wise_dir(CFG, t, m, s) / robust.WISE_TABLE) for t in PLAN.tasks
+                   for m in PLAN.methods for s in layout.seeds(CFG)]
     REPORT_EXTRA_INPUTS.extend(WISE_TABLES)  # the report shows the WiSE-FT curves
 
     rule robustness:
@@ -95,3 +96,25 @@ if CFG.study.get("robustness") is not None:
         shell:
             vpeft("wise") + " --task {wildcards.task} --method {wildcards.method}"
             " --threads {threads} > {log} 2>&1"
+
+    if len(layout.seeds(CFG)) > 1:
+
+        rule wise_seed:  # WiSE-FT of another seed's final run (final-seed<s>/)
+            input:
+                f"{RUNS}/{{task}}/{{method}}/final-seed{{seed}}/{layout.METRICS}",
+                f"{PREPARED}/{{task}}",
+                [SHIFT_DIR.format(shift=s) for s in SHIFTS],
+                str(CFG.model.init_head),
+            output:
+                f"{RUNS}/{{task}}/{{method}}/wise-seed{{seed}}/{robust.WISE_TABLE}",
+                f"{RUNS}/{{task}}/{{method}}/wise-seed{{seed}}/{robust.WISE_SUMMARY}",
+            wildcard_constraints:
+                seed="|".join(str(s) for s in layout.seeds(CFG)[1:]),
+            threads: config["threads"]
+            resources:
+                **GPU_JOB,
+            log:
+                f"{LOGS}/{{task}}/{{method}}/wise-seed{{seed}}.log",
+            shell:
+                vpeft("wise") + " --task {wildcards.task} --method {wildcards.method}"
+                " --seed {wildcards.seed} --threads {threads} > {log} 2>&1"

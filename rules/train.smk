@@ -1,6 +1,10 @@
 # The protocol: every grid point trains on train800 and scores val200; the best point (val200
-# only) is retrained on train800val200; its test predictions are scored once.
+# only) is retrained on train800val200; its test predictions are scored once. The grid is searched
+# with the first of train.seeds; each further seed is one more final run + evaluation (seed
+# wildcard, final-seed<s>/), so the first seed's jobs are exactly those of a single-seed study.
 import re
+
+EXTRA_SEEDS = layout.seeds(CFG)[1:]
 
 
 def grid_jobs(method):
@@ -105,3 +109,43 @@ rule evaluate:
         f"{LOGS}/{{task}}/{{method}}/evaluate.log",
     shell:
         vpeft("evaluate") + " --task {wildcards.task} --method {wildcards.method} > {log} 2>&1"
+
+
+if EXTRA_SEEDS:
+
+    rule train_final_seed:  # the chosen point retrained with another seed of train.seeds
+        input:
+            selection=rules.select.output[0],
+            data=f"{PREPARED}/{{task}}",
+            weights=WEIGHTS,
+            init_head=INIT_HEAD,
+        output:
+            [f"{RUNS}/{{task}}/{{method}}/final-seed{{seed}}/{name}" for name in layout.FINAL_OUTPUTS],
+        wildcard_constraints:
+            seed="|".join(str(s) for s in EXTRA_SEEDS),
+        threads: config["threads"]
+        resources:
+            **GPU_JOB,
+        log:
+            f"{LOGS}/{{task}}/{{method}}/final-seed{{seed}}.log",
+        shell:
+            vpeft("train") + " --phase final --task {wildcards.task} --method {wildcards.method}"
+            " --seed {wildcards.seed} --threads {threads} > {log} 2>&1"
+
+    rule evaluate_seed:
+        input:
+            final=rules.train_final_seed.output,
+            data=f"{PREPARED}/{{task}}",
+        output:
+            [f"{RUNS}/{{task}}/{{method}}/final-seed{{seed}}/{name}" for name in layout.EVAL_OUTPUTS],
+        wildcard_constraints:
+            seed="|".join(str(s) for s in EXTRA_SEEDS),
+        group:
+            "bookkeeping"
+        resources:
+            **BOOKKEEPING_JOB,
+        log:
+            f"{LOGS}/{{task}}/{{method}}/evaluate-seed{{seed}}.log",
+        shell:
+            vpeft("evaluate") + " --task {wildcards.task} --method {wildcards.method}"
+            " --seed {wildcards.seed} > {log} 2>&1"

@@ -105,8 +105,11 @@ def cmd_train(args: argparse.Namespace) -> None:
     plan = _plan(args)
     claim_for_training(plan.cfg.train.get("device", "auto"))  # local multi-GPU: a GPU of its own
     if args.phase == "final":
-        run_final(plan, args.task, args.method)
+        run_final(plan, args.task, args.method, seed=args.seed)
     else:
+        if args.seed is not None:
+            raise UserError("vpeft train --phase grid: no --seed; the grid is searched once, "
+                            "with the first of train.seeds")
         if bool(args.point) == bool(args.points):
             raise UserError("vpeft train --phase grid needs --point ID (repeatable) or --points all")
         if args.method not in plan.points:
@@ -128,7 +131,7 @@ def cmd_select(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from vpeft.protocol import evaluate
 
-    evaluate(_plan(args), args.task, args.method)
+    evaluate(_plan(args), args.task, args.method, seed=args.seed)
 
 
 def cmd_analyze(args: argparse.Namespace) -> None:
@@ -162,7 +165,8 @@ def cmd_robustness(args: argparse.Namespace) -> None:
     from vpeft.robustness.pipeline import run_verb
 
     run_verb(args.verb, _plan(args), task=getattr(args, "task", None),
-             method=getattr(args, "method", None), shift=getattr(args, "shift", None))
+             method=getattr(args, "method", None), shift=getattr(args, "shift", None),
+             seed=getattr(args, "seed", None))
 
 
 def _published_csv(name: str | None):
@@ -311,6 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--shift", required=True, help="a key of study.robustness.shifts")
         if name in ("train", "select", "evaluate", "export"):
             _task_method(p)
+        if name in ("train", "evaluate", "wise"):
+            p.add_argument("--seed", type=int, default=None,
+                           help="final run of this seed of train.seeds (default: the first; "
+                                "its run is final/, another seed's final-seed<S>/)")
         if name == "export":
             p.add_argument("--format", choices=["merged", "peft"], default="merged",
                            help="merged: plain timm checkpoint; peft: Hugging Face peft adapter "

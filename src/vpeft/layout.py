@@ -27,8 +27,38 @@ def grid_dir(cfg: DictConfig, task: str, method: str, point: str) -> Path:
     return method_dir(cfg, task, method) / "grid" / point
 
 
-def final_dir(cfg: DictConfig, task: str, method: str) -> Path:
-    return method_dir(cfg, task, method) / "final"
+def seeds(cfg: DictConfig) -> list[int]:
+    """``train.seeds``: one final run per seed; the grid is searched once, with the first.
+
+    A ConfigError names the key when the list is empty, repeats a seed or holds a non-integer.
+    """
+    from vpeft.config import ConfigError
+
+    raw = cfg.train.get("seeds")
+    values = list(raw) if raw is not None and not isinstance(raw, (str, int)) else None
+    if not values or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
+                             for s in values):
+        raise ConfigError(f"train.seeds: {raw!r}; expected a non-empty list of integers >= 0, "
+                          "e.g. [42] or [42, 43, 44]")
+    if len(set(values)) != len(values):
+        raise ConfigError(f"train.seeds: {values} names a seed twice")
+    if cfg.train.get("search_per_seed", False):
+        raise ConfigError("train.search_per_seed: true is not implemented; the grid is searched "
+                          "once, with the first of train.seeds (set it to false)")
+    return [int(s) for s in values]
+
+
+def final_dir(cfg: DictConfig, task: str, method: str, seed: int | None = None) -> Path:
+    """The final run of ``seed``: ``final/`` for the first seed (or None), where single-seed
+    studies have always written it, else ``final-seed<seed>/``."""
+    if seed is None or int(seed) == seeds(cfg)[0]:
+        return method_dir(cfg, task, method) / "final"
+    return method_dir(cfg, task, method) / f"final-seed{int(seed)}"
+
+
+def seed_final_dirs(cfg: DictConfig, task: str, method: str) -> list[tuple[int, Path]]:
+    """[(seed, final run directory)] for every seed of ``train.seeds``, in order."""
+    return [(s, final_dir(cfg, task, method, s)) for s in seeds(cfg)]
 
 
 def selection_file(cfg: DictConfig, task: str, method: str) -> Path:

@@ -1,9 +1,13 @@
 """The study's protocol, one step per function (each is one CLI verb and one Snakemake rule).
 
-grid point:  train on train800, score last-epoch top-1 on val200
+grid point:  train on train800, score last-epoch top-1 on val200 (seed: train.seeds[0])
 select:      best val200 top-1 over the grid (diverged points skipped); never looks at test
-final:       retrain the chosen point on train800val200, predict test images (no labels read)
-evaluate:    the one place test labels are read: score the final predictions once
+final:       retrain the chosen point on train800val200, predict test images (no labels read);
+             once per seed of train.seeds (final/ for the first, final-seed<s>/ for the others)
+evaluate:    the one place test labels are read: score one seed's final predictions once
+
+Every run's metrics.json records its cost (wall time, training images/s, peak memory, device)
+and which protocol produced it (``vpeft.train.published``: "vpeft", "as_published", "custom").
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ import vpeft
 from vpeft import layout
 from vpeft.config import GridPoint, StudyPlan, to_plain
 from vpeft.data.vtab import read_split, read_test_labels, read_manifest
+from vpeft.errors import UserError
 from vpeft.io import atomic_path, read_json, write_json, write_parquet
 
 if TYPE_CHECKING:
@@ -115,11 +120,14 @@ def run_points(plan: StudyPlan, task: str, method: str, points: Sequence[GridPoi
     from torch import nn
 
     from vpeft.methods import apply, count_trainable, save_adapter
-    from vpeft.models.backbone import normalisation, study_backbone
+    from vpeft.models.backbone import study_backbone
     from vpeft.train.augment import transforms_for
     from vpeft.train.features import HeadProbe, extract_features, head_only
-    from vpeft.train.loop import (Normaliser, Run, TrainSettings, effective_precision,
-                                  resolve_device, top1, train_runs, uses_fused_attention)
+    from vpeft.train.loop import (Run, TrainSettings, device_description, effective_precision,
+                                  peak_memory_bytes, reset_peak_memory, resolve_device, top1,
+                                  train_runs, uses_fused_attention)
+    from vpeft.train.published import (input_normaliser, method_hparams, protocol_name,
+                                       redraw_added_linears, switches)
 
     if not points:
         raise ValueError(f"{task}/{method}: no grid points to train")
@@ -127,15 +135,23 @@ def run_points(plan: StudyPlan, task: str, method: str, points: Sequence[GridPoi
         raise ValueError(f"{task}/{method}: the final phase trains exactly one point")
     cfg = plan.cfg
     train_split, eval_split = PHASES[phase]
-    seed = int(cfg.train.seeds[0] if seed is None else seed)
+    seeds = layout.seeds(cfg)
+    seed = seeds[0] if seed is None else int(seed)
+    if phase == "grid" and seed != seeds[0]:
+        raise UserError(f"{task}/{method}: the grid is searched once, with the first seed "
+                        f"{seeds[0]} of train.seeds (got seed {seed})")
+    if seed not in seeds:
+        raise UserError(f"{task}/{method}: seed {seed} is not in train.seeds {seeds}")
+    protocol = switches(cfg.train)  # checked before anything trains
     started = time.perf_counter()
     prepared = layout.prepared_task(cfg, task)
     manifest = read_manifest(prepared)
     num_classes = int(manifest["num_classes"])
     device = resolve_device(cfg.train.get("device", "auto"))
+    reset_peak_memory(device)
     augment, eval_transform = transforms_for(cfg, task)  # (None, None) unless train.augment is set
     # Frozen features are only a fixed function of an image when no augmentation changes it.
-    cache_features = bool(cfg.train.get("cache_linear_features", True)) and augment is None
+    cache_features = protocol["cache_linear_features"] and augment is None
 
     # Test labels are never loaded here: for the final run only the images are read.
     train_data = read_split(prepared, train_split)
@@ -148,17 +164,19 @@ def run_points(plan: StudyPlan, task: str, method: str, points: Sequence[GridPoi
     jobs: list[_PointRun] = []
     for point in points:
         out_dir = layout.grid_dir(cfg, task, method, point.id) if phase == "grid" else \
-            layout.final_dir(cfg, task, method)
+            layout.final_dir(cfg, task, method, seed)
         model = study_backbone(cfg.model, num_classes, seed=seed,
                                # a grid may sweep drop_path under optim (the many-shot study does)
                                drop_path=float(point.optim.get("drop_path", cfg.train.drop_path)))
-        apply(model, method, **point.hparams)
+        apply(model, method, **method_hparams(cfg.train, method, point.hparams))
+        if protocol["redraw_added_linears"]:  # as published: timm's init_weights after attach
+            redraw_added_linears(model)
         model.to(device)
         counts = count_trainable(model)
-        mean, std = normalisation(model, cfg.model.mean, cfg.model.std)
-        normaliser = Normaliser(mean, std, int(cfg.model.img_size))
+        normaliser = input_normaliser(cfg, model)
         settings = TrainSettings.from_config(cfg.train, point.optim)
-        desc = f"{task}/{method}/{point.id if phase == 'grid' else 'final'}"
+        desc = f"{task}/{method}/" + (point.id if phase == "grid" else
+                                      layout.final_dir(cfg, task, method, seed).name)
         log.info("%s: %d trainable parameters (%d with head) of %d; training on %s (%d images)",
                  desc, counts["trainable_params"], counts["trainable_params_with_head"],
                  counts["total_params"], train_split, len(images))
@@ -190,6 +208,7 @@ def run_points(plan: StudyPlan, task: str, method: str, points: Sequence[GridPoi
 
     results = train_runs([job.run for job in jobs])
     train_s = time.perf_counter() - started - setup_s
+    cost = {"device": device_description(device), "protocol": protocol_name(cfg.train)}
 
     all_metrics = []
     for job, result in zip(jobs, results):
@@ -215,7 +234,9 @@ def run_points(plan: StudyPlan, task: str, method: str, points: Sequence[GridPoi
             eval_split=eval_split if phase == "grid" else None, status=result.status,
             val_top1=val_top1, hparams=dict(job.point.hparams), optim=dict(job.point.optim),
             **job.counts, wall_time_s=wall_time_s, epochs=job.settings.epochs,
-            steps=result.steps, device=str(device), train_images_per_s=result.images_per_s,
+            steps=result.steps, train_images_per_s=result.images_per_s,
+            # the process's peak: a fused job's points share it (fused_points says how many)
+            peak_memory_bytes=peak_memory_bytes(device), **cost,
             loss_curve=result.loss_curve, diverged_at=result.diverged_at,
             feature_cache=job.feature_cache,
             precision=effective_precision(device, job.settings.precision),
@@ -251,20 +272,38 @@ def _record(plan: StudyPlan, task: str, method: str, manifest: Mapping[str, Any]
             "git_commit": git_commit()}
 
 
-def select(plan: StudyPlan, task: str, method: str) -> dict[str, Any]:
-    """Pick the grid point with the best last-epoch val200 top-1 (first in grid order on ties).
+def best_candidate(candidates: Sequence[dict[str, Any]], ties: str = "first") -> dict | None:
+    """The candidate with the highest ``val_top1``; on ties the first in grid order (vpeft) or
+    the last (``train.protocol.selection_ties: last``, as the public code picked)."""
+    best = None
+    for c in candidates:
+        if best is None or c["val_top1"] > best["val_top1"] or \
+                (ties == "last" and c["val_top1"] == best["val_top1"]):
+            best = c
+    return best
 
-    Reads only the grid runs' metrics: test data plays no part in selection.
+
+def select(plan: StudyPlan, task: str, method: str) -> dict[str, Any]:
+    """Pick the grid point with the best last-epoch val200 top-1 (ties: first in grid order, or
+    last with ``train.protocol.selection_ties: last``).
+
+    Reads only the grid runs' metrics: test data plays no part in selection. The grid was
+    trained with the first seed of train.seeds (``grid_seed``); every seed's final run uses the
+    point chosen here.
     """
+    from vpeft.train.published import switches
+
     cfg = plan.cfg
+    ties = switches(cfg.train)["selection_ties"]
     candidates = []
     for point in plan.points[method]:
         m = read_json(layout.grid_dir(cfg, task, method, point.id) / layout.METRICS)
         candidates.append({"point": point.id, "status": m["status"], "val_top1": m["val_top1"],
                            "hparams": m["hparams"], "optim": m["optim"]})
     ok = [c for c in candidates if c["status"] == "ok" and c["val_top1"] is not None]
-    best = max(ok, key=lambda c: c["val_top1"]) if ok else None  # max keeps the first on ties
+    best = best_candidate(ok, ties)
     selection = {"task": task, "method": method, "criterion": SELECTION_CRITERION,
+                 "grid_seed": layout.seeds(cfg)[0], "selection_ties": ties,
                  "best_point": best["point"] if best else None,
                  "best_val_top1": best["val_top1"] if best else None, "candidates": candidates}
     if best is None:
@@ -274,23 +313,37 @@ def select(plan: StudyPlan, task: str, method: str) -> dict[str, Any]:
     return selection
 
 
-def run_final(plan: StudyPlan, task: str, method: str) -> dict[str, Any]:
-    """Retrain the selected point on train800val200 and predict the test images."""
+def check_seed(cfg, seed: int | None) -> int:
+    """``seed`` (None: the first of train.seeds), which must be one of train.seeds."""
+    seeds = layout.seeds(cfg)
+    if seed is None:
+        return seeds[0]
+    if int(seed) not in seeds:
+        raise UserError(f"--seed {seed}: not in train.seeds {seeds}")
+    return int(seed)
+
+
+def run_final(plan: StudyPlan, task: str, method: str, seed: int | None = None) -> dict[str, Any]:
+    """Retrain the selected point on train800val200 with ``seed`` (default: the first of
+    train.seeds) and predict the test images, into ``layout.final_dir(..., seed)``."""
+    seed = check_seed(plan.cfg, seed)
     selection = read_json(layout.selection_file(plan.cfg, task, method))
     if selection["best_point"] is None:
-        return _write_diverged_final(plan, task, method)
-    return run_point(plan, task, method, plan.point(method, selection["best_point"]), "final")
+        return _write_diverged_final(plan, task, method, seed)
+    return run_point(plan, task, method, plan.point(method, selection["best_point"]), "final",
+                     seed=seed)
 
 
-def _write_diverged_final(plan: StudyPlan, task: str, method: str) -> dict[str, Any]:
+def _write_diverged_final(plan: StudyPlan, task: str, method: str, seed: int) -> dict[str, Any]:
     """Every grid point diverged: record the final run as diverged, with empty outputs."""
     import torch
     from safetensors.torch import save_file
 
     from vpeft.methods.checkpoint import METADATA_KEY
+    from vpeft.train.published import protocol_name
 
     cfg = plan.cfg
-    out_dir = layout.final_dir(cfg, task, method)
+    out_dir = layout.final_dir(cfg, task, method, seed)
     manifest = read_manifest(layout.prepared_task(cfg, task))
     write_parquet(out_dir / layout.TEST_LOGITS, _logits_table(np.zeros(0, np.int64),
                                                               torch.zeros(0, 0), None))
@@ -300,18 +353,21 @@ def _write_diverged_final(plan: StudyPlan, task: str, method: str) -> dict[str, 
         save_file({}, str(tmp), metadata={METADATA_KEY: json.dumps(meta)})
     write_json(out_dir / layout.ADAPTER_CONFIG, {**meta, "tensors": []})
     metrics = _record(
-        plan, task, method, manifest, phase="final", point=None, seed=int(cfg.train.seeds[0]),
+        plan, task, method, manifest, phase="final", point=None, seed=seed,
         eval_split=None, status="diverged", val_top1=None, hparams={}, optim={},
         trainable_params=None, trainable_params_with_head=None, total_params=None,
-        wall_time_s=0.0, epochs=0, loss_curve=[], diverged_at=None)
+        wall_time_s=0.0, epochs=0, loss_curve=[], diverged_at=None, train_images_per_s=None,
+        peak_memory_bytes=None, device=None, protocol=protocol_name(cfg.train))
     write_json(out_dir / layout.METRICS, metrics)
     return metrics
 
 
-def evaluate(plan: StudyPlan, task: str, method: str) -> dict[str, Any]:
-    """Score the final run's test predictions: the only reader of test labels."""
+def evaluate(plan: StudyPlan, task: str, method: str, seed: int | None = None) -> dict[str, Any]:
+    """Score one seed's final test predictions (default: the first seed's): the only reader of
+    test labels."""
     cfg = plan.cfg
-    final = layout.final_dir(cfg, task, method)
+    seed = check_seed(cfg, seed)
+    final = layout.final_dir(cfg, task, method, seed)
     metrics = read_json(final / layout.METRICS)
     table = pq.read_table(final / layout.TEST_LOGITS)
     index, labels = read_test_labels(layout.prepared_task(cfg, task))
@@ -325,10 +381,10 @@ def evaluate(plan: StudyPlan, task: str, method: str) -> dict[str, Any]:
     test_top1 = (float(100.0 * np.mean(table.column("pred").to_numpy() == labels_aligned))
                  if metrics["status"] == "ok" else None)
     write_parquet(final / layout.TEST_PREDICTIONS, table)
-    result = {"task": task, "method": method, "point": metrics["point"], "test_top1": test_top1,
-              "num_test": len(by_index), "status": metrics["status"]}
+    result = {"task": task, "method": method, "point": metrics["point"], "seed": seed,
+              "test_top1": test_top1, "num_test": len(by_index), "status": metrics["status"]}
     write_json(final / layout.TEST_EVAL, result)
-    log.info("%s/%s: test top-1 %s", task, method,
+    log.info("%s/%s (%s): test top-1 %s", task, method, final.name,
              "diverged" if test_top1 is None else f"{test_top1:.2f}")
     return result
 

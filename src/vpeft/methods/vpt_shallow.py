@@ -11,7 +11,9 @@ pooling ('token' or 'avg' over the tokens after ``num_prefix_tokens``) and the h
 original token layout. Prompts are drawn uniform(-v, v) with ``v = sqrt(6 / (3·patch_h·patch_w
 + D))`` (xavier on the patch-embedding fan, as the VPT code does) and pass through dropout 0.1
 (a fresh mask per sample). Unlike the study's public code, which drops the prompts after block 0,
-they stay in the sequence to the end, as in VPT.
+they stay in the sequence to the end, as in VPT. ``drop_prompts_after_block0=True`` reproduces
+the public code (set by the protocol switch ``train.protocol.vpt_shallow_drop_prompts_after_block0``,
+docs/protocol.md).
 
 Attached by replacing ``model.blocks`` (the ``nn.Sequential`` that ``forward_features`` runs) by
 :class:`PromptedBlocks`, which holds the original blocks as ``blocks`` and the prompts as
@@ -34,9 +36,13 @@ from vpeft.methods.base import MethodError, check_range, register
 class VPTShallowConfig:
     num_prompts: int = 10  # p, the prompt tokens
     dropout: float = 0.1   # on the prompts
+    drop_prompts_after_block0: bool = False  # True: the study's public code (prompts seen by block 0 only)
 
     def __post_init__(self) -> None:
         check_vpt_config("vpt_shallow", self.num_prompts, self.dropout)
+        if not isinstance(self.drop_prompts_after_block0, bool):
+            raise MethodError(f"vpt_shallow: drop_prompts_after_block0 must be true or false, "
+                              f"got {self.drop_prompts_after_block0!r}")
 
 
 def check_vpt_config(method: str, num_prompts: int, dropout: float) -> None:
@@ -52,8 +58,9 @@ class PromptedBlocks(nn.Module):
     """
 
     def __init__(self, blocks: nn.Sequential, prompts: torch.Tensor, num_prefix: int,
-                 dropout: float) -> None:
+                 dropout: float, drop_after_block0: bool = False) -> None:
         super().__init__()
+        self.drop_after_block0 = bool(drop_after_block0)  # shallow, as the public code ran it
         if prompts.shape[0] not in (1, len(blocks)):
             raise ValueError(f"{prompts.shape[0]} prompt sets for {len(blocks)} blocks")
         self.blocks = blocks
@@ -76,11 +83,13 @@ class PromptedBlocks(nn.Module):
             if i > 0 and self.prompts.shape[0] > 1:  # deep: block i gets its own prompts
                 x = torch.cat([x[:, :n], self._prompt_set(i, batch), x[:, n + p:]], dim=1)
             x = block(x)
+            if i == 0 and self.drop_after_block0:
+                x, p = torch.cat([x[:, :n], x[:, n + p:]], dim=1), 0  # prompts gone from here on
         return torch.cat([x[:, :n], x[:, n + p:]], dim=1)  # the original layout for norm/pool
 
 
 def attach_prompts(model: nn.Module, method: str, num_prompts: int, dropout: float,
-                   deep: bool) -> list[nn.Parameter]:
+                   deep: bool, drop_after_block0: bool = False) -> list[nn.Parameter]:
     """Replace ``model.blocks`` by :class:`PromptedBlocks` with VPT-initialised prompts."""
     from vpeft._compat import ensure_torchvision_importable
 
@@ -99,7 +108,8 @@ def attach_prompts(model: nn.Module, method: str, num_prompts: int, dropout: flo
     sets = len(model.blocks) if deep else 1
     prompts = torch.empty(sets, int(num_prompts), dim, device=ref.device, dtype=ref.dtype)
     nn.init.uniform_(prompts, -bound, bound)
-    model.blocks = PromptedBlocks(model.blocks, prompts, model.num_prefix_tokens, dropout)
+    model.blocks = PromptedBlocks(model.blocks, prompts, model.num_prefix_tokens, dropout,
+                                  drop_after_block0)
     return [model.blocks.prompts]
 
 
@@ -107,4 +117,5 @@ def attach_prompts(model: nn.Module, method: str, num_prompts: int, dropout: flo
           "p prompt tokens inserted before the first block, kept through every block",
           identity_at_init=False)
 def attach(model: nn.Module, config: VPTShallowConfig) -> list[nn.Parameter]:
-    return attach_prompts(model, "vpt_shallow", config.num_prompts, config.dropout, deep=False)
+    return attach_prompts(model, "vpt_shallow", config.num_prompts, config.dropout, deep=False,
+                          drop_after_block0=config.drop_prompts_after_block0)

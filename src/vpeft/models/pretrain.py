@@ -30,7 +30,9 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
     prepared = layout.prepared_task(cfg, layout.SOURCE_TASK)
     manifest = read_manifest(prepared)
-    seed = int(cfg.train.seeds[0])
+    # One backbone per study, pretrained once with the first of train.seeds: every seed's runs
+    # fine-tune the same weights, as every seed of a real study starts from one downloaded ViT.
+    seed = layout.seeds(cfg)[0]
     torch.manual_seed(seed)
     model = create_backbone(cfg.model.name, None, int(manifest["num_classes"]),
                             kwargs=cfg.model.kwargs, drop_path=0.0)

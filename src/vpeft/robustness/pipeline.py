@@ -69,8 +69,11 @@ def shift_dir(cfg: DictConfig, name: str) -> Path:
     return layout.prepared_task(cfg, "shifts") / name
 
 
-def wise_dir(cfg: DictConfig, task: str, method: str) -> Path:
-    return layout.method_dir(cfg, task, method) / WISE_DIR
+def wise_dir(cfg: DictConfig, task: str, method: str, seed: int | None = None) -> Path:
+    """WiSE-FT of one seed's final run: ``wise/`` for the first seed (``final/``), else
+    ``wise-seed<s>/`` beside ``final-seed<s>/``."""
+    final = layout.final_dir(cfg, task, method, seed)
+    return layout.method_dir(cfg, task, method) / (WISE_DIR + final.name.removeprefix("final"))
 
 
 def _read(name: str, spec: DictConfig, space: LabelSpace):
@@ -161,21 +164,24 @@ def _eval_sets(cfg: DictConfig, task: str) -> dict[str, tuple[Path, list[int] | 
     return sets
 
 
-def run_wise(plan: StudyPlan, task: str, method: str) -> dict[str, Any]:
-    """Top-1 of the WiSE-FT models α ∈ study.robustness.alphas on the ID test set and every shift."""
+def run_wise(plan: StudyPlan, task: str, method: str, seed: int | None = None) -> dict[str, Any]:
+    """Top-1 of the WiSE-FT models α ∈ study.robustness.alphas on the ID test set and every
+    shift, from one seed's final run (default: the first seed's)."""
     import torch
 
     from vpeft.data.vtab import read_manifest, read_split, read_test_labels
     from vpeft.io import read_json
     from vpeft.methods import load_adapter
-    from vpeft.models.backbone import normalisation
+    from vpeft.protocol import check_seed
     from vpeft.robustness.shifts import top1
     from vpeft.robustness.wise import prepare_wise
-    from vpeft.train.loop import Normaliser, predict, resolve_device
+    from vpeft.train.loop import predict, resolve_device
+    from vpeft.train.published import input_normaliser
 
     cfg = plan.cfg
     started = time.perf_counter()
-    final = layout.final_dir(cfg, task, method)
+    seed = check_seed(cfg, seed)
+    final = layout.final_dir(cfg, task, method, seed)
     status = read_json(final / layout.METRICS)["status"]
     alphas = [float(a) for a in settings(cfg).alphas]
     num_classes = int(read_manifest(layout.prepared_task(cfg, task))["num_classes"])
@@ -186,8 +192,7 @@ def run_wise(plan: StudyPlan, task: str, method: str) -> dict[str, Any]:
         wise = prepare_wise(model, lambda m: load_adapter(m, final / layout.ADAPTER))
         device = resolve_device(cfg.train.get("device", "auto"))
         model.to(device).eval()
-        mean, std = normalisation(model, cfg.model.mean, cfg.model.std)
-        normaliser = Normaliser(mean, std, int(cfg.model.img_size))
+        normaliser = input_normaliser(cfg, model)  # the inputs the final run trained on
         batch = int(cfg.train.eval_batch_size)
         for name, (path, subset) in sets.items():
             images = torch.from_numpy(read_split(path, "test").images)
@@ -201,9 +206,9 @@ def run_wise(plan: StudyPlan, task: str, method: str) -> dict[str, Any]:
     table = pa.Table.from_pylist(rows, schema=pa.schema([
         ("alpha", pa.float64()), ("eval_set", pa.string()), ("top1", pa.float64()),
         ("num_images", pa.int64()), ("num_classes_scored", pa.int64())]))
-    out = wise_dir(cfg, task, method)
+    out = wise_dir(cfg, task, method, seed)
     write_parquet(out / WISE_TABLE, table)
-    summary = {"task": task, "method": method, "status": status, "alphas": alphas,
+    summary = {"task": task, "method": method, "seed": seed, "status": status, "alphas": alphas,
                "eval_sets": list(sets), "id_set": ID_SET,
                "wall_time_s": time.perf_counter() - started}
     write_json(out / WISE_SUMMARY, summary)
@@ -238,7 +243,7 @@ def fit_clip(cfg: DictConfig) -> dict[str, Any]:
 
 
 def run_verb(verb: str, plan: StudyPlan, *, task: str | None = None, method: str | None = None,
-             shift: str | None = None) -> None:
+             shift: str | None = None, seed: int | None = None) -> None:
     cfg = plan.cfg
     if verb == "imagenet-split":
         imagenet_split(cfg, task)
@@ -247,7 +252,7 @@ def run_verb(verb: str, plan: StudyPlan, *, task: str | None = None, method: str
     elif verb == "zeroshot-head":
         zeroshot_head(cfg)
     elif verb == "wise":
-        run_wise(plan, task, method)
+        run_wise(plan, task, method, seed)
     elif verb == "robust-synth":
         from vpeft.robustness.miniature import write_shift_trees
 

@@ -63,6 +63,9 @@ class TrainSettings:
     checkpoint_every: int = 10  # epochs between resumable checkpoints (when a path is given)
     precision: str = "fp32"     # bf16: autocast on CUDA (ignored elsewhere); fp32
     compile: bool = False       # torch.compile the training forward
+    # Protocol switches (train.protocol.*, vpeft.train.published); defaults: vpeft's protocol.
+    drop_last: bool = False             # drop each epoch's last short batch (as published)
+    lr_step_at_epoch_end: bool = False  # scheduler.step(epoch) after the epoch (as published)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -70,8 +73,11 @@ class TrainSettings:
 
     @classmethod
     def from_config(cls, train: Mapping[str, Any], optim: Mapping[str, Any]) -> "TrainSettings":
+        from vpeft.train.published import switches
+
         names = set(cls.__dataclass_fields__)
         values = {k: v for k, v in dict(train).items() if k in names}
+        values.update({k: v for k, v in switches(train).items() if k in names})
         values.update(lr=float(optim["lr"]), weight_decay=float(optim["weight_decay"]))
         return cls(**values)
 
@@ -90,6 +96,32 @@ def resolve_device(name: str | None = "auto") -> torch.device:
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def device_description(device: torch.device) -> str:
+    """``cpu``, or the CUDA device with its model (``cuda:0 NVIDIA H200``): cost is per model."""
+    if device.type != "cuda":
+        return str(device)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return f"cuda:{index} {torch.cuda.get_device_name(index)}"
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a fresh CUDA peak (the process's RSS peak on CPU cannot be reset)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak memory of this process: CUDA ``max_memory_allocated`` on a GPU, else the peak
+    resident set size (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
 def seed_everything(seed: int) -> None:
@@ -202,7 +234,11 @@ class Run:
         self.scheduler = _scheduler(self.optimizer, settings)
         self.generator = torch.Generator().manual_seed(seed)
         self.n = len(images)
-        self.steps_per_epoch = math.ceil(self.n / settings.batch_size)
+        self.steps_per_epoch = (self.n // settings.batch_size if settings.drop_last
+                                else math.ceil(self.n / settings.batch_size))
+        if self.steps_per_epoch == 0:
+            raise UserError(f"{desc}: {self.n} training images make no full batch of "
+                            f"{settings.batch_size} with train.protocol.drop_last")
         self.total_steps = self.steps_per_epoch * settings.epochs
         self.result = TrainResult(status="ok")
         self.trainable = [p for p in model.parameters() if p.requires_grad]
@@ -227,7 +263,8 @@ class Run:
         """Forward and backward of the next batch under this run's RNG states; returns the loss.
         Nothing is synchronised here, so on CUDA several runs' launches overlap."""
         if not self._epoch_entered:
-            self.scheduler.step(self.epoch)
+            if not self.settings.lr_step_at_epoch_end:  # vpeft: epoch e runs at lr(e)
+                self.scheduler.step(self.epoch)
             if self.order is None:
                 self.order = torch.randperm(self.n, generator=self.generator)
             self._epoch_entered = True
@@ -256,7 +293,7 @@ class Run:
             self.finished = True
             log.warning("%s: loss became %s at epoch %d step %d; recorded as diverged",
                         self.desc, loss.item(), self.epoch, result.steps)
-            self._finish(self.n)
+            self._finish()
             return
         if self.settings.grad_clip:
             nn.utils.clip_grad_norm_(self.trainable, self.settings.grad_clip)
@@ -264,6 +301,7 @@ class Run:
         result.steps += 1
         self.epoch_loss += loss.item() * self._batch_size
         self.seen += self._batch_size
+        self.images_trained += self._batch_size
         self.batch += 1
         now = time.perf_counter()
         if now - self.last_log >= self.settings.log_every_s:
@@ -274,13 +312,17 @@ class Run:
 
     def _end_epoch(self) -> None:
         self.result.loss_curve.append(self.epoch_loss / self.seen)
+        if self.settings.lr_step_at_epoch_end:
+            # the public trainer: step(epoch) after epoch `epoch`, so epoch 0 ran at the
+            # scheduler's initial lr (warmup_lr) and epoch e + 1 runs at lr(e)
+            self.scheduler.step(self.epoch)
         self.epoch, self.batch, self.order, self.epoch_loss, self.seen = \
             self.epoch + 1, 0, None, 0.0, 0
         self._epoch_entered = False
         if self.epoch >= self.settings.epochs:
             self.finished = True
             self._log_progress(self.result.loss_curve[-1], time.perf_counter())
-            self._finish(self.n * self.settings.epochs)
+            self._finish()
         elif self.checkpoint is not None and self.epoch % self.settings.checkpoint_every == 0:
             self.save()
 
@@ -328,9 +370,11 @@ class Run:
         self.epoch, self.batch, self.order = position["epoch"], position["batch"], position["order"]
         self.epoch_loss, self.seen = position["epoch_loss"], position["seen"]
 
-    def _finish(self, images_seen: int) -> None:
+    def _finish(self) -> None:
+        """Training throughput: images actually trained on (drop_last counts) per second of this
+        run's wall time since it was created or resumed."""
         elapsed = max(time.perf_counter() - self.started, 1e-9)
-        self.result.images_per_s = images_seen / elapsed
+        self.result.images_per_s = self.images_trained / elapsed
 
     def _log_progress(self, loss: float | None, now: float) -> None:
         step, total = self.result.steps, self.total_steps
