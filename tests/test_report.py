@@ -146,26 +146,32 @@ class CellParser(HTMLParser):
         self.tables: list[str | None] = []
         self.cells: list[dict[str, Any]] = []
         self._cell: dict[str, Any] | None = None
+        self._in_note = False   # inside <span class="note"> (the interval under a number)
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = dict(attrs)
         if tag == "table":
             self.tables.append(a.get("id"))
         elif tag == "td":
-            self._cell = {"table": self.tables[-1], "attrs": a, "text": "",
+            self._cell = {"table": self.tables[-1], "attrs": a, "text": "", "note": "",
                           "classes": (a.get("class") or "").split()}
+        elif tag == "span" and self._cell is not None and a.get("class") == "note":
+            self._in_note = True
 
     def handle_endtag(self, tag: str) -> None:
         if tag == "table":
             self.tables.pop()
+        elif tag == "span":
+            self._in_note = False
         elif tag == "td" and self._cell is not None:
             self._cell["text"] = self._cell["text"].strip()
+            self._cell["note"] = self._cell["note"].strip()
             self.cells.append(self._cell)
             self._cell = None
 
     def handle_data(self, data: str) -> None:
         if self._cell is not None:
-            self._cell["text"] += data
+            self._cell["note" if self._in_note else "text"] += data
 
 
 def parse_cells(page: str, table: str) -> list[dict[str, Any]]:
@@ -329,12 +335,18 @@ def test_all_grid_points_diverged(runs: Path) -> None:
 def test_write_and_read_tables(collected: StudyResults, tmp_path: Path) -> None:
     out = tmp_path / "tables"
     paths = write_study_tables(collected, out)
-    assert sorted(p.name for p in paths.values()) == ["grid.parquet", "results.parquet",
-                                                      "summary.parquet"]
+    assert sorted(p.name for p in paths.values()) == [
+        "chance.parquet", "grid.parquet", "results.parquet", "seed_noise.parquet",
+        "seeds.parquet", "stats.parquet", "summary.parquet"]
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in paths.values())
     back = read_study_tables(out)
-    for name in ("results", "grid", "summary"):
+    for name in ("results", "grid", "summary", "seeds", "chance", "stats", "seed_noise"):
         assert getattr(back, name).equals(getattr(collected, name))
+    # a report directory written before seeds and statistics existed still reads back
+    for name in ("seeds", "chance", "stats", "seed_noise"):
+        (out / f"{name}.parquet").unlink()
+    old = read_study_tables(out)
+    assert old.stats is None and old.seeds is None and old.results.equals(collected.results)
 
 
 # ------------------------------------------------------------------------------------------

@@ -233,40 +233,125 @@ def _spans(page: str) -> list[dict[str, Any]]:
     return [a for a in tags(page, "span") if "data-value" in a]
 
 
-def test_which_method(tmp_path: Path) -> None:
+def test_summary_only_results_get_no_recommendation(tmp_path: Path) -> None:
+    """Without per-example predictions nothing can be tested: best means, labelled untested."""
     page = render(tmp_path, crafted(CRAFT), CRAFT_STUDY)
     advice = _advice(page)
-    picks = {(a["data-kind"], a.get("data-group")): a["data-method"] for a in advice}
-    assert picks == {
-        ("group-best", "natural"): "huge",
-        ("group-best", "specialized"): "heavy",
-        ("group-best", "structured"): "tiny",
-        ("best-overall", None): "huge",
-        ("smallest-within-margin", None): "tiny",   # 79.0 >= 80.0 - 1.0; fewer params than huge
-    }
-    spans = _spans(page)
-    got = {(s["data-column"], s.get("data-method")): float(s["data-value"]) for s in spans}
-    assert got[("natural", "huge")] == 90.0
-    assert got[("specialized", "heavy")] == 82.0
-    assert got[("structured", "tiny")] == 70.0
-    assert got[("mean", "huge")] == 80.0
-    assert got[("mean", "tiny")] == 79.0
-    assert got[("trainable_params", "tiny")] == 3000.0
-    assert got[("margin", None)] == render_mod.MARGIN_PP == 1.0
-    assert got[("gap", "tiny")] == 1.0
+    assert {a["data-kind"] for a in advice} == {"untested"}
+    best = {(a["data-scope"]): json.loads(a["data-best"]) for a in advice}
+    assert best == {"natural": ["huge"], "specialized": ["heavy"], "structured": ["tiny"],
+                    "mean": ["huge"]}
+    assert all(a["data-method"] == "" for a in advice)
+    assert "no significance test was possible" in page
 
 
-def test_margin_rule_excludes_just_outside(tmp_path: Path) -> None:
-    rows = dict(CRAFT)
-    rows["tiny"] = (85.0, 81.0, 70.0, 78.9, 3000.0)   # 1.1 pp below: outside the margin
-    picks = {a.kind: a.method for a in render_mod.recommendations(crafted(rows), CRAFT_STUDY)
-             if a.group is None}
-    assert picks == {"best-overall": "huge", "smallest-within-margin": "huge"}
-    # a wider margin lets the 1-parameter-cheaper methods in
-    picks = {a.kind: a.method for a in render_mod.recommendations(crafted(rows), CRAFT_STUDY,
-                                                                   margin=10.0)
-             if a.group is None}
-    assert picks["smallest-within-margin"] == "small"   # ties with twin: first in study order
+# ------------------------------------------------------------------------------------------
+# "which method" from per-example outcomes: significance, chance, ties
+# ------------------------------------------------------------------------------------------
+
+N_TEST = 1000
+SIG_STUDY = {
+    "name": "sig", "description": "",
+    "tasks": [{"name": "t_nat", "group": "natural", "num_classes": 10},
+              {"name": "t_spec", "group": "specialized", "num_classes": 10},
+              {"name": "t_str", "group": "structured", "num_classes": 10}],
+    "methods": ["probe", "small", "twin", "tiny", "huge"],
+}
+SIG_PARAMS = {"probe": 0.0, "small": 100.0, "twin": 100.0, "tiny": 3000.0, "huge": 5000.0}
+
+
+def outcome_results(accs: dict[str, float], study: dict = SIG_STUDY, seeds: int = 1,
+                    same: dict[str, str] | None = None, num_resamples: int = 1000
+                    ) -> StudyResults:
+    """Results whose statistics come from per-example outcomes with exact accuracies.
+
+    Every method is right on ``accs[m]`` % of each task's balanced 10-class test set, on its own
+    random examples (independent errors); ``same={"twin": "small"}`` copies small's outcomes.
+    """
+    from vpeft.report.collect import statistics_from_outcomes
+    from vpeft.report.uncertainty import TaskOutcomes
+
+    labels = np.arange(N_TEST) % 10
+    outs = []
+    for k, t in enumerate(study["tasks"]):
+        o = TaskOutcomes(t["name"], labels, 10)
+        for i, m in enumerate(study["methods"]):
+            rng = np.random.default_rng([k, i])
+            rows = []
+            for s in range(seeds):
+                correct = np.zeros(N_TEST, bool)
+                correct[rng.permutation(N_TEST)[:round(accs[m] * N_TEST / 100)]] = True
+                rows.append(correct)
+            o.correct[m] = np.stack(rows)
+            o.preds[m] = np.where(o.correct[m], labels, (labels + 1) % 10)
+            o.seeds[m] = list(range(seeds))
+        for m, src in (same or {}).items():
+            o.correct[m], o.preds[m] = o.correct[src].copy(), o.preds[src].copy()
+        outs.append(o)
+    rows = {m: (accs[m], accs[m], accs[m], accs[m], SIG_PARAMS[m]) for m in study["methods"]}
+    base = crafted(rows)
+    chance, stats, noise = statistics_from_outcomes(outs, study, base.summary,
+                                                    num_resamples=num_resamples)
+    return StudyResults(base.results, base.grid, base.summary, {}, chance=chance, stats=stats,
+                        seed_noise=noise)
+
+
+def test_which_method_cheapest_indistinguishable(tmp_path: Path) -> None:
+    accs = {"probe": 10.0, "small": 70.0, "twin": 60.0, "tiny": 79.0, "huge": 80.0}
+    results = outcome_results(accs)
+    stats = {(r["scope"], r["method"]): r for r in results.stats.to_pylist()}
+    # 1 pp on 3 x 1000 examples with independent errors is noise; 10 pp is not
+    assert stats[("mean", "tiny")]["indistinguishable"] and stats[("mean", "huge")]["best"]
+    assert not stats[("mean", "small")]["indistinguishable"]
+    assert stats[("mean", "small")]["p_vs_best_holm"] < 0.01
+    assert stats[("mean", "tiny")]["p_vs_best_holm"] > 0.05
+    assert not stats[("mean", "probe")]["above_chance"]   # 10 % on 10 balanced classes
+    assert all(stats[("mean", m)]["above_chance"] for m in ("small", "twin", "tiny", "huge"))
+    page = render(tmp_path, results, SIG_STUDY)
+    advice = {a["data-scope"]: a for a in _advice(page)}
+    assert set(advice) == {"natural", "specialized", "structured", "mean"}
+    for a in advice.values():
+        assert a["data-kind"] == "pick" and a["data-method"] == "tiny"   # cheaper than huge
+        assert set(json.loads(a["data-set"])) >= {"tiny", "huge"}
+        assert "probe" in json.loads(a["data-at-chance"])
+    spans = {(s["data-column"], s.get("data-method")): float(s["data-value"]) for s in _spans(page)}
+    assert spans[("trainable_params", "tiny")] == 3000.0
+    assert spans[("mean", "tiny")] == pytest.approx(79.0)
+    assert spans[("alpha", None)] == 0.05 and spans[("chance", None)] == pytest.approx(10.0)
+    assert "Holm" in page and "Not significantly above chance" in page
+
+
+def test_all_methods_at_chance_no_recommendation(tmp_path: Path) -> None:
+    """The many-shot miniature's failure: every method near 10 % on 10 classes."""
+    accs = {"probe": 10.0, "small": 10.4, "twin": 9.6, "tiny": 10.2, "huge": 9.9}
+    results = outcome_results(accs)
+    assert not any(r["above_chance"] for r in results.stats.to_pylist())
+    page = render(tmp_path, results, SIG_STUDY)
+    advice = _advice(page)
+    assert advice and all(a["data-kind"] == "no-pick" and a["data-method"] == "" for a in advice)
+    for a in advice:
+        assert sorted(json.loads(a["data-at-chance"])) == sorted(SIG_STUDY["methods"])
+    assert "no method is significantly above chance" in page
+    cells = [c for c in parse_cells(page, "main-table") if c["attrs"]["data-column"] == "mean"]
+    assert cells and all("at-chance" in c["classes"] and "chance" in c["note"] for c in cells)
+    chance = [c for c in parse_cells(page, "main-table") if c["attrs"]["data-column"] == "chance"
+              and "data-value" in c["attrs"]]
+    assert [float(c["attrs"]["data-value"]) for c in chance] == [10.0] * 7   # 3 tasks, 3 groups, mean
+
+
+def test_ties_are_explicit(tmp_path: Path) -> None:
+    accs = {"probe": 10.0, "small": 79.5, "twin": 79.5, "tiny": 80.0, "huge": 80.0}
+    results = outcome_results(accs, same={"twin": "small", "tiny": "huge"})
+    advice = render_mod.recommendations(results, SIG_STUDY)
+    got = {a.scope: (a.kind, a.method, a.tied, a.best) for a in advice}
+    for scope in ("natural", "specialized", "structured", "mean"):
+        # tiny and huge share the best mean; small and twin are identical and cheapest
+        assert got[scope] == ("pick", "small", ["twin"], ["tiny", "huge"])
+    page = render(tmp_path, results, SIG_STUDY)
+    lis = {a["data-scope"]: a for a in _advice(page)}
+    assert json.loads(lis["mean"]["data-tied"]) == ["twin"]
+    assert json.loads(lis["mean"]["data-best"]) == ["tiny", "huge"]
+    assert "a tie: 2 methods" in page
 
 
 # ------------------------------------------------------------------------------------------
@@ -296,7 +381,7 @@ def test_names_escaped_in_svgs(tmp_path: Path) -> None:
                for c in cells_prefixed(page, "confidence-table-"))
     assert any(r.get("data-method-a") == evil for r in tags(page, "rect"))
     assert any(c.get("data-method") == evil for c in tags(page, "circle"))
-    assert any(a.get("data-method") == evil for a in _advice(page))
+    assert any(evil in json.loads(a["data-best"]) for a in _advice(page))
     assert any(c["attrs"].get("data-value") == ",".join(["probe", evil, "huge"])
                for c in cells_prefixed(page, "ensembles-table-"))
 
@@ -437,37 +522,6 @@ def test_swept_axes_order() -> None:
                 for r in (1, 8) for lr in (1e-3, 1e-2) for a in ("x", "y") for d in (0.0, 0.1)]
     assert swept_axes(settings) == ["alpha", "drop_path", "rank", "lr"]
     assert swept_axes(settings[:1]) == []
-
-
-# ------------------------------------------------------------------------------------------
-# ties in "which method" are stated, not broken silently
-# ------------------------------------------------------------------------------------------
-
-def test_ties_are_explicit(tmp_path: Path) -> None:
-    rows = {
-        #        natural specialized structured mean  params
-        "probe": (60.0, 70.0, 40.0, 60.0, 0.0),
-        "small": (70.0, 75.0, 50.0, 70.0, 100.0),
-        "twin": (70.0, 75.0, 50.0, 70.0, 100.0),    # exactly like small
-        "huge": (80.0, 75.0, 60.0, 80.0, 5000.0),   # specialized ties small and twin
-        "tiny": (85.0, 81.0, 60.0, 80.0, 3000.0),   # mean ties huge; structured ties huge
-    }
-    study = {**CRAFT_STUDY, "methods": list(rows)}
-    advice = render_mod.recommendations(crafted(rows), study, margin=10.0)
-    got = {(a.kind, a.group): (a.method, a.tied) for a in advice}
-    assert got[("group-best", "natural")] == ("tiny", [])
-    assert got[("group-best", "specialized")] == ("tiny", [])
-    assert got[("group-best", "structured")] == ("huge", ["tiny"])
-    assert got[("best-overall", None)] == ("huge", ["tiny"])
-    assert got[("smallest-within-margin", None)] == ("small", ["twin"])
-    page = render(tmp_path, crafted(rows), study)
-    lis = {(a["data-kind"], a.get("data-group")): a for a in _advice(page)}
-    assert json.loads(lis[("best-overall", None)]["data-tied"]) == ["tiny"]
-    # default 1 pp margin: huge and tiny qualify, tiny is smaller (no tie)
-    assert lis[("smallest-within-margin", None)]["data-method"] == "tiny"
-    assert json.loads(lis[("smallest-within-margin", None)]["data-tied"]) == []
-    assert json.loads(lis[("group-best", "natural")]["data-tied"]) == []
-    assert "a tie: 2 methods" in page
 
 
 def test_ensemble_overview_matches_table(runs: Path, analysed: dict, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ The training pipeline leaves one directory per task x method::
     runs/<study>/<task>/<method>/final/metrics.json
     runs/<study>/<task>/<method>/final/test_eval.json
     runs/<study>/<task>/<method>/final/test_predictions.parquet
+    runs/<study>/<task>/<method>/final-seed<s>/...   (the same files, for every further seed)
 
 This module only reads those files and cross-checks them (a file in the wrong directory, a
 selection that disagrees with its grid, or a test accuracy that disagrees with the saved
@@ -17,9 +18,10 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -52,7 +54,14 @@ RESULTS_SCHEMA = pa.schema([
     ("seed", pa.int64()),
     ("epochs", pa.int64()),
     ("num_test", pa.int64()),
+    ("num_seeds", pa.int64()),           # seeds with a test accuracy (final/ and final-seed*/)
+    ("test_top1_mean", pa.float64()),    # mean over those seeds (= test_top1 with one seed)
+    ("test_top1_std", pa.float64()),     # standard deviation over seeds (ddof 1); null below 2
     ("wall_time_s", pa.float64()),
+    ("train_images_per_s", pa.float64()),
+    ("peak_memory_bytes", pa.int64()),
+    ("device", pa.string()),
+    ("protocol", pa.string()),
     ("grid_wall_time_s", pa.float64()),
     ("num_grid_points", pa.int64()),
     ("num_diverged", pa.int64()),
@@ -77,6 +86,9 @@ GRID_SCHEMA = pa.schema([
     ("seed", pa.int64()),
     ("epochs", pa.int64()),
     ("wall_time_s", pa.float64()),
+    ("train_images_per_s", pa.float64()),
+    ("peak_memory_bytes", pa.int64()),
+    ("device", pa.string()),
 ])
 
 SUMMARY_SCHEMA = pa.schema([
@@ -91,12 +103,74 @@ SUMMARY_SCHEMA = pa.schema([
     ("num_missing", pa.int64()),
     ("trainable_params", pa.float64()),
     ("trainable_pct", pa.float64()),
+    ("num_seeds", pa.int64()),           # fewest seeds with a test accuracy over the tasks
+])
+
+# One row per final run of every seed (final/ is the first seed, final-seed<s>/ the others).
+SEEDS_SCHEMA = pa.schema([
+    ("task", pa.string()),
+    ("method", pa.string()),
+    ("seed", pa.int64()),
+    ("primary", pa.bool_()),             # the run in final/
+    ("run_dir", pa.string()),            # final or final-seed<s>
+    ("status", pa.string()),
+    ("test_top1", pa.float64()),
+    ("num_test", pa.int64()),
+    ("wall_time_s", pa.float64()),
+    ("train_images_per_s", pa.float64()),
+    ("peak_memory_bytes", pa.int64()),
+    ("device", pa.string()),
+    ("protocol", pa.string()),
+])
+
+# Per task: its chance levels (vpeft.report.uncertainty.chance_levels).
+CHANCE_SCHEMA = pa.schema([
+    ("task", pa.string()),
+    ("num_classes", pa.int64()),
+    ("num_test", pa.int64()),
+    ("chance", pa.float64()),            # majority-class rate of the test labels (%)
+    ("uniform_chance", pa.float64()),    # 1 / num_classes (%)
+])
+
+# Per scope (a task, a VTAB group, the mean over tasks) and method: mean, spread, 95 % interval
+# and the significance tests of vpeft.report.significance.
+STATS_SCHEMA = pa.schema([
+    ("scope_kind", pa.string()),         # task | group | overall
+    ("scope", pa.string()),              # task name, group name, or "mean"
+    ("tasks", pa.string()),              # comma-separated tasks of the scope
+    ("method", pa.string()),
+    ("num_tasks", pa.int64()),
+    ("num_seeds", pa.int64()),
+    ("mean", pa.float64()),
+    ("std", pa.float64()),
+    ("ci_low", pa.float64()),
+    ("ci_high", pa.float64()),
+    ("ci_kind", pa.string()),
+    ("chance", pa.float64()),
+    ("uniform_chance", pa.float64()),
+    ("p_above_chance", pa.float64()),
+    ("p_above_chance_holm", pa.float64()),
+    ("above_chance", pa.bool_()),
+    ("best", pa.bool_()),
+    ("p_vs_best", pa.float64()),
+    ("p_vs_best_holm", pa.float64()),
+    ("indistinguishable", pa.bool_()),
+    ("trainable_params", pa.float64()),
+    ("num_resamples", pa.int64()),
+    ("alpha", pa.float64()),
 ])
 
 TABLE_FILES: dict[str, str] = {
     "results": "results.parquet",
     "grid": "grid.parquet",
     "summary": "summary.parquet",
+}
+# Tables that older report directories (and hand-made results) may lack.
+OPTIONAL_TABLE_FILES: dict[str, str] = {
+    "seeds": "seeds.parquet",
+    "chance": "chance.parquet",
+    "stats": "stats.parquet",
+    "seed_noise": "seed_noise.parquet",
 }
 ANALYSIS_PREFIX = "analysis_"   # write_study_tables: analysis_<name>.parquet per analysis table
 
@@ -128,6 +202,12 @@ class StudyResults:
     # Optional per-task analysis tables (vpeft.analysis), concatenated over tasks and keyed by
     # table name (e.g. "agreement", "ensembles"); empty when no task has been analysed.
     analysis: dict[str, pa.Table] = field(default_factory=dict)
+    # Seeds, chance levels, intervals and tests (None when the results were not collected from
+    # run directories with per-example predictions).
+    seeds: pa.Table | None = None
+    chance: pa.Table | None = None
+    stats: pa.Table | None = None
+    seed_noise: pa.Table | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -220,6 +300,14 @@ def _predictions_top1(path: Path) -> tuple[float, int]:
     return 100.0 * correct / n, n
 
 
+def _cost(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The cost fields a run records (absent in runs made before they existed: None)."""
+    device = metrics.get("device")
+    return {"train_images_per_s": _opt_float(metrics.get("train_images_per_s")),
+            "peak_memory_bytes": _opt_int(metrics.get("peak_memory_bytes")),
+            "device": None if device is None else str(device)}
+
+
 @dataclass
 class _Cell:
     """What was read for one task x method (None fields when absent)."""
@@ -227,10 +315,13 @@ class _Cell:
     row: dict[str, Any]
     grid_rows: list[dict[str, Any]]
     missing: list[Path]
+    seed_rows: list[dict[str, Any]] = field(default_factory=list)
+    # (seed, test_predictions.parquet) of every seed with a test accuracy, primary first
+    predictions: list[tuple[int | None, Path]] = field(default_factory=list)
 
 
 def _collect_cell(run_dir: Path, study_name: str, task: str, group: str, method: str,
-                  check_predictions: bool) -> _Cell:
+                  check_predictions: bool, seeds: Sequence[int] | None = None) -> _Cell:
     """Read and cross-check one task x method directory; missing files are returned, not raised."""
     base = {"study": study_name, "task": task, "group": group, "method": method}
     row: dict[str, Any] = {name: None for name in RESULTS_SCHEMA.names} | base
@@ -279,7 +370,7 @@ def _collect_cell(run_dir: Path, study_name: str, task: str, group: str, method:
             "seed": _opt_int(m.get("seed")),
             "epochs": _opt_int(m.get("epochs")),
             "wall_time_s": _opt_float(m.get("wall_time_s")),
-        })
+        } | _cost(m))
 
     final_path = run_dir / "final" / layout.METRICS
     test_path = run_dir / "final" / layout.TEST_EVAL
@@ -325,6 +416,8 @@ def _collect_cell(run_dir: Path, study_name: str, task: str, group: str, method:
             "seed": _opt_int(final.get("seed")),
             "epochs": _opt_int(final.get("epochs")),
             "wall_time_s": _opt_float(final.get("wall_time_s")),
+            **_cost(final),
+            "protocol": final.get("protocol"),
             "git_commit": final.get("git_commit"),
             "versions_json": _dumps(final.get("versions") or {}),
             "config_json": _dumps(final.get("config") or {}),
@@ -356,7 +449,89 @@ def _collect_cell(run_dir: Path, study_name: str, task: str, group: str, method:
                 _check_predictions(preds, test_path, test_top1, row["num_test"])
     else:
         row["status"] = "diverged"
-    return _Cell(row, grid_rows, [])
+    cell = _Cell(row, grid_rows, [])
+    _collect_seeds(cell, run_dir, base, best_point, seeds, check_predictions)
+    return cell
+
+
+SEED_DIR_PREFIX = "final-seed"   # runs/<study>/<task>/<method>/final-seed<s>/ (seeds after the first)
+
+
+def seed_dirs(run_dir: Path, seeds: Sequence[int] | None) -> list[tuple[int | None, Path]]:
+    """``[(seed, dir)]`` of the further seeds' final runs (not ``final/``), in seed order.
+
+    With the study's ``seeds`` list these are the expected directories, present or not; without
+    it, the ``final-seed<s>`` directories that exist.
+    """
+    if seeds is not None:
+        return [(int(s), run_dir / f"{SEED_DIR_PREFIX}{int(s)}") for s in list(seeds)[1:]]
+    found = []
+    for path in run_dir.glob(f"{SEED_DIR_PREFIX}*"):
+        suffix = path.name[len(SEED_DIR_PREFIX):]
+        if path.is_dir() and suffix.lstrip("-").isdigit():
+            found.append((int(suffix), path))
+    return sorted(found)
+
+
+def _seed_row(base: Mapping[str, Any], seed: int | None, primary: bool, run_dir: str,
+              status: str, test_top1: float | None, num_test: int | None,
+              metrics: Mapping[str, Any]) -> dict[str, Any]:
+    return {"task": base["task"], "method": base["method"], "seed": seed, "primary": primary,
+            "run_dir": run_dir, "status": status, "test_top1": test_top1, "num_test": num_test,
+            "wall_time_s": _opt_float(metrics.get("wall_time_s")),
+            "protocol": metrics.get("protocol"), **_cost(metrics)}
+
+
+def _collect_seeds(cell: _Cell, run_dir: Path, base: Mapping[str, Any], best_point: str | None,
+                   seeds: Sequence[int] | None, check_predictions: bool) -> None:
+    """Add the seed rows (primary first), the prediction files and the mean/std over seeds."""
+    row = cell.row
+    primary_preds = run_dir / "final" / layout.TEST_PREDICTIONS
+    final_metrics = {k: row[k] for k in ("wall_time_s", "train_images_per_s",
+                                         "peak_memory_bytes", "device", "protocol")}
+    cell.seed_rows.append(_seed_row(base, row["seed"], True, "final", row["status"],
+                                    row["test_top1"], row["num_test"], final_metrics))
+    if row["status"] == "ok" and primary_preds.is_file():
+        cell.predictions.append((row["seed"], primary_preds))
+    top1 = [row["test_top1"]] if row["status"] == "ok" else []
+    where = {"study": base["study"], "task": base["task"], "method": base["method"],
+             "phase": "final", "group": base["group"]}
+    for seed, folder in seed_dirs(run_dir, seeds):
+        metrics_path, test_path = folder / layout.METRICS, folder / layout.TEST_EVAL
+        absent = [p for p in (metrics_path, test_path) if not p.is_file()]
+        if absent:
+            if best_point is not None:
+                cell.missing.extend(absent)
+            continue
+        metrics = _read_json(metrics_path)
+        _expect(metrics, metrics_path, **where,
+                **({"point": best_point} if best_point is not None else {}))
+        if metrics.get("seed") is not None and int(metrics["seed"]) != seed:
+            raise RunDataError(f"{metrics_path}: seed={metrics['seed']!r}, expected {seed} "
+                               f"(the directory is {folder.name})")
+        test = _read_json(test_path)
+        _expect(test, test_path, task=base["task"], method=base["method"],
+                **({"point": best_point} if best_point is not None else {}))
+        value = _accuracy(test.get("test_top1"), str(test_path))
+        ok = (metrics.get("status") != "diverged" and test.get("status") != "diverged"
+              and value is not None)
+        num_test = _opt_int(test.get("num_test"))
+        preds = folder / layout.TEST_PREDICTIONS
+        if ok:
+            top1.append(value)
+            if check_predictions and preds.is_file():
+                _check_predictions(preds, test_path, value, num_test)
+            if preds.is_file():
+                cell.predictions.append((seed, preds))
+        cell.seed_rows.append(_seed_row(base, seed, False, folder.name,
+                                        "ok" if ok else "diverged", value if ok else None,
+                                        num_test, metrics))
+    if row["status"] == "ok":
+        row["num_seeds"] = len(top1)
+        row["test_top1_mean"] = math.fsum(top1) / len(top1)
+        row["test_top1_std"] = (statistics.stdev(top1) if len(top1) >= 2 else None)
+    else:
+        row["num_seeds"] = 0
 
 
 def _check_predictions(preds: Path, test_path: Path, test_top1: float,
@@ -395,33 +570,172 @@ def _study_dir(runs_dir: Path, name: str, tasks: Sequence[tuple[str, str]]) -> P
 
 
 def collect_study(runs_dir: Path, study: Mapping, *, allow_missing: bool = False,
-                  check_predictions: bool = True) -> StudyResults:
+                  check_predictions: bool = True, alpha: float | None = None,
+                  num_resamples: int | None = None) -> StudyResults:
     """Read every task x method of ``study`` from its run directories.
 
     ``runs_dir`` is the study's directory ``runs/<study>`` (the root ``runs`` is accepted too).
     A missing file raises :class:`MissingRunFileError` listing every missing path, unless
     ``allow_missing`` is set: then the cell gets status ``"missing"`` and null values. With
     ``check_predictions`` the saved test predictions (when present) must reproduce ``test_top1``.
+    Every seed's final run is read (``final/`` and ``final-seed<s>/``; ``study["seeds"]``, when
+    given, names the expected seeds); from their per-example predictions come the chance levels,
+    the bootstrap intervals and the significance tests (``alpha``, ``num_resamples``: defaults of
+    :mod:`vpeft.report.significance` and :mod:`vpeft.report.uncertainty`).
     """
     name = str(study["name"])
     tasks, methods = study_tasks(study), study_methods(study)
     study_dir = _study_dir(Path(runs_dir), name, tasks)
+    seeds = study.get("seeds")
     rows: list[dict[str, Any]] = []
     grid_rows: list[dict[str, Any]] = []
+    seed_rows: list[dict[str, Any]] = []
     missing: list[Path] = []
+    predictions: dict[str, dict[str, list[tuple[int | None, Path]]]] = {}
     for task, group in tasks:
         for method in methods:
             cell = _collect_cell(study_dir / task / method, name, task, group, method,
-                                 check_predictions)
+                                 check_predictions, seeds)
             rows.append(cell.row)
             grid_rows.extend(cell.grid_rows)
+            seed_rows.extend(cell.seed_rows)
             missing.extend(cell.missing)
+            if cell.predictions:
+                predictions.setdefault(task, {})[method] = cell.predictions
     if missing and not allow_missing:
         raise MissingRunFileError(missing)
     results = pa.Table.from_pylist(rows, schema=RESULTS_SCHEMA)
     grid = pa.Table.from_pylist(grid_rows, schema=GRID_SCHEMA)
-    return StudyResults(results=results, grid=grid, summary=summarize(results, study),
-                        analysis=collect_analysis(study_dir, study))
+    summary = summarize(results, study)
+    chance, stats, noise = study_statistics(predictions, study, summary, alpha=alpha,
+                                            num_resamples=num_resamples)
+    return StudyResults(results=results, grid=grid, summary=summary,
+                        analysis=collect_analysis(study_dir, study),
+                        seeds=pa.Table.from_pylist(seed_rows, schema=SEEDS_SCHEMA),
+                        chance=chance, stats=stats, seed_noise=noise)
+
+
+def study_kind(study: Mapping) -> str:
+    """``vtab`` (VTAB-1K or its synthetic miniature: VTAB groups), ``manyshot`` or ``robustness``.
+
+    ``study["kind"]`` when the study metadata states it (``study.data.kind``; ``imagenet`` is the
+    robustness study), else inferred: many-shot metadata, a ``robustness`` block, or VTAB.
+    """
+    kind = study.get("kind")
+    if study.get("manyshot") or kind == "manyshot":
+        return "manyshot"
+    if study.get("robustness") or kind in ("imagenet", "robustness"):
+        return "robustness"
+    return "vtab"
+
+
+def _read_outcome(path: Path) -> tuple[Any, Any, Any]:
+    """(index, label, pred) of one test_predictions.parquet, sorted by index (logits not read)."""
+    import numpy as np
+
+    table = pq.read_table(path, columns=["index", "label", "pred"])
+    index = table.column("index").to_numpy().astype(np.int64)
+    order = np.argsort(index, kind="stable")
+    return (index[order], table.column("label").to_numpy().astype(np.int64)[order],
+            table.column("pred").to_numpy().astype(np.int64)[order])
+
+
+def task_outcomes(task: str, num_classes: int | None,
+                  files: Mapping[str, Sequence[tuple[int | None, Path]]]) -> Any:
+    """Every method's and seed's per-example outcomes of one task, aligned on the test index
+    (the same index and labels in every file, else :class:`RunDataError` naming both files)."""
+    import numpy as np
+
+    from vpeft.report.uncertainty import TaskOutcomes
+
+    ref: tuple[Path, Any, Any] | None = None
+    out = None
+    for method, runs in files.items():
+        preds, seeds = [], []
+        for seed, path in runs:
+            index, labels, pred = _read_outcome(path)
+            if ref is None:
+                ref = (path, index, labels)
+                out = TaskOutcomes(task, labels, num_classes)
+            elif not np.array_equal(index, ref[1]):
+                raise RunDataError(f"test indices differ between {ref[0]} ({len(ref[1])} rows) "
+                                   f"and {path} ({len(index)} rows)")
+            elif not np.array_equal(labels, ref[2]):
+                raise RunDataError(f"test labels differ between {ref[0]} and {path} "
+                                   f"({int(np.sum(labels != ref[2]))} examples)")
+            preds.append(pred)
+            seeds.append(-1 if seed is None else int(seed))
+        assert out is not None
+        out.preds[method] = np.stack(preds)
+        out.correct[method] = out.preds[method] == out.labels[None, :]
+        out.seeds[method] = seeds
+    return out
+
+
+def study_scopes(study: Mapping) -> list[tuple[str, str, list[str]]]:
+    """``(kind, scope, tasks)`` the statistics cover: every task; for VTAB studies also every
+    group present and the mean over all tasks."""
+    tasks = study_tasks(study)
+    scopes = [("task", t, [t]) for t, _ in tasks]
+    if study_kind(study) == "vtab":
+        scopes += [("group", g, [t for t, tg in tasks if tg == g]) for g in GROUPS
+                   if any(tg == g for _, tg in tasks)]
+        scopes.append(("overall", "mean", [t for t, _ in tasks]))
+    return scopes
+
+
+def study_statistics(predictions: Mapping[str, Mapping[str, Sequence[tuple[int | None, Path]]]],
+                     study: Mapping, summary: pa.Table, *, alpha: float | None = None,
+                     num_resamples: int | None = None
+                     ) -> tuple[pa.Table, pa.Table, pa.Table]:
+    """(chance, stats, seed_noise) tables from the per-seed prediction files of every task.
+
+    One task at a time is held in memory: its per-example arrays are reduced to bootstrap
+    distributions before the next task is read.
+    """
+    classes = {str(t["name"]): t.get("num_classes") for t in study.get("tasks") or []}
+    methods = study_methods(study)
+
+    def each_task() -> Iterator[Any]:
+        for task, _ in study_tasks(study):
+            files = {m: predictions[task][m] for m in methods if m in predictions.get(task, {})}
+            if files:
+                yield task_outcomes(task, _opt_int(classes.get(task)), files)
+
+    return statistics_from_outcomes(each_task(), study, summary, alpha=alpha,
+                                    num_resamples=num_resamples)
+
+
+def statistics_from_outcomes(outcomes_per_task: Iterable[Any], study: Mapping, summary: pa.Table,
+                             *, alpha: float | None = None, num_resamples: int | None = None
+                             ) -> tuple[pa.Table, pa.Table, pa.Table]:
+    """(chance, stats, seed_noise) from :class:`~vpeft.report.uncertainty.TaskOutcomes`, one
+    task at a time (an iterator keeps only one task's per-example arrays alive)."""
+    from vpeft.report.seednoise import SEED_NOISE_SCHEMA, seed_noise_rows
+    from vpeft.report.significance import ALPHA, scope_rows
+    from vpeft.report.uncertainty import NUM_RESAMPLES, score_task, scope_stats
+
+    alpha = ALPHA if alpha is None else alpha
+    num_resamples = NUM_RESAMPLES if num_resamples is None else num_resamples
+    methods = study_methods(study)
+    scores, chance_rows, noise_rows = {}, [], []
+    for outcomes in outcomes_per_task:
+        task = outcomes.task
+        scores[task] = score_task(outcomes, num_resamples)
+        noise_rows.extend(seed_noise_rows(outcomes))
+        chance_rows.append({"task": task, "num_classes": outcomes.num_classes,
+                            "num_test": outcomes.num_test, "chance": scores[task].chance,
+                            "uniform_chance": scores[task].uniform_chance})
+        del outcomes
+    params = {r["method"]: r["trainable_params"] for r in summary.to_pylist()}
+    stats_rows = []
+    for kind, scope, tasks in study_scopes(study):
+        stats = scope_stats(scope, tasks, methods, scores)
+        if stats is not None:
+            stats_rows.extend(scope_rows(stats, kind, params, alpha))
+    return (pa.Table.from_pylist(chance_rows, schema=CHANCE_SCHEMA),
+            pa.Table.from_pylist(stats_rows, schema=STATS_SCHEMA),
+            pa.Table.from_pylist(noise_rows, schema=SEED_NOISE_SCHEMA))
 
 
 def _analysis_schemas() -> dict[str, pa.Schema]:
@@ -463,8 +777,16 @@ def _mean(values: Iterable[float]) -> float | None:
     return math.fsum(values) / len(values) if values else None
 
 
+def _seed_mean(row: Mapping[str, Any]) -> float | None:
+    """The cell's mean over seeds (tables made before seeds existed: its one test top-1)."""
+    mean = row.get("test_top1_mean")
+    return row["test_top1"] if mean is None else mean
+
+
 def summarize(results: pa.Table, study: Mapping) -> pa.Table:
     """One row per method: group means, mean over tasks, mean trainable params.
+
+    Accuracies are each cell's mean over its seeds.
 
     A group mean (and the overall mean) exists only when every task it covers has a test
     accuracy, so a diverged or missing run cannot silently raise a method's average. The overall
@@ -475,7 +797,7 @@ def summarize(results: pa.Table, study: Mapping) -> pa.Table:
     out: list[dict[str, Any]] = []
     for method in study_methods(study):
         cells = [by_key.get((task, method)) for task, _ in tasks]
-        acc = [c["test_top1"] if c and c["status"] == "ok" else None for c in cells]
+        acc = [_seed_mean(c) if c and c["status"] == "ok" else None for c in cells]
         row: dict[str, Any] = {"method": method}
         for group in GROUPS:
             values = [a for a, (_, g) in zip(acc, tasks) if g == group]
@@ -491,13 +813,16 @@ def summarize(results: pa.Table, study: Mapping) -> pa.Table:
                                       if c and c["trainable_params"] is not None),
             "trainable_pct": _mean(c["trainable_pct"] for c in cells
                                    if c and c["trainable_pct"] is not None),
+            "num_seeds": min((c.get("num_seeds") or 1 for c in cells
+                              if c and c["status"] == "ok"), default=None),
         }
         out.append(row)
     return pa.Table.from_pylist(out, schema=SUMMARY_SCHEMA)
 
 
 def write_study_tables(results: StudyResults, out_dir: Path) -> dict[str, Path]:
-    """Write ``results.parquet``, ``grid.parquet`` and ``summary.parquet`` atomically."""
+    """Write ``results.parquet``, ``grid.parquet``, ``summary.parquet`` and, when collected,
+    ``seeds``, ``chance``, ``stats`` and ``seed_noise`` (``.parquet``) atomically."""
     out_dir = Path(out_dir)
     written: dict[str, Path] = {}
     for attr, filename in TABLE_FILES.items():
@@ -505,6 +830,11 @@ def write_study_tables(results: StudyResults, out_dir: Path) -> dict[str, Path]:
         path = out_dir / filename
         write_parquet(path, table)
         written[attr] = path
+    for attr, filename in OPTIONAL_TABLE_FILES.items():
+        table = getattr(results, attr)
+        if table is not None:
+            write_parquet(out_dir / filename, table)
+            written[attr] = out_dir / filename
     for name, table in results.analysis.items():
         path = out_dir / f"{ANALYSIS_PREFIX}{name}.parquet"
         write_parquet(path, table)
@@ -518,4 +848,7 @@ def read_study_tables(out_dir: Path) -> StudyResults:
     tables = {attr: pq.read_table(out_dir / filename) for attr, filename in TABLE_FILES.items()}
     analysis = {p.name[len(ANALYSIS_PREFIX):-len(".parquet")]: pq.read_table(p)
                 for p in sorted(out_dir.glob(f"{ANALYSIS_PREFIX}*.parquet"))}
-    return StudyResults(**tables, analysis=analysis)
+    optional = {attr: pq.read_table(out_dir / filename)
+                for attr, filename in OPTIONAL_TABLE_FILES.items()
+                if (out_dir / filename).is_file()}
+    return StudyResults(**tables, analysis=analysis, **optional)

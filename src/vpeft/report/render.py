@@ -23,164 +23,19 @@ from markupsafe import Markup
 
 from vpeft.io import atomic_path
 from vpeft.report import svg
-from vpeft.report.collect import GROUPS, StudyResults, study_methods, study_tasks
+from vpeft.report.collect import GROUPS, StudyResults, study_kind, study_methods, study_tasks
+from vpeft.report.advice import Advice, recommendations  # noqa: F401  (re-exported)
+from vpeft.report.cost import cost_view
 from vpeft.report.landscape import Landscape, landscape
+from vpeft.report.maintable import main_table
+from vpeft.report.seednoise import seed_noise_view
 from vpeft.report.numbers import fmt_acc, round1
+from vpeft.report.view import (  # re-exported: the section modules and the tests use them
+    GROUP_TITLES, Cell, Row, VtabTable, _acc_cell, _fmt_delta, _fmt_hparam, _fmt_params,
+    _fmt_pct, _fmt_seconds, _mark_best, _mean_cell, _present_groups, _raw, pareto_front)
 
-GROUP_TITLES = {"natural": "Natural", "specialized": "Specialized", "structured": "Structured"}
 PUBLISHED_TITLE = "Published (ViT-B/16 IN-21K)"
 _NOT_COVERED = "the published reference does not cover every task of this column"
-# "Which method should I use?": the smallest method whose mean test top-1 is within this many
-# percentage points of the best mean is recommended as the parameter-efficient choice.
-MARGIN_PP = 1.0
-
-
-# --------------------------------------------------------------------------------------------
-# view model: the template only loops over these
-# --------------------------------------------------------------------------------------------
-
-@dataclass
-class Cell:
-    """One <td>: display text plus the raw value and the attributes that identify it."""
-
-    text: str
-    value: str | None = None          # repr() of the raw number, or the raw string
-    column: str = ""
-    task: str | None = None
-    method: str | None = None
-    classes: list[str] = field(default_factory=list)
-    title: str | None = None
-    note: str | None = None           # a second, smaller line (published deltas)
-    delta: str | None = None          # raw delta for data-delta
-
-    @property
-    def css(self) -> str:
-        return " ".join(self.classes)
-
-
-@dataclass
-class Row:
-    label: str
-    cells: list[Cell]
-    method: str | None = None
-    task: str | None = None
-
-
-@dataclass
-class VtabTable:
-    """Rows = methods; columns = tasks grouped by VTAB group, group means, mean, extras."""
-
-    groups: list[tuple[str, list[str]]]     # (group title, [task, ...]) for groups present
-    mean_groups: list[str]                  # group titles in the group-mean block
-    extra_headers: list[str]
-    rows: list[Row]
-
-
-def _raw(value: Any) -> str | None:
-    """Exact text form of a table value: repr() round-trips floats bit for bit."""
-    if value is None:
-        return None
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)
-
-
-def _fmt_delta(value: float | None) -> str:
-    return "–" if value is None else f"{round1(value):+.1f}".replace("-", "−")
-
-
-def _fmt_params(value: float | None) -> str:
-    if value is None:
-        return "–"
-    if value >= 1e5:  # the study's convention: millions
-        return f"{value / 1e6:.2f} M"
-    return f"{value / 1e3:.1f} K" if value >= 1e3 else f"{value:.0f}"
-
-
-def _fmt_pct(value: float | None) -> str:
-    return "–" if value is None else f"{value:.2f} %"
-
-
-def _fmt_seconds(value: float | None) -> str:
-    if value is None:
-        return "–"
-    if value < 120:
-        return f"{value:.1f} s"
-    if value < 7200:
-        return f"{value / 60:.1f} min"
-    return f"{value / 3600:.2f} h"
-
-
-def _fmt_hparam(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, (str, int, bool)) or value is None:
-        return str(value)
-    return json.dumps(value, sort_keys=True)
-
-
-def _mark_best(rows: list[Row], higher_is_better: bool = True) -> None:
-    """Mark the best raw value of each column (all of them on a tie) with class ``best``."""
-    if not rows:
-        return
-    for col in range(len(rows[0].cells)):
-        cells = [r.cells[col] for r in rows]
-        values = [(c, float(c.value)) for c in cells
-                  if c.value is not None and "rankable" in c.classes]
-        if not values:
-            continue
-        best = (max if higher_is_better else min)(v for _, v in values)
-        for c, v in values:
-            if v == best:
-                c.classes.append("best")
-
-
-def _acc_cell(row: Mapping[str, Any] | None, task: str, method: str) -> Cell:
-    if row is None or row["status"] == "missing":
-        return Cell("–", column="test_top1", task=task, method=method,
-                    classes=["num", "missing"], title="run missing")
-    if row["status"] == "diverged":
-        return Cell("diverged", column="test_top1", task=task, method=method,
-                    classes=["num", "diverged"])
-    value = row["test_top1"]
-    return Cell(fmt_acc(value), _raw(value), "test_top1", task, method, ["num", "rankable"])
-
-
-def _mean_cell(value: float | None, column: str, method: str,
-               why_missing: str = "not every task of this column has a test accuracy") -> Cell:
-    classes = ["num", "mean-col"] + (["rankable"] if value is not None else [])
-    title = None if value is not None else why_missing
-    return Cell(fmt_acc(value), _raw(value), column, None, method, classes, title)
-
-
-def _present_groups(tasks: Sequence[tuple[str, str]]) -> list[tuple[str, list[str]]]:
-    return [(g, [t for t, tg in tasks if tg == g]) for g in GROUPS
-            if any(tg == g for _, tg in tasks)]
-
-
-def _vtab_table(results: StudyResults, study: Mapping) -> VtabTable:
-    tasks, methods = study_tasks(study), study_methods(study)
-    by_key = {(r["task"], r["method"]): r for r in results.results.to_pylist()}
-    summary = {r["method"]: r for r in results.summary.to_pylist()}
-    groups = _present_groups(tasks)
-    rows: list[Row] = []
-    for method in methods:
-        s = summary.get(method, {})
-        cells = [_acc_cell(by_key.get((t, method)), t, method) for _, ts in groups for t in ts]
-        cells += [_mean_cell(s.get(g), g, method) for g, _ in groups]
-        cells.append(_mean_cell(s.get("mean"), "mean", method))
-        cells.append(Cell(_fmt_params(s.get("trainable_params")), _raw(s.get("trainable_params")),
-                          "trainable_params", None, method, ["num", "params"]))
-        cells.append(Cell(_fmt_pct(s.get("trainable_pct")), _raw(s.get("trainable_pct")),
-                          "trainable_pct", None, method, ["num", "params"]))
-        rows.append(Row(method, cells, method=method))
-    _mark_best(rows)
-    return VtabTable(
-        groups=[(GROUP_TITLES[g], ts) for g, ts in groups],
-        mean_groups=[GROUP_TITLES[g] for g, _ in groups],
-        extra_headers=["Trainable params", "% of backbone"],
-        rows=rows,
-    )
 
 
 def _runs_in_study_order(results: StudyResults, study: Mapping) -> Iterator[tuple[str, str, dict]]:
@@ -665,21 +520,6 @@ def _landscapes(results: StudyResults, study: Mapping) -> list[TaskLandscapes]:
 # accuracy vs trainable parameters; which method should I use?
 # --------------------------------------------------------------------------------------------
 
-def pareto_front(points: Mapping[str, tuple[float, float]]) -> set[str]:
-    """Methods not dominated in ``{method: (params, accuracy)}``.
-
-    ``b`` dominates ``a`` when it has at least ``a``'s accuracy with at most its parameters and is
-    strictly better in one of the two.
-    """
-    front = set()
-    for a, (pa_, aa) in points.items():
-        dominated = any(pb <= pa_ and ab >= aa and (pb < pa_ or ab > aa)
-                        for b, (pb, ab) in points.items() if b != a)
-        if not dominated:
-            front.add(a)
-    return front
-
-
 def _scatter_points(results: StudyResults, study: Mapping) -> list[svg.ScatterPoint]:
     summary = {r["method"]: r for r in results.summary.to_pylist()}
     data = {m: (float(summary[m]["trainable_params"]), float(summary[m]["mean"]))
@@ -692,99 +532,6 @@ def _scatter_points(results: StudyResults, study: Mapping) -> list[svg.ScatterPo
 
 def _svg_scatter(results: StudyResults, study: Mapping) -> Markup | None:
     return svg.scatter(_scatter_points(results, study), _fmt_params, fmt_acc)
-
-
-@dataclass
-class Advice:
-    """One "which method" statement: markup built here (escaped), plus what it picked."""
-
-    kind: str
-    method: str                     # the pick (the first in study order on a tie)
-    group: str | None
-    html: Markup
-    tied: list[str] = field(default_factory=list)   # methods tied exactly with ``method``
-
-    @property
-    def tied_json(self) -> str:
-        return json.dumps(self.tied)
-
-
-def _num_span(value: float, column: str, text: str, method: str | None = None) -> str:
-    m = f' data-method="{svg.esc(method)}"' if method is not None else ""
-    return (f'<span class="num" data-column="{svg.esc(column)}"{m} '
-            f'data-value="{svg.esc(repr(float(value)))}">{svg.esc(text)}</span>')
-
-
-def _best_rows(rows: Sequence[Mapping[str, Any]], column: str) -> list[Mapping[str, Any]]:
-    """Every row with the highest non-null ``column`` (several on an exact tie), in study order."""
-    values = [r[column] for r in rows if r[column] is not None]
-    if not values:
-        return []
-    top = max(values)
-    return [r for r in rows if r[column] is not None and r[column] == top]
-
-
-def _names(methods: Sequence[str]) -> str:
-    """``<b>a</b>``, ``<b>a</b> and <b>b</b>``, ``<b>a</b>, <b>b</b> and <b>c</b>`` (escaped)."""
-    bold = [f"<b>{svg.esc(m)}</b>" for m in methods]
-    return bold[0] if len(bold) == 1 else ", ".join(bold[:-1]) + " and " + bold[-1]
-
-
-def _tie_note(methods: Sequence[str], what: str) -> str:
-    return f" — a tie: {len(methods)} methods have {what}" if len(methods) > 1 else ""
-
-
-def recommendations(results: StudyResults, study: Mapping,
-                    margin: float = MARGIN_PP) -> list[Advice]:
-    """Best method per VTAB group and overall, and the smallest one within ``margin`` of the best.
-
-    Exact ties are stated, never broken silently: every tied method is named (``Advice.tied``
-    lists the ones after ``Advice.method``, which is the first in study order).
-    """
-    summary = {r["method"]: r for r in results.summary.to_pylist()}
-    rows = [summary[m] for m in study_methods(study) if m in summary]
-    groups = [g for g, _ in _present_groups(study_tasks(study))]
-    out: list[Advice] = []
-    esc = svg.esc
-    for g in groups:
-        best = _best_rows(rows, g)
-        if not best:
-            continue
-        names = [r["method"] for r in best]
-        value = best[0][g]
-        out.append(Advice("group-best", names[0], g, Markup(
-            f'{esc(GROUP_TITLES[g])}: {_names(names)} (group mean '
-            f'{_num_span(value, g, fmt_acc(value), names[0])} %)'
-            f'{esc(_tie_note(names, "this group mean"))}'), names[1:]))
-    best = _best_rows(rows, "mean")
-    if not best:
-        return out
-    best_names, bmean = [r["method"] for r in best], best[0]["mean"]
-    bm = best_names[0]
-    out.append(Advice("best-overall", bm, None, Markup(
-        f'Best overall: {_names(best_names)} (mean over tasks '
-        f'{_num_span(bmean, "mean", fmt_acc(bmean), bm)} %)'
-        f'{esc(_tie_note(best_names, "this mean"))}'), best_names[1:]))
-    near = [r for r in rows if r["mean"] is not None and r["trainable_params"] is not None
-            and r["mean"] >= bmean - margin]
-    if near:
-        # Fewest parameters; among equally small ones the higher mean; an exact tie in both is
-        # reported as such.
-        key = min((r["trainable_params"], -r["mean"]) for r in near)
-        smallest = [r for r in near if (r["trainable_params"], -r["mean"]) == key]
-        small_names = [r["method"] for r in smallest]
-        small, sm = smallest[0], small_names[0]
-        gap = bmean - small["mean"]
-        same = (" — the best method is also the smallest one within the margin"
-                if sm in best_names else "")
-        out.append(Advice("smallest-within-margin", sm, None, Markup(
-            f'Fewest trainable parameters within '
-            f'{_num_span(margin, "margin", f"{margin:g}")} percentage point(s) of the best mean: '
-            f'{_names(small_names)} with {_num_span(small["trainable_params"], "trainable_params", _fmt_params(small["trainable_params"]), sm)} '
-            f'trainable parameters and mean {_num_span(small["mean"], "mean", fmt_acc(small["mean"]), sm)} % '
-            f'({_num_span(gap, "gap", _fmt_delta(-gap), sm)} pp vs the best){esc(same)}'
-            f'{esc(_tie_note(small_names, "these parameters and this mean"))}'), small_names[1:]))
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -873,7 +620,8 @@ def render_html(results: StudyResults, study: Mapping, *, published_csv: Path | 
                     "num_classes": t.get("num_classes"), "description": t.get("description") or ""}
                    for t in study.get("tasks") or []],
         num_tasks=len(tasks),
-        main=_vtab_table(results, study),
+        main=main_table(results, study),
+        kind=study_kind(study),
         chart=_svg_mean_bars(results, study),
         chart_omitted=[r["method"] for r in results.summary.to_pylist() if r["mean"] is None],
         hparams=_hparam_rows(results, study),
@@ -893,7 +641,12 @@ def render_html(results: StudyResults, study: Mapping, *, published_csv: Path | 
         advice=recommendations(results, study),
         manyshot=manyshot_curves(results, study),  # [] unless the study is a many-shot one
         robustness=robustness_view(results, study),  # [] unless the runs have WiSE-FT curves
-        margin_pp=MARGIN_PP,
+        cost=cost_view(results, study),
+        seed_noise=[(t, v) for t, _ in tasks
+                    if (v := seed_noise_view(results.seed_noise, t, study_methods(study)))],
+        stats=results.stats is not None and results.stats.num_rows > 0,
+        ci_kinds=sorted({r["ci_kind"] for r in results.stats.to_pylist()})
+        if results.stats is not None else [],
     )
 
 

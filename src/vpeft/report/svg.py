@@ -118,8 +118,13 @@ class ScatterPoint:
 
 
 def scatter(points: Sequence[ScatterPoint], fmt_params: Callable[[float], str],
-            fmt_acc: Callable[[float], str]) -> Markup | None:
-    """Accuracy (y) vs trainable parameters (x, log10); Pareto-front points highlighted."""
+            fmt_acc: Callable[[float], str], *,
+            x_label: str = "trainable parameters, excluding the head (log scale)",
+            x_what: str = "trainable parameters", kind: str = "scatter") -> Markup | None:
+    """Accuracy (y) vs trainable parameters (x, log10); Pareto-front points highlighted.
+
+    ``x_label``/``x_what`` name another cost on x (e.g. device-hours); ``kind`` is the chart's
+    extra CSS class, which tells the charts of one page apart."""
     if not points:
         return None
     positive = [p.params for p in points if p.params > 0]
@@ -143,9 +148,9 @@ def scatter(points: Sequence[ScatterPoint], fmt_params: Callable[[float], str],
     def sy(acc: float) -> float:
         return top + plot_h * (1 - (acc - y_lo) / (y_hi - y_lo))
 
-    parts = [f'<svg class="chart scatter" width="{width}" height="{height}" '
+    parts = [f'<svg class="chart {esc(kind)}" width="{width}" height="{height}" '
              f'viewBox="0 0 {width} {height}" role="img" '
-             f'aria-label="{esc("Mean test top-1 vs trainable parameters")}">']
+             f'aria-label="{esc("Mean test top-1 vs " + x_what)}">']
     for e in range(floor_exp, hi_exp + 1):
         x = left + plot_w * (e - floor_exp) / (hi_exp - floor_exp)
         tick = "0" if e == floor_exp and floor_exp != lo_exp else f"1e{e}"
@@ -161,7 +166,7 @@ def scatter(points: Sequence[ScatterPoint], fmt_params: Callable[[float], str],
         parts.append(f'<text x="{left - 6}" y="{py + 4:.1f}" class="ytick">{y:g}</text>')
         y += step
     parts.append(f'<text x="{left + plot_w / 2}" y="{height - 6}" class="tick">'
-                 f'{esc("trainable parameters, excluding the head (log scale)")}</text>')
+                 f'{esc(x_label)}</text>')
     parts.append(f'<text x="14" y="{top + plot_h / 2}" class="tick" '
                  f'transform="rotate(-90 14 {top + plot_h / 2})">{esc("mean test top-1 (%)")}'
                  f'</text>')
@@ -178,7 +183,7 @@ def scatter(points: Sequence[ScatterPoint], fmt_params: Callable[[float], str],
             f'data-value="{esc(repr(float(p.accuracy)))}" '
             f'data-pareto="{"true" if p.pareto else "false"}">'
             f'<title>{esc(p.method)}: {esc(fmt_acc(p.accuracy))} % with '
-            f'{esc(fmt_params(p.params))} trainable parameters'
+            f'{esc(fmt_params(p.params))} {esc(x_what)}'
             f'{" (Pareto front)" if p.pareto else ""}</title></circle>')
         parts.append(f'<text x="{x + 8:.1f}" y="{yy + 4:.1f}" '
                      f'class="plabel{" pareto" if p.pareto else ""}">{esc(p.method)}</text>')

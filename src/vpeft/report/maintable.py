@@ -1,0 +1,160 @@
+"""The main results table, shaped by the kind of study, with the uncertainty of every number.
+
+* VTAB (VTAB-1K and its synthetic miniature): tasks under their VTAB group, group means and the
+  mean over tasks.
+* Many-shot: one column block per dataset, its training-set sizes in increasing order; no group
+  means and no mean over tasks (averaging datasets and sizes means nothing).
+* Robustness: the in-distribution test accuracy of the final runs; the shifts are in the
+  robustness section, by evaluation set.
+
+A cell shows the mean over seeds (``± std`` with two or more seeds) and, below it, the 95 %
+bootstrap interval from ``results.stats``; a value not significantly above chance is marked
+"≈ chance". ``data-value`` is the unrounded mean over seeds.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from vpeft.report.collect import StudyResults, study_kind, study_methods, study_tasks
+from vpeft.report.numbers import fmt_acc
+from vpeft.report.view import GROUP_TITLES, Cell, Row, VtabTable, _fmt_params, _fmt_pct, \
+    _mark_best, _present_groups, _raw
+
+__all__ = ["main_table", "stats_index"]
+
+StatsKey = tuple[str, str, str]   # (scope_kind, scope, method)
+
+
+def stats_index(results: StudyResults) -> dict[StatsKey, dict[str, Any]]:
+    """``results.stats`` rows keyed by (scope_kind, scope, method); empty without statistics."""
+    if results.stats is None:
+        return {}
+    return {(r["scope_kind"], r["scope"], r["method"]): r for r in results.stats.to_pylist()}
+
+
+def _size_label(subset: str, images: int) -> str:
+    return f"all ({images})" if subset == "full" else f"{images}"
+
+
+def _columns(study: Mapping, kind: str
+             ) -> tuple[list[tuple[str, list[str]]], dict[str, str], list[str], bool]:
+    """(column groups, header per task, group keys with a mean column, show the mean column)."""
+    tasks = study_tasks(study)
+    if kind == "manyshot":
+        meta: Mapping[str, Mapping[str, Any]] = study.get("manyshot") or {}
+        blocks: dict[str, list[tuple[int, str]]] = {}
+        for task, _ in tasks:
+            m = meta.get(task, {})
+            blocks.setdefault(str(m.get("dataset", task)), []).append(
+                (int(m.get("train_images", 0)), task))
+        groups = [(f"{d} · training images", [t for _, t in sorted(ts)])
+                  for d, ts in blocks.items()]
+        labels = {t: _size_label(str(meta.get(t, {}).get("subset", "")),
+                                 int(meta.get(t, {}).get("train_images", 0)))
+                  for t, _ in tasks if t in meta}
+        return groups, labels, [], False
+    if kind == "robustness":
+        return [("In-distribution test", [t for t, _ in tasks])], {}, [], False
+    present = _present_groups(tasks)
+    return ([(GROUP_TITLES[g], ts) for g, ts in present], {}, [g for g, _ in present], True)
+
+
+def _stat_cell(stat: Mapping[str, Any] | None, value: float | None, column: str,
+               task: str | None, method: str, classes: list[str], why_missing: str) -> Cell:
+    """A mean over seeds (from results / summary: one source for every shown mean) with the
+    ± std, the interval and the chance flag of its ``stats`` row."""
+    if value is None:
+        return Cell("–", None, column, task, method, classes, why_missing)
+    text = fmt_acc(value)
+    cell = Cell(text, _raw(value), column, task, method, classes + ["rankable"])
+    if stat is None:
+        return cell
+    if stat["std"] is not None:
+        cell.text = f"{text} ± {fmt_acc(stat['std'])}"
+    cell.note = f"[{fmt_acc(stat['ci_low'])}, {fmt_acc(stat['ci_high'])}]"
+    seeds = stat["num_seeds"]
+    cell.title = (f"mean over {seeds} seed(s); 95 % interval over {stat['ci_kind']} "
+                  f"({stat['num_resamples']} paired bootstrap resamples)")
+    if not stat["above_chance"]:
+        cell.classes.append("at-chance")
+        cell.note += " ≈ chance"
+        cell.title += (f"; not significantly above chance ({fmt_acc(stat['chance'])} %, "
+                       f"Holm-corrected p = {stat['p_above_chance_holm']:.3g})")
+    return cell
+
+
+def main_table(results: StudyResults, study: Mapping) -> VtabTable:
+    """The study's results table (see the module docstring)."""
+    kind = study_kind(study)
+    groups, labels, mean_groups, show_mean = _columns(study, kind)
+    methods = study_methods(study)
+    by_key = {(r["task"], r["method"]): r for r in results.results.to_pylist()}
+    summary = {r["method"]: r for r in results.summary.to_pylist()}
+    stats = stats_index(results)
+    rows: list[Row] = []
+    for method in methods:
+        s = summary.get(method, {})
+        cells = []
+        for _, ts in groups:
+            for t in ts:
+                r = by_key.get((t, method))
+                if r is None or r["status"] == "missing":
+                    cells.append(Cell("–", None, "test_top1", t, method, ["num", "missing"],
+                                      "run missing"))
+                elif r["status"] == "diverged":
+                    cells.append(Cell("diverged", None, "test_top1", t, method,
+                                      ["num", "diverged"]))
+                else:
+                    mean = r["test_top1_mean"] if r.get("test_top1_mean") is not None \
+                        else r["test_top1"]
+                    cells.append(_stat_cell(stats.get(("task", t, method)), mean, "test_top1",
+                                            t, method, ["num"], "no test accuracy"))
+        why = "not every task of this column has a test accuracy"
+        for g in mean_groups:
+            cells.append(_stat_cell(stats.get(("group", g, method)), s.get(g), g, None, method,
+                                    ["num", "mean-col"], why))
+        if show_mean:
+            cells.append(_stat_cell(stats.get(("overall", "mean", method)), s.get("mean"),
+                                    "mean", None, method, ["num", "mean-col"], why))
+        cells.append(Cell(_fmt_params(s.get("trainable_params")), _raw(s.get("trainable_params")),
+                          "trainable_params", None, method, ["num", "params"]))
+        cells.append(Cell(_fmt_pct(s.get("trainable_pct")), _raw(s.get("trainable_pct")),
+                          "trainable_pct", None, method, ["num", "params"]))
+        rows.append(Row(method, cells, method=method))
+    _mark_best(rows)
+    return VtabTable(groups=groups, mean_groups=[GROUP_TITLES[g] for g in mean_groups],
+                     extra_headers=["Trainable params", "% of backbone"], rows=rows,
+                     task_labels=labels, show_mean=show_mean,
+                     footer=_chance_footer(results, groups, mean_groups, show_mean, stats))
+
+
+def _chance_footer(results: StudyResults, groups: list[tuple[str, list[str]]],
+                   mean_groups: list[str], show_mean: bool,
+                   stats: Mapping[StatsKey, Mapping[str, Any]]) -> list[Row]:
+    """One row: each task's chance level (majority-class rate of its test labels)."""
+    if results.chance is None or results.chance.num_rows == 0:
+        return []
+    chance = {r["task"]: r for r in results.chance.to_pylist()}
+
+    def scope_chance(kind: str, scope: str) -> float | None:
+        return next((r["chance"] for (k, sc, _), r in stats.items() if (k, sc) == (kind, scope)),
+                    None)
+
+    cells = []
+    for _, ts in groups:
+        for t in ts:
+            c = chance.get(t)
+            value = c["chance"] if c else None
+            cell = Cell(fmt_acc(value), _raw(value), "chance", t, None, ["num", "chance"])
+            if c and c["uniform_chance"] is not None:
+                cell.title = (f"majority class of the {c['num_test']} test labels; "
+                              f"1/{c['num_classes']} = {fmt_acc(c['uniform_chance'])} %")
+            cells.append(cell)
+    for g in mean_groups:
+        v = scope_chance("group", g)
+        cells.append(Cell(fmt_acc(v), _raw(v), "chance", None, None, ["num", "mean-col", "chance"]))
+    if show_mean:
+        v = scope_chance("overall", "mean")
+        cells.append(Cell(fmt_acc(v), _raw(v), "chance", None, None, ["num", "mean-col", "chance"]))
+    cells += [Cell("", None, "chance"), Cell("", None, "chance")]
+    return [Row("chance (majority class)", cells)]
