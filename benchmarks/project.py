@@ -379,7 +379,8 @@ def markdown(proj: Mapping[str, Any]) -> str:
     lines.append(f"| **all** | | | | | | **{_h(proj['total_hours'])}** |")
     for st in proj["studies"]:
         lines += ["", f"### {st['title']} (`{st['study']}`)", "",
-                  f"{len(st['tasks'])} tasks, {st['epochs']} epochs, batch {st['batch_size']}, "
+                  f"{len(st['tasks'])} task{'s' if len(st['tasks']) != 1 else ''}, "
+                  f"{st['epochs']} epochs, batch {st['batch_size']}, "
                   f"{st['points_per_job'] or 'all'} grid point(s) per job; study model "
                   f"`{st['model']}`.", "",
                   f"| method | grid points / task | grid jobs / task | path | grid | final | "
