@@ -18,7 +18,8 @@ Device-hours = images through the model x measured seconds per image, per phase:
 - grid: every grid point trains ``epochs`` x its training split, then predicts its validation
   split; a head-only method with cached features extracts the frozen features of both splits
   once per job (per distinct method hyper-parameters) and trains the head on them;
-- final: the selected point retrains on train + validation and predicts the test split (the
+- final: the selected point retrains on train + validation (once per seed of ``train.seeds``)
+  and predicts the test split (the
   ``evaluate`` rule only scores saved predictions on a CPU: no device time);
 - WiSE-FT (robustness study): every method's final model at every alpha on the ID test set and
   every shift set, at the method's evaluation speed;
@@ -243,6 +244,7 @@ def method_seconds(plan: Any, method: str, speed: Speed, images: Mapping[str, Ta
     """Device seconds of one method over all tasks of the study, per phase."""
     train_cfg = plan.cfg.train
     epochs = int(train_cfg.epochs)
+    seeds = len(train_cfg.get("seeds") or [0])  # one final run (and WiSE-FT) per seed
     points = plan.points[method]
     jobs = _jobs_of(points, int(train_cfg.get("points_per_job", 0)))
     cached = (speed.extract is not None and bool(train_cfg.get("cache_linear_features", True))
@@ -258,11 +260,12 @@ def method_seconds(plan: Any, method: str, speed: Speed, images: Mapping[str, Ta
             grid += len(points) * (epochs * im.grid_train * speed.train + im.grid_eval * speed.eval)
             final += epochs * im.final_train * speed.train + im.test * speed.eval
         wise += im.wise * speed.eval
+    final, wise = final * seeds, wise * seeds
     n_tasks = len(images)
     has_wise = any(im.wise for im in images.values())
     return {"method": method, "grid_points": len(points), "grid_jobs_per_task": len(jobs),
             "path": "cached features" if cached else "back-propagation",
-            "device_jobs": n_tasks * (len(jobs) + 1 + int(has_wise)),
+            "device_jobs": n_tasks * (len(jobs) + seeds * (1 + int(has_wise))),
             "seconds": {"grid": grid, "final": final, "wise": wise}}
 
 
@@ -290,7 +293,9 @@ def project_study(name: str, overrides: Sequence[str], speeds: Mapping[str, Spee
             "batch_size": int(plan.cfg.train.batch_size),
             "points_per_job": int(plan.cfg.train.get("points_per_job", 0)),
             "grid_runs": len(plan.tasks) * sum(len(plan.points[m]) for m in plan.methods),
-            "final_runs": len(plan.tasks) * len(plan.methods),
+            "seeds": len(plan.cfg.train.get("seeds") or [0]),
+            "final_runs": (len(plan.tasks) * len(plan.methods)
+                           * len(plan.cfg.train.get("seeds") or [0])),
             "images": {t: asdict(im) for t, im in images.items()},
             "rows": rows, "missing_methods": missing,
             "hours": {p: sum(r["hours"][p] for r in rows) for p in phases},

@@ -225,3 +225,14 @@ def test_cpu_clock_reads_the_cpu_time_figures(tmp_path):
     assert lora["seconds"]["grid"] == pytest.approx(
         19 * lora["grid_points"] * (100 * 800 + 200) * 0.005)
     assert proj["clock"] == "cpu"
+
+
+def test_every_seed_adds_a_final_run(tmp_path):
+    doc = benchmark_doc(methods=["lora"])
+    one, three = (_row(project(doc, tmp_path / "x.json", ["robustness"],
+                               ["study.methods=[lora]", f"train.seeds={seeds}"])["studies"][0],
+                       "lora") for seeds in ("[42]", "[42,43,44]"))
+    assert three["seconds"]["grid"] == pytest.approx(one["seconds"]["grid"])  # searched once
+    assert three["seconds"]["final"] == pytest.approx(3 * one["seconds"]["final"])
+    assert three["seconds"]["wise"] == pytest.approx(3 * one["seconds"]["wise"])
+    assert three["device_jobs"] == one["device_jobs"] + 2 * 2  # + 2 finals + 2 WiSE-FT jobs
