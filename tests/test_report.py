@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -508,3 +509,49 @@ def test_input_data_provenance_shows_content_record(collected: StudyResults, tmp
     assert by_task[second][1] == "differs: 2 missing, 1 extra (1 relabelled)"
     assert "train800val200.txt:7:" in by_task[second][2]
     assert "&lt;b&gt;" in page and "neither <b>" not in page
+
+
+# ------------------------------------------------------------------------------------------
+# each study's report fits its study
+# ------------------------------------------------------------------------------------------
+
+MANYSHOT = {"dtd": {"dataset": "digits", "subset": "full", "train_images": 200},
+            "cifar": {"dataset": "digits", "subset": "50", "train_images": 50},
+            "eurosat": {"dataset": "count", "subset": "full", "train_images": 90}}
+
+
+def _headers(page: str, table: str) -> list[str]:
+    body = page[page.index(f'id="{table}"'):]
+    body = body[:body.index("</thead>")]
+    return [re.sub(r"<[^>]+>", "", h).strip() for h in re.findall(r"<th[^>]*>.*?</th>", body,
+                                                                   flags=re.S)]
+
+
+def test_vtab_study_has_group_columns(collected: StudyResults, tmp_path: Path) -> None:
+    headers = _headers(render(tmp_path, collected), "main-table")
+    assert {"Natural", "Specialized", "Group means", "Mean"} <= set(headers)
+
+
+def test_manyshot_report_by_dataset_and_size(runs: Path, tmp_path: Path) -> None:
+    study = STUDY | {"manyshot": MANYSHOT}
+    results = collect_study(runs, study, num_resamples=200)
+    assert {r["scope_kind"] for r in results.stats.to_pylist()} == {"task"}
+    page = render(tmp_path, results, study)
+    headers = _headers(page, "main-table")
+    assert "Group means" not in headers and "Mean" not in headers and "Natural" not in headers
+    assert headers[1:3] == ["digits · training images", "count · training images"]
+    assert headers[-3:] == ["50", "all (200)", "all (90)"]    # sizes in increasing order
+    columns = {c["attrs"]["data-column"] for c in parse_cells(page, "main-table")}
+    assert not columns & {"natural", "specialized", "structured", "mean"}
+    scopes = {a for a in re.findall(r'data-scope="([^"]+)"', page)}
+    assert scopes == {"cifar", "dtd", "eurosat"}          # advice per dataset and size
+    assert "digits, 50 training images" in page
+
+
+def test_robustness_report_has_no_vtab_groups(runs: Path, tmp_path: Path) -> None:
+    study = STUDY | {"kind": "imagenet"}
+    results = collect_study(runs, study, num_resamples=200)
+    page = render(tmp_path, results, study)
+    headers = _headers(page, "main-table")
+    assert "In-distribution test" in headers
+    assert "Group means" not in headers and "Natural" not in headers and "Mean" not in headers
