@@ -3,8 +3,10 @@
 
 rule report:
     input:
-        expand(f"{RUNS}/{{task}}/{{method}}/final/{layout.TEST_EVAL}", task=PLAN.tasks,
-               method=PLAN.methods),
+        # every seed's evaluation (final/ and final-seed<s>/): the report's intervals and tests
+        # read each seed's test_predictions.parquet, written by the same job
+        [str(d / layout.TEST_EVAL) for task in PLAN.tasks for method in PLAN.methods
+         for _, d in layout.seed_final_dirs(CFG, task, method)],
         [str(layout.analysis_dir(CFG, task) / f"{name}.parquet") for task in PLAN.tasks
          for name in layout.ANALYSIS_TABLES],
         REPORT_EXTRA_INPUTS,  # e.g. the robustness study's WiSE-FT tables
