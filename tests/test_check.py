@@ -38,7 +38,7 @@ def study_inputs(tmp_path_factory) -> tuple[Path, Path]:
 
 def _overrides(root: Path, weights: Path) -> list[str]:
     sizes = {"train800": "null", "val200": 6, "train800val200": "null", "test": 8}
-    return [*TINY, f"study.data.root={root}", f"model.weights={weights}",
+    return [*TINY, f"study.data.root={root}", f"model.weights={weights}", "train.seeds=[42,7]",
             f"study.tasks=[{','.join(TASKS)}]", "study.methods=[linear,lora,adapter]",
             *(f"study.data.split_sizes.{k}={v}" for k, v in sizes.items())]
 

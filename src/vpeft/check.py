@@ -186,10 +186,12 @@ def count_jobs(plan: StudyPlan) -> dict[str, int]:
     per_job = int(cfg.train.get("points_per_job", 0))
     grid = tasks * sum(math.ceil(len(plan.points[m]) / (per_job or len(plan.points[m])))
                        for m in plan.methods)
+    seeds = len(cfg.train.seeds)
     jobs = {
         "grid training": grid,
-        "final training": tasks * methods,
-        "select + evaluate": 2 * tasks * methods,
+        "final training": tasks * methods * seeds,
+        "select": tasks * methods,
+        "evaluate": tasks * methods * seeds,
         "analyze": tasks,
         "prepare": tasks,
         "report": 1,
@@ -224,13 +226,14 @@ def _trainable_with_head(cfg: DictConfig, method: str, hparams: Mapping[str, Any
 
 def estimate_disk(plan: StudyPlan, tasks: list[TaskCheck]) -> dict[str, int]:
     """Bytes the study writes: prepared images (uncompressed, an upper bound), every run's
-    trainable tensors (float32) and its logits (val200 per grid point, test twice per final run:
-    logits and scored predictions)."""
+    trainable tensors (float32; a final run counted at the grid's largest point) and its logits
+    (val200 per grid point, test twice per final run and seed: logits and scored predictions)."""
     cfg = plan.cfg
     kind = cfg.study.data.kind
     side = int(cfg.study.data.stored_size) if kind == "manyshot" else int(cfg.model.img_size)
     prepared = sum(n for t in tasks for n in t.counts.values()) * side * side * 3
     cache: dict = {}
+    seeds = len(cfg.train.seeds)  # one final run per seed
     adapters = logits = 0
     for t in tasks:
         if t.task not in plan.tasks or t.classes is None:
@@ -238,8 +241,8 @@ def estimate_disk(plan: StudyPlan, tasks: list[TaskCheck]) -> dict[str, int]:
         val, test = t.counts.get("val200", 0), t.counts.get("test", 0)
         for m in plan.methods:
             sizes = [_trainable_with_head(cfg, m, p.hparams, t.classes, cache) for p in plan.points[m]]
-            adapters += FLOAT_BYTES * (sum(sizes) + max(sizes))  # grid points + the final run
-            logits += FLOAT_BYTES * t.classes * (val * len(sizes) + 2 * test)
+            adapters += FLOAT_BYTES * (sum(sizes) + seeds * max(sizes))  # grid + final runs
+            logits += FLOAT_BYTES * t.classes * (val * len(sizes) + 2 * test * seeds)
     return {"prepared data": prepared, "run weights": adapters, "predictions": logits}
 
 

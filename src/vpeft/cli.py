@@ -164,7 +164,12 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_robustness(args: argparse.Namespace) -> None:
     from vpeft.robustness.pipeline import run_verb
 
-    run_verb(args.verb, _plan(args), task=getattr(args, "task", None),
+    plan = _plan(args)
+    if args.verb == "wise":  # model forward passes on the job's GPU (its rule asks for one)
+        from vpeft.gpu_slots import claim_for_training
+
+        claim_for_training(plan.cfg.train.get("device", "auto"))
+    run_verb(args.verb, plan, task=getattr(args, "task", None),
              method=getattr(args, "method", None), shift=getattr(args, "shift", None),
              seed=getattr(args, "seed", None))
 
