@@ -159,3 +159,23 @@ def test_snakemake_report_carries_the_study_report(smoke_run):
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = out.read_text(errors="replace")
     assert "Study report" in text and "train_grid" in text
+
+
+def test_adding_seeds_reruns_nothing_of_the_single_seed_study(smoke_run):
+    """The completed single-seed study stays valid when seeds are added to its params: only the
+    new seeds' final runs and evaluations are planned (plus the analysis and report reading
+    them); no grid point, selection or first-seed run is redone."""
+    study = smoke_run / "params" / "study" / "smoke.yaml"
+    original = study.read_text()
+    assert "\ntrain:\n" in original
+    study.write_text(original.replace("\ntrain:\n", "\ntrain:\n  seeds: [42, 43]\n"))
+    try:
+        more = snakemake(smoke_run, "all", "--dry-run", "--config", "study=smoke", "threads=1")
+    finally:
+        study.write_text(original)
+    assert more.returncode == 0, more.stderr[-2000:]
+    stats = dict(re.findall(r"^(\w+)\s+(\d+)$", more.stdout + more.stderr, flags=re.M))
+    assert stats["train_final_seed"] == stats["evaluate_seed"] == "4"  # 2 tasks x 2 methods
+    assert not any(name.startswith("train_grid") for name in stats), stats
+    for rule in ("select", "train_final", "evaluate", "pretrain", "prepare", "synth"):
+        assert rule not in stats, stats
