@@ -149,6 +149,9 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
     return (images / 16.0).astype(np.float32), target.astype(np.int64)
 
 
+_MIN_FACE_STD = 8.0  # grey levels; a few of skimage's non-face patches are (nearly) uniform
+
+
 @functools.lru_cache(maxsize=1)
 def _lfw() -> np.ndarray:
     """skimage's LFW subset: 200 grey 25x25 images, faces first (100) then non-faces (100)."""
@@ -341,7 +344,10 @@ def _render_digits(rng: np.random.Generator, label: int, role: str, size: int) -
 
 def _render_faces(rng: np.random.Generator, label: int, role: str, size: int) -> Image.Image:
     faces = _lfw()
-    pool = _pool(np.arange(100) + 100 * label, role)  # 0..99 faces, 100..199 non-faces
+    # 0..99 faces, 100..199 non-faces; blank patches left out: a crop of one is the same black
+    # image every time, and train800 and val200 would share pixels (vpeft prepare refuses that)
+    candidates = np.arange(100) + 100 * label
+    pool = _pool(candidates[faces[candidates].reshape(100, -1).std(axis=1) >= _MIN_FACE_STD], role)
     image = Image.fromarray(faces[int(rng.choice(pool))], "L")
     side = int(rng.integers(19, 26))  # crop jitter inside the 25x25 patch
     x0, y0 = int(rng.integers(0, 26 - side)), int(rng.integers(0, 26 - side))
@@ -356,8 +362,23 @@ def _render_textures(rng: np.random.Generator, label: int, role: str, size: int)
     photo = _photo(_TEXTURE_PHOTOS[label])
     # Train/val crops come from the top 75% of each photo, test crops from the bottom 25%.
     rows = (0.75, 1.0) if role == "test" else (0.0, 0.75)
-    crop = _augment(rng, _random_crop(rng, photo, size, (0.08, 0.3), rows))
-    return Image.fromarray(_jitter(rng, np.asarray(crop), brightness=0.2, contrast=0.2), "RGB")
+    return _photo_crop(rng, photo, size, (0.08, 0.3), rows, jitter=0.2)
+
+
+_MIN_CROP_STD = 2.0  # grey levels: below this a crop is a blank patch (e.g. saturated sky)
+
+
+def _photo_crop(rng: np.random.Generator, photo: Image.Image, size: int, scale: tuple[float, float],
+                rows: tuple[float, float] = (0.0, 1.0), *, jitter: float) -> Image.Image:
+    """A jittered random crop of ``photo`` with some texture: blank crops are drawn again, since
+    every blank crop of a saturated region is the same image, and train800 and val200 would
+    share pixels (vpeft prepare refuses that)."""
+    for _ in range(50):
+        crop = _augment(rng, _random_crop(rng, photo, size, scale, rows))
+        array = _jitter(rng, np.asarray(crop), brightness=jitter, contrast=jitter)
+        if array.std() >= _MIN_CROP_STD:
+            break
+    return Image.fromarray(array, "RGB")
 
 
 def _render_count(rng: np.random.Generator, label: int, role: str, size: int) -> Image.Image:
@@ -415,8 +436,7 @@ def _render_source(rng: np.random.Generator, label: int, role: str, size: int) -
         return Image.fromarray(np.clip(array + 0.5, 0, 255).astype(np.uint8), "RGB")
     label -= n_shapes
     if label < n_photos:  # larger crops than `textures`, of other photos
-        crop = _augment(rng, _random_crop(rng, _photo(_SOURCE_PHOTOS[label]), size, (0.25, 0.6)))
-        return Image.fromarray(_jitter(rng, np.asarray(crop), brightness=0.25, contrast=0.25), "RGB")
+        return _photo_crop(rng, _photo(_SOURCE_PHOTOS[label]), size, (0.25, 0.6), jitter=0.25)
     label -= n_photos
     # 1-3 digit glyphs (any digit), all upright or all rotated by 90 degrees.
     count = _SOURCE_GLYPH_COUNTS[label // len(_SOURCE_ORIENTATIONS)]
