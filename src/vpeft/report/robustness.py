@@ -18,8 +18,10 @@ from typing import Any, Mapping, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from markupsafe import Markup
+
 from vpeft.report.numbers import fmt_acc
-from vpeft.report.svg import PALETTE, spread_labels
+from vpeft.report.svg import DASHES, MARKERS, PALETTE, esc, marker, place_end_labels, spread_labels
 
 __all__ = ["WISE_SCHEMA", "RobustnessView", "collect_wise", "robustness_view"]
 
@@ -70,6 +72,8 @@ class Line:
     points: str
     marks: list[Mark]
     label_y: str
+    dash: str = ""          # stroke-dasharray ("" = solid)
+    marker: str = "circle"  # svg.MARKERS
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,7 @@ class RobustnessView:
     width: int
     height: int
     plot: dict[str, float]
+    chart: Markup = Markup("")  # the whole SVG (curves, end labels, zero-shot star)
 
 
 def _span(values: Sequence[float]) -> tuple[float, float]:
@@ -165,7 +170,8 @@ def _task_view(task: str, rows: Sequence[Mapping[str, Any]], methods: Sequence[s
         marks = [mk for a in alphas if (mk := mark(m, a)) is not None]
         if marks:
             lines.append(Line(m, PALETTE[k % len(PALETTE)], " ".join(f"{p.x},{p.y}" for p in marks),
-                              marks, marks[-1].y))
+                              marks, marks[-1].y, DASHES[k % len(DASHES)],
+                              MARKERS[k % len(MARKERS)]))
     lines = [replace(line, label_y=f"{y:.1f}")
              for line, y in zip(lines, spread_labels([float(line.label_y) for line in lines]))]
     zero = [points[(m, 0.0)] for m in methods if (m, 0.0) in points and None not in points[(m, 0.0)]]
@@ -192,10 +198,66 @@ def _task_view(task: str, rows: Sequence[Mapping[str, Any]], methods: Sequence[s
     curve_rows = [(m, a, [_cell(m, ID_SET, acc.get((m, a, ID_SET))),
                           *[_cell(m, s, acc.get((m, a, s))) for s in shifts],
                           _cell(m, "ood_mean", ood(m, a))]) for m in methods for a in alphas]
-    return RobustnessView(
+    view = RobustnessView(
         task, shifts, lines, zero_shot, consistent, headers, table_rows, curve_rows,
         [(f"{sx(v):.1f}", f"{v:g}") for v in _ticks(x_lo, x_hi)],
         [(f"{sy(v):.1f}", f"{v:g}") for v in _ticks(y_lo, y_hi)],
         LEFT + PLOT_W + RIGHT, TOP + PLOT_H + BOTTOM,
         {"left": LEFT, "right": LEFT + PLOT_W, "top": TOP, "bottom": TOP + PLOT_H,
          "mid_x": LEFT + PLOT_W / 2, "mid_y": TOP + PLOT_H / 2})
+    return replace(view, chart=wise_chart(view))
+
+
+def wise_chart(v: RobustnessView) -> Markup:
+    """The ID-vs-OOD SVG: each method's WiSE-FT path from the zero-shot star (α = 0) to its
+    fine-tuned model (α = 1, the large marker), drawn in its own colour, dash pattern and marker
+    shape, and labelled beside its own α = 1 end (a leader line joins a label pushed off it)."""
+    p = v.plot
+    parts = [f'<svg class="chart robustness-curve" width="{v.width}" height="{v.height}" '
+             f'viewBox="0 0 {v.width} {v.height}" role="img" data-task="{esc(v.task)}" '
+             f'aria-label="{esc(f"ID vs OOD top-1 with WiSE-FT, {v.task}")}">']
+    for y, label in v.y_ticks:
+        parts.append(f'<line x1="{p["left"]}" y1="{y}" x2="{p["right"]}" y2="{y}" class="grid"/>'
+                     f'<text x="{p["left"] - 6}" y="{y}" dy="4" class="ytick">{esc(label)}</text>')
+    for x, label in v.x_ticks:
+        parts.append(f'<line x1="{x}" y1="{p["top"]}" x2="{x}" y2="{p["bottom"]}" class="grid"/>'
+                     f'<text x="{x}" y="{p["bottom"] + 16}" class="tick">{esc(label)}</text>')
+    parts.append(f'<text x="{p["mid_x"]}" y="{v.height - 6}" class="tick">ID top-1 (%)</text>'
+                 f'<text x="14" y="{p["mid_y"]}" class="tick" transform="rotate(-90 14 '
+                 f'{p["mid_y"]})">OOD mean top-1 (%)</text>')
+    ends = [(float(line.marks[-1].x), float(line.marks[-1].y)) for line in v.lines]
+    labels = place_end_labels(ends, [line.method for line in v.lines])
+    for line, (ex, ey), (lx, ly) in zip(v.lines, ends, labels):
+        dash = f' stroke-dasharray="{esc(line.dash)}"' if line.dash else ""
+        parts.append(f'<g class="series" data-method="{esc(line.method)}" '
+                     f'data-dash="{esc(line.dash)}" data-marker="{esc(line.marker)}">'
+                     f'<polyline points="{esc(line.points)}" fill="none" '
+                     f'stroke="{esc(line.colour)}" stroke-width="1.6"{dash}/>')
+        for m in line.marks:
+            end = m.alpha == 1.0
+            attrs = (f'fill="{esc(line.colour) if end else "#ffffff"}" stroke="{esc(line.colour)}" '
+                     f'stroke-width="1.3" class="mark" data-method="{esc(m.method)}" '
+                     f'data-alpha="{m.alpha}" data-id="{esc(m.id_value)}" '
+                     f'data-ood="{esc(m.ood_value)}">')
+            parts.append(marker(line.marker, float(m.x), float(m.y), 5.0 if end else 3.0, attrs)
+                         + f'<title>{esc(m.text)}</title></{_tag(line.marker)}>')
+        if abs(ly - 4 - ey) > 1:  # pushed off its end by another label: a leader line back
+            parts.append(f'<line x1="{ex + 4:.1f}" y1="{ey:.1f}" x2="{lx - 1:.1f}" '
+                         f'y2="{ly - 4:.1f}" stroke="{esc(line.colour)}" stroke-width="0.8" '
+                         f'class="leader"/>')
+        parts.append(f'<text x="{lx:.1f}" y="{ly:.1f}" fill="{esc(line.colour)}" class="end-label" '
+                     f'data-method="{esc(line.method)}" data-end-x="{ex:.1f}" '
+                     f'data-end-y="{ey:.1f}">{esc(line.method)}</text></g>')
+    if v.zero_shot is not None:
+        z = v.zero_shot
+        parts.append(f'<g class="zero-shot" data-id="{esc(z.id_value)}" data-ood="{esc(z.ood_value)}">'
+                     f'<text x="{z.x}" y="{z.y}" dy="5" text-anchor="middle" font-size="16">★</text>'
+                     f'<text x="{z.x}" y="{z.y}" dx="9" dy="-6" class="tick">zero-shot (α = 0)</text>'
+                     f'</g>')
+    parts.append("</svg>")
+    return Markup("".join(parts))
+
+
+def _tag(shape: str) -> str:
+    """The SVG element name svg.marker writes for ``shape`` (to close it)."""
+    return {"circle": "circle", "square": "rect"}.get(shape, "polygon")

@@ -254,3 +254,65 @@ def confidence_histograms(task: str, panels: Sequence[ConfidencePanel], threshol
         parts.append(f'<text x="{x0 + 2}" y="{base + ph - 2}" class="hint wrong">wrong</text>')
     parts.append("</svg>")
     return Markup("".join(parts))
+
+
+# Dash patterns and marker shapes, cycled over methods like PALETTE: a line plot whose series
+# differ by colour alone is unreadable in grey print or to a colour-blind reader.
+DASHES = ("", "7 3", "2 3", "9 3 2 3", "4 4", "12 4", "5 2 1 2 1 2", "1 3")
+MARKERS = ("circle", "square", "triangle", "diamond", "triangle-down", "cross", "plus", "x")
+
+
+def marker(shape: str, x: float, y: float, r: float, attrs: str = "") -> str:
+    """One SVG element drawing ``shape`` (a name of MARKERS) centred on (x, y), half-size ``r``.
+
+    ``attrs`` (already escaped) is written into the element, e.g. class and data-* attributes.
+    """
+    def poly(points: Sequence[tuple[float, float]]) -> str:
+        pts = " ".join(f"{x + dx * r:.1f},{y + dy * r:.1f}" for dx, dy in points)
+        return f'<polygon points="{pts}" {attrs}'
+
+    if shape == "circle":
+        return f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{r:.1f}" {attrs}'
+    if shape == "square":
+        s = 0.85 * r
+        return (f'<rect x="{x - s:.1f}" y="{y - s:.1f}" width="{2 * s:.1f}" height="{2 * s:.1f}" '
+                f'{attrs}')
+    shapes = {"triangle": ((0, -1.2), (1.05, 0.7), (-1.05, 0.7)),
+              "triangle-down": ((0, 1.2), (1.05, -0.7), (-1.05, -0.7)),
+              "diamond": ((0, -1.25), (1.0, 0), (0, 1.25), (-1.0, 0)),
+              "cross": ((-0.35, -1), (0.35, -1), (0.35, -0.35), (1, -0.35), (1, 0.35),
+                        (0.35, 0.35), (0.35, 1), (-0.35, 1), (-0.35, 0.35), (-1, 0.35),
+                        (-1, -0.35), (-0.35, -0.35)),
+              "plus": ((-0.2, -1.1), (0.2, -1.1), (0.2, -0.2), (1.1, -0.2), (1.1, 0.2),
+                       (0.2, 0.2), (0.2, 1.1), (-0.2, 1.1), (-0.2, 0.2), (-1.1, 0.2),
+                       (-1.1, -0.2), (-0.2, -0.2)),
+              "x": ((-1, -0.6), (-0.6, -1), (0, -0.4), (0.6, -1), (1, -0.6), (0.4, 0), (1, 0.6),
+                    (0.6, 1), (0, 0.4), (-0.6, 1), (-1, 0.6), (-0.4, 0))}
+    if shape not in shapes:
+        raise ValueError(f"marker shape {shape!r}: expected one of {MARKERS}")
+    return poly(shapes[shape])
+
+
+def place_end_labels(ends: Sequence[tuple[float, float]], texts: Sequence[str],
+                     gap: float = 13.0, dx: float = 8.0) -> list[tuple[float, float]]:
+    """A position (x, baseline y) for each text, just right of its own curve end ``ends[i]``.
+
+    Labels whose boxes would overlap are pushed down, one after another from the top, by the
+    least that clears them (labels apart in x are left where they are), so each stays at its
+    own end rather than in a column away from the curves.
+    """
+    placed: list[tuple[float, float, float]] = []  # x0, x1, y of each label already placed
+    out: list[tuple[float, float]] = [(0.0, 0.0)] * len(ends)
+    for i in sorted(range(len(ends)), key=lambda k: (ends[k][1], ends[k][0])):
+        x0 = ends[i][0] + dx
+        x1 = x0 + _text_width(texts[i])
+        y = ends[i][1] + 4
+        moved = True
+        while moved:
+            moved = False
+            for a0, a1, ay in placed:
+                if x0 < a1 and a0 < x1 and abs(y - ay) < gap:
+                    y, moved = ay + gap, True
+        placed.append((x0, x1, y))
+        out[i] = (x0, y)
+    return out
