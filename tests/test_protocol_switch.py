@@ -232,3 +232,22 @@ def test_linear_probing_back_propagates_when_features_are_not_cached(tmp_path, p
         used[cache] = metrics["feature_cache"]["used"]
         assert metrics["protocol"] == ("vpeft" if cache else "custom")
     assert used == {True: True, False: False}
+
+
+def test_a_run_resumed_with_the_end_of_epoch_schedule_ends_where_it_would_have(tmp_path):
+    """The lr of a resumed epoch comes back with the optimiser state (the epoch-end step is not
+    replayed at resume), so resuming changes nothing."""
+    settings = TrainSettings.from_config(
+        {"epochs": 4, "batch_size": 8, "warmup_epochs": 2, "checkpoint_every": 2,
+         "protocol": {"lr_step_at_epoch_end": True}}, {"lr": 0.1, "weight_decay": 0.0})
+    checkpoint = tmp_path / "resume.pt"
+    whole = _probe_run(16, settings)
+    whole.checkpoint = checkpoint  # saves its state after epoch 2 (and keeps going)
+    train_runs([whole])
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 4), torch.arange(16) % 3
+    resumed = Run(nn.Linear(4, 3), nn.Identity(), x, y, settings, seed=0, checkpoint=checkpoint)
+    assert resumed.epoch == 2
+    train_runs([resumed])
+    for a, b in zip(whole.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b)
