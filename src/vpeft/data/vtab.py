@@ -482,8 +482,11 @@ def content_report(task_dir: Path, entries: Mapping[str, list[Entry]],
     if allow_duplicates:
         for message in overlaps:
             log.warning("%s (allowed: study.data.allow_duplicates)", message)
-    else:
+    elif overlaps:
         errors.extend(overlaps)
+        errors.append(f"{task_dir}: {len(overlaps)} image(s) shared between splits; if the source "
+                      "genuinely holds pixel-identical images (e.g. blank frames), set "
+                      "study.data.allow_duplicates=true to record them instead")
 
     union = Counter(pairs("train800") + pairs("val200"))
     both = Counter(pairs("train800val200"))
