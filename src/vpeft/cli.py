@@ -25,9 +25,12 @@ def cmd_plan(args: argparse.Namespace) -> None:
     plan = _plan(args)
     points = {m: [p.id for p in plan.points[m]] for m in plan.methods}
     n_grid = len(plan.tasks) * sum(len(v) for v in points.values())
+    from vpeft.layout import seeds
+
     print(json.dumps({"study": plan.name, "tasks": plan.tasks, "methods": plan.methods,
-                      "grid_points": points, "grid_runs": n_grid,
-                      "final_runs": len(plan.tasks) * len(plan.methods)}, indent=2))
+                      "grid_points": points, "grid_runs": n_grid, "seeds": seeds(plan.cfg),
+                      "final_runs": len(plan.tasks) * len(plan.methods) * len(seeds(plan.cfg))},
+                     indent=2))
 
 
 def cmd_check(args: argparse.Namespace) -> int:

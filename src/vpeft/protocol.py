@@ -401,9 +401,13 @@ def study_metadata(plan: StudyPlan) -> dict[str, Any]:
                       "description": task_entry(plan.cfg, task).description,
                       "content": manifest.get("content")})  # train800val200 vs train800 + val200
     study = plan.cfg.study
+    # kind shapes the report (VTAB groups / many-shot datasets x sizes / robustness evaluation
+    # sets); seeds says which final runs the report must find.
     meta = {"name": plan.name, "title": study.get("title", plan.name),
             "description": study.get("description", ""), "tasks": tasks,
-            "methods": list(plan.methods)}
+            "methods": list(plan.methods),
+            "kind": "robustness" if study.get("robustness") is not None else str(study.data.kind),
+            "seeds": layout.seeds(plan.cfg)}
     if study.data.kind == "manyshot":  # dataset and training-set size of every task
         from vpeft.data.manyshot import report_metadata
 
