@@ -100,3 +100,19 @@ def prepared_task(tmp_path_factory) -> Path:
                  group=info.group,
                  split_sizes={"train800": 36, "val200": 18, "train800val200": 54, "test": 24})
     return out
+
+
+def smoke_plan(tmp_path: Path, prepared_task: Path, weights: Path, *extra: str,
+               methods: str = "linear,lora"):
+    """The smoke study on the prepared ``count`` task (copied under ``tmp_path``), 2 epochs."""
+    from vpeft import layout
+    from vpeft.config import load_study
+
+    overrides = [f"paths.data={tmp_path}/data", f"paths.runs={tmp_path}/runs",
+                 f"model.weights={weights}", "study.tasks=[count]", f"study.methods=[{methods}]",
+                 "train.epochs=2", "train.batch_size=16", *extra]
+    plan = load_study("smoke", overrides)
+    target = layout.prepared_task(plan.cfg, "count")
+    if not target.exists():
+        shutil.copytree(prepared_task, target)
+    return plan

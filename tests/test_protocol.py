@@ -1,28 +1,20 @@
 """The study protocol on real (tiny) runs: grid -> select on val200 -> final -> one test evaluation."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 from safetensors import safe_open
 
+from conftest import smoke_plan
 from vpeft import layout
-from vpeft.config import load_study
 from vpeft.io import read_json
 from vpeft.protocol import evaluate, run_final, run_point, select
 
 
 def _plan(tmp_path: Path, prepared_task: Path, weights: Path, *extra: str):
-    overrides = [f"paths.data={tmp_path}/data", f"paths.runs={tmp_path}/runs",
-                 f"model.weights={weights}", "study.tasks=[count]", "study.methods=[linear,lora]",
-                 "train.epochs=2", "train.batch_size=16", *extra]
-    plan = load_study("smoke", overrides)
-    target = layout.prepared_task(plan.cfg, "count")
-    if not target.exists():
-        shutil.copytree(prepared_task, target)
-    return plan
+    return smoke_plan(tmp_path, prepared_task, weights, *extra)
 
 
 def _run_study(plan, method: str) -> dict:

@@ -2,7 +2,6 @@
 public code (design.md §7), and every run records which protocol produced it."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -10,9 +9,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from conftest import tiny_vit
+from conftest import tiny_vit, smoke_plan
 from vpeft import layout
-from vpeft.config import load_study
 from vpeft.io import write_json
 from vpeft.methods import apply
 from vpeft.protocol import best_candidate, run_point, select
@@ -26,14 +24,7 @@ CORRECTED = {"normalize_inputs": True, "drop_last": False, "lr_step_at_epoch_end
 
 
 def _plan(tmp_path: Path, prepared_task: Path, weights: Path, *extra: str):
-    overrides = [f"paths.data={tmp_path}/data", f"paths.runs={tmp_path}/runs",
-                 f"model.weights={weights}", "study.tasks=[count]", "study.methods=[linear,lora]",
-                 "train.epochs=2", "train.batch_size=16", *extra]
-    plan = load_study("smoke", overrides)
-    target = layout.prepared_task(plan.cfg, "count")
-    if not target.exists():
-        shutil.copytree(prepared_task, target)
-    return plan
+    return smoke_plan(tmp_path, prepared_task, weights, *extra)
 
 
 def test_the_as_published_train_config_flips_every_key_and_nothing_else(tmp_path, prepared_task,

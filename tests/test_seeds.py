@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
 
-from conftest import run_snakemake, workflow_copy
+from conftest import run_snakemake, workflow_copy, smoke_plan
 from vpeft import layout
-from vpeft.config import ConfigError, load_study
+from vpeft.config import ConfigError
 from vpeft.errors import UserError
 from vpeft.io import read_json
 from vpeft.protocol import evaluate, run_final, run_point, select
@@ -20,14 +19,7 @@ COST_FIELDS = ("wall_time_s", "train_images_per_s", "peak_memory_bytes", "device
 
 
 def _plan(tmp_path: Path, prepared_task: Path, weights: Path, *extra: str):
-    overrides = [f"paths.data={tmp_path}/data", f"paths.runs={tmp_path}/runs",
-                 f"model.weights={weights}", "study.tasks=[count]", "study.methods=[lora]",
-                 "train.epochs=2", "train.batch_size=16", *extra]
-    plan = load_study("smoke", overrides)
-    target = layout.prepared_task(plan.cfg, "count")
-    if not target.exists():
-        shutil.copytree(prepared_task, target)
-    return plan
+    return smoke_plan(tmp_path, prepared_task, weights, *extra, methods="lora")
 
 
 def test_final_dirs_follow_the_seed_list(tmp_path, prepared_task, tiny_weights):
