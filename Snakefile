@@ -21,6 +21,12 @@ rule all:
         REPORT,
 
 
+rule check:  # preflight, before anything is queued: `snakemake --cores 1 check --config ...`
+    localrule: True
+    shell:
+        vpeft("check")
+
+
 rule data:  # every task prepared (and, for the demo, the backbone pretrained)
     input:
         expand(f"{PREPARED}/{{task}}", task=PLAN.tasks),

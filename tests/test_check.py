@@ -69,6 +69,9 @@ def test_check_passes_on_generator_layout_and_counts_like_snakemake(study_inputs
     assert plan.returncode == 0, plan.stdout + plan.stderr
     total = re.search(r"^total\s+(\d+)", plan.stdout, re.M)
     assert total and int(total.group(1)) == jobs + 1, plan.stdout  # + the target rule `all`
+    # ... and the same check as a Snakemake target, with the same --config
+    target = run_snakemake(workdir, "check", "--config", "study=vtab1k", f"overrides={overrides}")
+    assert target.returncode == 0 and "OK: nothing wrong found" in target.stdout, target.stderr
 
 
 def test_check_names_every_problem_and_exits_1(study_inputs, tmp_path) -> None:
