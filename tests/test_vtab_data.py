@@ -431,6 +431,11 @@ def test_read_errors(task_dir: Path, out_dir: Path) -> None:
     with pytest.raises(DataError, match="unknown split"):
         read_split(out_dir, "train")
     shard = out_dir / manifest["splits"]["val200"]["shards"][0]
+    import pyarrow.parquet as pq
+
+    pq.write_table(pq.read_table(shard).drop_columns(["label"]), shard)  # a shard without labels
+    with pytest.raises(DataError, match=r"part-00000\.parquet: .*no column \['label'\]"):
+        read_split(out_dir, "val200")
     shard.write_bytes(b"not parquet")
     with pytest.raises(DataError, match="part-00000.parquet"):
         read_split(out_dir, "val200")
