@@ -265,3 +265,68 @@ def test_a_final_run_exports_with_its_zero_shot_head(miniature_run):
     saved = pq.read_table(final / "test_logits.parquet").sort_by("index")
     expected = torch.tensor(saved.column("logits").to_pylist())
     torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
+
+
+def _chart_series(chart: str) -> dict[str, dict]:
+    """Per method: its polyline's dash, its α = 1 mark (tag, x, y) and its end label (x, y)."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(chart)
+    out = {}
+    for g in root.iter("g"):
+        if g.get("class") != "series":
+            continue
+        line = g.find("polyline")
+        end = [e for e in g if e.get("class") == "mark" and e.get("data-alpha") == "1.0"][0]
+        ex, ey = (float(end.get("cx", "nan")), float(end.get("cy", "nan"))) if end.tag == "circle" \
+            else (float(g.find("text").get("data-end-x")), float(g.find("text").get("data-end-y")))
+        label = [e for e in g if e.get("class") == "end-label"][0]
+        out[g.get("data-method")] = {
+            "dash": line.get("stroke-dasharray", ""), "marker": g.get("data-marker"),
+            "end_tag": end.tag, "end": (ex, ey), "label": (float(label.get("x")), float(label.get("y"))),
+            "label_end": (float(label.get("data-end-x")), float(label.get("data-end-y"))),
+            "leader": any(e.get("class") == "leader" for e in g),
+            "points": line.get("points").split()}
+    return out
+
+
+def test_end_labels_sit_at_their_own_ends_and_never_overlap():
+    from vpeft.report.svg import _text_width, place_end_labels
+
+    ends = [(300.0, 100.0), (302.0, 103.0), (100.0, 101.0), (301.0, 104.0)]
+    texts = ["lora", "adapter", "linear", "full"]
+    placed = place_end_labels(ends, texts)
+    for (ex, ey), (lx, ly) in zip(ends, placed):
+        assert lx == ex + 8 and ly >= ey + 4  # right of its own end, pushed down if at all
+    assert placed[2] == (108.0, 105.0)  # far from the others in x: left where it is
+    boxes = [(lx, lx + _text_width(t), ly) for (lx, ly), t in zip(placed, texts)]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not (a[0] < b[1] and b[0] < a[1] and abs(a[2] - b[2]) < 13)
+
+
+def test_miniature_plot_draws_labelled_paths_in_distinct_styles(miniature_run):
+    """On the miniature's WiSE-FT results: each method is a path from the zero-shot star to its
+    α = 1 end, labelled there, in a dash pattern and marker of its own."""
+    from vpeft.report.robustness import collect_wise, robustness_view
+
+    methods = ["linear", "lora"]  # MINIATURE_OVERRIDES
+
+    class Results:
+        analysis: dict = {}
+
+    study = {"tasks": [{"name": "imagenet"}], "methods": methods}
+    collect_wise(Results, miniature_run / "runs" / "demo_robustness", study)
+    (view,) = robustness_view(Results, study)
+    series = _chart_series(str(view.chart))
+    assert list(series) == methods
+    assert len({s["dash"] for s in series.values()}) == len(methods)  # dashes alone tell them apart
+    assert len({s["marker"] for s in series.values()}) == len(methods)
+    star = (float(view.zero_shot.x), float(view.zero_shot.y))
+    for m, s in series.items():
+        first = tuple(map(float, s["points"][0].split(",")))
+        last = tuple(map(float, s["points"][-1].split(",")))
+        assert first == star and last == s["end"] == s["label_end"], m  # zero-shot -> α = 1
+        assert s["end_tag"] == {"circle": "circle", "square": "rect"}.get(s["marker"], "polygon")
+        assert s["label"][0] == s["end"][0] + 8  # beside its own end ...
+        assert s["label"][1] - 4 == s["end"][1] or s["leader"], m  # ... or joined to it
