@@ -226,7 +226,7 @@ class _MethodFile:
 
 def _read_predictions(path: Path, method: str) -> _MethodFile:
     """Read one test_predictions.parquet, rows sorted by test index."""
-    table = pq.read_table(path)
+    table = pq.ParquetFile(path).read()  # read_table would import pyarrow.dataset and pandas
     names = set(table.column_names)
     missing = [c for c in ("index", "label", "pred", "logits") if c not in names]
     if missing:

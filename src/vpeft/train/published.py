@@ -19,10 +19,10 @@ what OSU-MLB/PETL_Vision did, so a user can reproduce the published numbers as t
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch only where a model is touched: select reads switches() without it
+    from torch import nn
 
 from vpeft.errors import UserError
 
@@ -83,6 +83,8 @@ def input_normaliser(cfg: Any, model: nn.Module):
     if switches(cfg.train)["normalize_inputs"]:
         mean, std = normalisation(model, cfg.model.mean, cfg.model.std)
     else:
+        import torch
+
         mean, std = torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1)  # as normalisation() shapes them
     return Normaliser(mean, std, int(cfg.model.img_size))
 
@@ -114,21 +116,24 @@ def _public_linears() -> dict[type, tuple[str, ...]]:
             TTFactors: ("u", "v", "attn_cores", "fc1_cores", "fc2_cores"), TKFactors: ("u", "v")}
 
 
-@torch.no_grad()
 def redraw_added_linears(model: nn.Module) -> list[str]:
     """Redraw, as timm's ``init_weights`` does in the public code after the method's modules are
     built, every weight of the attached method that is an ``nn.Linear`` there: trunc-normal
     std .02 (±2 absolute bounds, timm's ``trunc_normal_``), bias 0. The backbone and head are left
     alone (the public code loads the pretrained weights after that init). Returns the names of
     the redrawn tensors."""
+    import torch
+    from torch import nn
+
     table = _public_linears()
     redrawn = []
-    for name, module in model.named_modules():
-        for attr in table.get(type(module), ()):
-            target = getattr(module, attr)
-            weight = target.weight if isinstance(target, nn.Linear) else target
-            nn.init.trunc_normal_(weight, std=0.02)
-            redrawn.append(f"{name}.{attr}")
-            if isinstance(target, nn.Linear) and target.bias is not None:
-                nn.init.zeros_(target.bias)
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            for attr in table.get(type(module), ()):
+                target = getattr(module, attr)
+                weight = target.weight if isinstance(target, nn.Linear) else target
+                nn.init.trunc_normal_(weight, std=0.02)
+                redrawn.append(f"{name}.{attr}")
+                if isinstance(target, nn.Linear) and target.bias is not None:
+                    nn.init.zeros_(target.bias)
     return redrawn
