@@ -14,7 +14,9 @@ rule report:
         report(REPORT, caption="report-caption.rst", category="Study report"),
         *[str(layout.report_dir(CFG) / t) for t in ("results.parquet", "grid.parquet",
                                                       "summary.parquet", "summary.json",
-                                                      "metrics.json")],
+                                                      "metrics.json", "seeds.parquet",
+                                                      "chance.parquet", "stats.parquet",
+                                                      "seed_noise.parquet")],
     log:
         f"{LOGS}/report.log",
     shell:
