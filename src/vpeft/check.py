@@ -66,6 +66,7 @@ def _problems_of(err: Exception) -> list[str]:
 
 
 def _check_vtab_task(cfg: DictConfig, task: str, classes: int, decode: bool) -> TaskCheck:
+    from vpeft.data.catalog import split_sizes
     from vpeft.data.vtab import inspect_task, validate_task
 
     result = TaskCheck(task, classes)
@@ -73,9 +74,7 @@ def _check_vtab_task(cfg: DictConfig, task: str, classes: int, decode: bool) -> 
     if cfg.study.data.kind == "synthetic" and not task_dir.exists():
         result.notes.append(f"{task_dir}: written by `vpeft synth` when the study runs")
         return result
-    sizes = (None if task == layout.SOURCE_TASK else dict(cfg.study.data.split_sizes))
-    if sizes is None:
-        sizes = dict.fromkeys(SPLIT_COLUMNS)
+    sizes = split_sizes(cfg, task)
     try:
         if decode:
             info = inspect_task(task_dir, task=task, num_classes=classes, split_sizes=sizes,

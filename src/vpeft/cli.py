@@ -66,16 +66,14 @@ def cmd_synth(args: argparse.Namespace) -> None:
 
 def cmd_prepare(args: argparse.Namespace) -> None:
     from vpeft import layout
-    from vpeft.data.catalog import task_entry
+    from vpeft.data.catalog import split_sizes, task_entry
     from vpeft.data.vtab import prepare_task
 
     plan = _plan(args)
     cfg = plan.cfg
     entry = task_entry(cfg, args.task)
-    # The pretraining source set and many-shot tasks have no fixed split sizes; VTAB tasks do.
     manyshot = cfg.study.data.kind == "manyshot" and args.task != layout.SOURCE_TASK
-    sizes = (dict.fromkeys(("train800", "val200", "train800val200", "test"))
-             if args.task == layout.SOURCE_TASK or manyshot else dict(cfg.study.data.split_sizes))
+    sizes = split_sizes(cfg, args.task)
     # Many-shot images are stored larger than the model input (crops happen per batch).
     size = int(cfg.study.data.stored_size) if manyshot else int(cfg.model.img_size)
     manifest = prepare_task(layout.raw_task(cfg, args.task), layout.prepared_task(cfg, args.task),

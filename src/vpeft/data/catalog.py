@@ -51,3 +51,12 @@ def task_entry(cfg: DictConfig, task: str) -> TaskEntry:
         ds = resolve_task(cfg, task).dataset
         return TaskEntry(task, ds.num_classes, ds.group, ds.description)
     raise UserError(f"study.data.kind: '{kind}' is not one of 'synthetic', 'vtab', 'manyshot'")
+
+
+def split_sizes(cfg: DictConfig, task: str) -> dict[str, int | None]:
+    """The split sizes ``task``'s lists must have: the study's ``study.data.split_sizes`` (800 /
+    200 / 1000 for VTAB-1K), or any size (None) for the pretraining source set and many-shot
+    tasks, whose sizes the data decides."""
+    if task == SOURCE_TASK or cfg.study.data.kind == "manyshot":
+        return dict.fromkeys(("train800", "val200", "train800val200", "test"))
+    return dict(cfg.study.data.split_sizes)

@@ -15,7 +15,7 @@ from pathlib import Path
 from vpeft.data.vtab import _LINE_RE, DataError, _check_relpath, _raise_collected
 from vpeft.io import atomic_dir, write_json
 
-__all__ = ["IMAGE_EXTENSIONS", "LabelledFile", "read_class_folders", "read_list_file"]
+__all__ = ["IMAGE_EXTENSIONS", "LabelledFile", "is_hidden", "read_class_folders", "read_list_file"]
 
 # Lower-cased; matched case-insensitively (ImageNet ships ".JPEG").
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".ppm", ".tif", ".tiff", ".webp")
@@ -29,7 +29,7 @@ class LabelledFile:
     label: int
 
 
-def _is_hidden(p: Path) -> bool:
+def is_hidden(p: Path) -> bool:
     # .DS_Store, ._foo (macOS), .ipynb_checkpoints: never data, present in many real trees.
     return p.name.startswith(".")
 
@@ -54,7 +54,7 @@ def read_class_folders(root: Path, classes: Sequence[str] | None = None
         dup = sorted({c for c in classes if classes.count(c) > 1})
         if dup:
             raise DataError(f"{root}: class list names {', '.join(dup)} more than once")
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not _is_hidden(p))
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not is_hidden(p))
     if not folders:
         raise DataError(f"{root}: no class folders found; expected root/<class>/<image>")
 
@@ -78,7 +78,7 @@ def read_class_folders(root: Path, classes: Sequence[str] | None = None
             continue
         count = 0
         for p in sorted(folder.iterdir()):
-            if _is_hidden(p):
+            if is_hidden(p):
                 continue
             if p.is_dir():
                 errors.append(f"{p}: unexpected sub-folder; images must lie directly in their "

@@ -32,7 +32,7 @@ from typing import Sequence
 
 import numpy as np
 
-from vpeft.data.folder import (LabelledFile, _is_hidden, read_class_folders, read_list_file,
+from vpeft.data.folder import (LabelledFile, is_hidden, read_class_folders, read_list_file,
                                write_list_view)
 from vpeft.data.vtab import DataError, _raise_collected
 
@@ -167,7 +167,7 @@ def _val_images(root: Path) -> dict[int, str]:
     images: dict[int, str] = {}
     errors: list[str] = []
     for p in sorted(root.iterdir()):
-        if _is_hidden(p):
+        if is_hidden(p):
             continue
         m = VAL_IMAGE_RE.fullmatch(p.name)
         if p.is_dir():
