@@ -20,8 +20,8 @@ finished studies in vpeft's own on-disk formats, as if every training job had ru
 Then it times, each in a fresh process as a Snakemake job runs it
 (``python -m vpeft <verb> --study S -o paths.runs=... ...``): ``select`` and ``evaluate`` on a
 seeded sample of jobs (extrapolated to the study's job count; the results say so), ``analyze``
-on every task and ``report`` once, recording wall time and the child's peak RSS
-(``os.wait4``'s ru_maxrss), then the report's size and its render time in headless Chromium.
+on every task and ``report`` once, recording wall time and the job's peak RSS (ru_maxrss of
+RUSAGE_CHILDREN in a small launcher whose only child is the job), then the report's size and its render time in headless Chromium.
 Results: ``fullsize.json`` and ``fullsize.md`` in ``--out``.
 
 What is *not* at full size, because no bookkeeping step reads it: the prepared tasks' image
@@ -403,30 +403,36 @@ def vpeft_step(verb: str, spec: StudySpec, *extra: str) -> dict[str, Any]:
     return {"verb": verb, "args": list(extra), **result}
 
 
+# Runs in a small fresh interpreter that starts the vpeft job and reports the job's own rusage.
+# Linux carries a process's peak RSS across fork and exec, so a job started straight from this
+# (large) process would report at least this process's size as its peak.
+LAUNCHER = """
+import json, resource, subprocess, sys, time
+tic = time.perf_counter()
+code = subprocess.call(sys.argv[1:], stdout=subprocess.DEVNULL)
+wall = time.perf_counter() - tic
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps({"code": code, "wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime,
+                  "peak_rss_mb": usage.ru_maxrss / 1024}))
+"""
+
+
 def timed(args: Sequence[str], timeout: float = 3600.0) -> dict[str, Any]:
-    """Run ``args`` as a child: its wall seconds, CPU seconds and peak RSS (this child's own,
-    from ``os.wait4``; RUSAGE_CHILDREN would be the running maximum over every child)."""
-    with tempfile.TemporaryFile("w+") as err:
-        tic = time.perf_counter()
-        proc = subprocess.Popen(list(args), cwd=REPO, env=vpeft_env(),
-                                stdout=subprocess.DEVNULL, stderr=err)
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid == proc.pid:
-                break
-            if time.perf_counter() - tic > timeout:
-                proc.kill()
-                os.wait4(proc.pid, 0)
-                raise BenchmarkError(f"{' '.join(args)}: no answer in {timeout:.0f} s")
-            time.sleep(0.02)
-        wall = time.perf_counter() - tic
-        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
-        if proc.returncode != 0:
-            err.seek(0)
-            raise BenchmarkError(f"{' '.join(args)} exited {proc.returncode}:\n"
-                                 f"{err.read()[-4000:]}")
-    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime,
-            "peak_rss_mb": usage.ru_maxrss / 1024}
+    """Run ``args`` as a job: its wall seconds, CPU seconds and peak RSS (ru_maxrss of
+    RUSAGE_CHILDREN in a launcher whose only child is the job)."""
+    try:
+        proc = subprocess.run([sys.executable, "-c", LAUNCHER, *args], cwd=REPO, env=vpeft_env(),
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise BenchmarkError(f"{' '.join(args)}: no answer in {timeout:.0f} s") from None
+    try:
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        result = {"code": proc.returncode}
+    if proc.returncode != 0 or result.get("code") != 0:
+        raise BenchmarkError(f"{' '.join(args)} exited {result.get('code')}:\n"
+                             f"{proc.stderr[-4000:]}")
+    return {k: v for k, v in result.items() if k != "code"}
 
 
 def summarise(samples: list[dict[str, Any]], jobs: int) -> dict[str, Any]:
@@ -441,7 +447,7 @@ def summarise(samples: list[dict[str, Any]], jobs: int) -> dict[str, Any]:
 
 
 def time_study(plan, spec: StudySpec, select_sample: int, evaluate_per_task: int,
-               rng: random.Random, render: bool = True) -> dict[str, Any]:
+               rng: random.Random, render: dict[str, Any] | None) -> dict[str, Any]:
     """select (a sample), evaluate (per task a sample, weighted by the task's job count),
     analyze (every task), report (once)."""
     cells = [(t, m) for t in plan.tasks for m in plan.methods]
@@ -465,7 +471,8 @@ def time_study(plan, spec: StudySpec, select_sample: int, evaluate_per_task: int
             "analyze": {**summarise(analyze, len(plan.tasks)), "extrapolated": False},
             "report": report, "report_files": report_files(out),
             "analysis_tables": analysis_tables(plan),
-            "render": render_times(out / "index.html") if render else {"available": False}}
+            "render": render_times(out / "index.html", **render) if render is not None
+            else {"available": False}}
 
 
 def report_files(out: Path) -> dict[str, Any]:
@@ -484,9 +491,10 @@ def analysis_tables(plan) -> dict[str, list[str]]:
             for t in plan.tasks}
 
 
-def render_times(html: Path) -> dict[str, Any]:
-    """Headless Chromium: ``--dump-dom`` of the report minus that of a blank page (the browser's
-    own start-up), and the DevTools visit of tests/browser.py (load + screenshot) when importable."""
+def render_times(html: Path, repeats: int = 3, devtools: bool = True) -> dict[str, Any]:
+    """Headless Chromium: the median ``--dump-dom`` time of the report minus that of a blank page
+    (the browser's own start-up), and the DevTools visit of tests/browser.py (load + screenshot)
+    when importable."""
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if exe is None or not html.is_file():
         return {"available": False}
@@ -500,10 +508,14 @@ def render_times(html: Path) -> dict[str, Any]:
                                   capture_output=True, timeout=600)
             return time.perf_counter() - tic, len(proc.stdout)
 
-    blank_s, _ = dump("about:blank")
-    page_s, dom_bytes = dump(html.resolve().as_uri())
+    blank_s = statistics.median(dump("about:blank")[0] for _ in range(repeats))
+    pages = [dump(html.resolve().as_uri()) for _ in range(repeats)]
+    page_s, dom_bytes = statistics.median(p[0] for p in pages), pages[-1][1]
     result: dict[str, Any] = {"available": True, "dump_dom_s": page_s, "blank_page_s": blank_s,
-                              "render_s": max(0.0, page_s - blank_s), "dom_bytes": dom_bytes}
+                              "render_s": max(0.0, page_s - blank_s), "dom_bytes": dom_bytes,
+                              "repeats": repeats}
+    if not devtools:
+        return result
     try:
         sys.path.insert(0, str(REPO))
         from tests.browser import visit
@@ -591,9 +603,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="seeds of the robustness study (its test logits are 200 MB a run)")
     parser.add_argument("--robustness-grid-predictions", action="store_true",
                         help="also write its grid runs' val predictions (19 GB at full size)")
-    parser.add_argument("--select-sample", type=int, default=40)
-    parser.add_argument("--evaluate-per-task", type=int, default=3)
+    parser.add_argument("--select-sample", type=int, default=30, help="select jobs timed")
+    parser.add_argument("--evaluate-per-task", type=int, default=2,
+                        help="evaluate jobs timed per task")
     parser.add_argument("--no-render", action="store_true", help="skip the Chromium timing")
+    parser.add_argument("--render-repeats", type=int, default=3)
+    parser.add_argument("--no-devtools", action="store_true",
+                        help="skip the DevTools visit (tests/browser.py) of the report")
+    parser.add_argument("--commit", help="the commit measured, when running from an exported "
+                        "tree that is no git checkout (default: git rev-parse HEAD)")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(REPO / "src"))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -615,7 +633,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         specs.append((robustness_spec(work / "robustness", args.scale, rseeds,
                                       split(args.methods)), args.robustness_grid_predictions))
     result: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(),
-                              "git_commit": git_commit(), "scale": args.scale,
+                              "git_commit": args.commit or git_commit(), "scale": args.scale,
                               "seeds": args.seeds, "robustness_seeds": args.robustness_seeds,
                               "load_before": [round(x, 2) for x in os.getloadavg()],
                               "studies": {}}
@@ -624,7 +642,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for spec, grid_predictions in specs:
             plan, fab = fabricate(spec, grid_predictions)
             timing = time_study(plan, spec, args.select_sample, args.evaluate_per_task, rng,
-                                render=not args.no_render)
+                                render=None if args.no_render else
+                                {"repeats": args.render_repeats, "devtools": not args.no_devtools})
             result["studies"][spec.study] = {"fabricated": fab.__dict__, "timing": timing,
                                              "tasks": plan.tasks, "methods": plan.methods}
             print(f"timed {spec.study}", file=sys.stderr, flush=True)
