@@ -187,6 +187,14 @@ def render(tmp_path: Path, results: StudyResults, study: dict = STUDY, **kw: Any
     return out.read_text(encoding="utf-8")
 
 
+def whole_report(tmp_path: Path) -> str:
+    """The landing page followed by every task page (as written by :func:`render`), for checks
+    that a value is somewhere in the report whichever page holds it."""
+    out = tmp_path / "report"
+    pages = [out / "index.html"] + sorted((out / "tasks").glob("*.html"))
+    return "\n".join(p.read_text(encoding="utf-8") for p in pages)
+
+
 def _rows(results: StudyResults) -> dict[tuple[str, str], dict[str, Any]]:
     return {(r["task"], r["method"]): r for r in results.results.to_pylist()}
 
@@ -381,7 +389,8 @@ def test_html_numbers_come_from_tables(collected: StudyResults, tmp_path: Path) 
                 assert float(c["attrs"]["data-value"]) == s[column]
     # no structured task: no structured column at all
     assert not [c for c in cells if c["attrs"]["data-column"] == "structured"]
-    hp = parse_cells(page, "hparams-table")
+    assert 'id="hparams-table"' not in page   # per task: on the task pages
+    hp = parse_cells(whole_report(tmp_path), "hparams-table")
     vals = {(c["attrs"]["data-task"], c["attrs"]["data-method"]): float(c["attrs"]["data-value"])
             for c in hp if c["attrs"]["data-column"] == "val_top1"}
     assert vals == {(r["task"], r["method"]): r["val_top1"] for r in results}
@@ -485,7 +494,9 @@ def test_render_failure_leaves_no_file(collected: StudyResults, tmp_path: Path,
         with pytest.raises(RuntimeError):
             render_report(collected, STUDY, out, provenance={"x": 1})
     assert out.read_bytes() == before
-    assert [p.name for p in out.parent.iterdir()] == ["index.html"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["index.html", "tasks"]
+    assert sorted(p.name for p in (out.parent / "tasks").iterdir()) == \
+        sorted(f"{t['name']}.html" for t in STUDY["tasks"])
 
 
 def test_input_data_provenance_shows_content_record(collected: StudyResults, tmp_path: Path) -> None:

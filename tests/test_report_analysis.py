@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from test_report import STUDY, TEST_TOP1, parse_cells, render, write_run
+from test_report import STUDY, TEST_TOP1, parse_cells, render, whole_report, write_run
 from vpeft.analysis import SCHEMAS, TaskPredictions, analyze_task, write_task_analysis
 from vpeft.report import StudyResults, collect_study, read_study_tables, write_study_tables
 from vpeft.report import render as render_mod
@@ -35,16 +35,6 @@ def tags(page: str, name: str, **match: str) -> list[dict[str, Any]]:
     p = TagParser()
     p.feed(page)
     return [a for t, a in p.tags if t == name and all(a.get(k) == v for k, v in match.items())]
-
-
-def cells_prefixed(page: str, prefix: str) -> list[dict[str, Any]]:
-    parser_cells = []
-    for i in range(1, 50):
-        found = parse_cells(page, f"{prefix}{i}")
-        if not found:
-            break
-        parser_cells.extend(found)
-    return parser_cells
 
 
 def synthetic(task: str, methods: list[str], seed: int) -> TaskPredictions:
@@ -112,7 +102,7 @@ def test_report_without_analysis(runs: Path, tmp_path: Path) -> None:
     page = render(tmp_path, results)
     assert 'id="different-mistakes"' not in page
     assert 'id="which-method"' in page and 'id="params-vs-accuracy"' in page
-    assert not cells_prefixed(page, "ensembles-table-")
+    assert not parse_cells(whole_report(tmp_path), "ensembles-table")
 
 
 # ------------------------------------------------------------------------------------------
@@ -121,11 +111,22 @@ def test_report_without_analysis(runs: Path, tmp_path: Path) -> None:
 
 def test_mistakes_numbers_match_tables(runs: Path, analysed: dict, tmp_path: Path) -> None:
     results = collect_study(runs, STUDY)
-    page = render(tmp_path, results)
+    render(tmp_path, results)
+    page = whole_report(tmp_path)
     assert "validation" in page and "chosen by validation" in page
 
     # heatmap cells = the pairwise tables' values, one heatmap per drawn column
     rects = tags(page, "rect")
+    # the landing page's heat map: each pair's error overlap averaged over the tasks with both
+    mean = [r for r in rects if r.get("data-column") == "mean_error_overlap"]
+    overlaps: dict[tuple[str, str], list[float]] = {}
+    for r in results.analysis["agreement"].to_pylist():
+        overlaps.setdefault((r["method_a"], r["method_b"]), []).append(r["error_overlap"])
+    assert len(mean) == len(STUDY["methods"]) ** 2
+    for r in mean:
+        want = overlaps[(r["data-method-a"], r["data-method-b"])]
+        assert float(r["data-value"]) == pytest.approx(sum(want) / len(want))
+    rects = [r for r in rects if r.get("data-column") != "mean_error_overlap"]
     assert {r["data-column"] for r in rects if "data-method-a" in r} == \
         {column for _, column, _ in render_mod.PAIR_HEATMAPS}
     for name, column, _ in render_mod.PAIR_HEATMAPS:
@@ -139,7 +140,7 @@ def test_mistakes_numbers_match_tables(runs: Path, analysed: dict, tmp_path: Pat
 
     # oracle tables
     oracle = {r["task"]: r for r in results.analysis["oracle"].to_pylist()}
-    cells = cells_prefixed(page, "oracle-table-")
+    cells = parse_cells(page, "oracle-table")
     assert cells
     for c in cells:
         a = c["attrs"]
@@ -155,7 +156,7 @@ def test_mistakes_numbers_match_tables(runs: Path, analysed: dict, tmp_path: Pat
 
     # ensembles tables: one row per table row, every number equal
     ens = results.analysis["ensembles"].to_pylist()
-    cells = cells_prefixed(page, "ensembles-table-")
+    cells = parse_cells(page, "ensembles-table")
     numeric = ("test_top1", "best_member_test_top1", "gain_over_best_member",
                "gain_over_best_single_by_val", "k")
     for col in numeric + ("combiner", "members", "best_single_by_val"):
@@ -364,12 +365,15 @@ def test_names_escaped_in_svgs(tmp_path: Path) -> None:
     rows = {"probe": CRAFT["probe"], evil: (70.0, 90.0, 50.0, 70.0, 100.0), "huge": CRAFT["huge"]}
     tables = analyze_task(synthetic(f"t_nat{EVIL}", ["probe", evil, "huge"], 1), top_ks=(2,))
     study["tasks"] = [{"name": f"t_nat{EVIL}", "group": "natural"}] + CRAFT_STUDY["tasks"][1:]
-    page = render(tmp_path, crafted(rows, dict(tables)), study)
+    render(tmp_path, crafted(rows, dict(tables)), study)
+    page = whole_report(tmp_path)
     lowered = page.lower()
     assert "<script" not in lowered
     assert not re.search(r"https?://", lowered)
     svgs = re.findall(r"<svg.*?</svg>", page, flags=re.S)
-    heat = [s for s in svgs if "heatmap" in s]
+    # the task's heat maps (its page) and the landing page's mean over tasks
+    heat = [s for s in svgs if "heatmap" in s and 'data-task="all tasks"' not in s[:300]]
+    assert len([s for s in svgs if 'data-task="all tasks"' in s[:300]]) == 1
     scatter = [s for s in svgs if "scatter" in s]
     confhist = [s for s in svgs if "confhist" in s]
     assert len(heat) == len(render_mod.PAIR_HEATMAPS) and scatter and confhist
@@ -378,18 +382,19 @@ def test_names_escaped_in_svgs(tmp_path: Path) -> None:
     assert any(b.get("data-method") == evil and b.get("data-task") == f"t_nat{EVIL}"
                for b in tags(page, "rect") if "data-bin" in b)
     assert any(c["attrs"].get("data-method") == evil
-               for c in cells_prefixed(page, "confidence-table-"))
+               for c in parse_cells(page, "confidence-table"))
     assert any(r.get("data-method-a") == evil for r in tags(page, "rect"))
     assert any(c.get("data-method") == evil for c in tags(page, "circle"))
     assert any(evil in json.loads(a["data-best"]) for a in _advice(page))
     assert any(c["attrs"].get("data-value") == ",".join(["probe", evil, "huge"])
-               for c in cells_prefixed(page, "ensembles-table-"))
+               for c in parse_cells(page, "ensembles-table"))
 
 
 def test_heatmaps_mark_empty_sets(runs: Path, analysed: dict, tmp_path: Path) -> None:
     """A Jaccard of two empty sets keeps its table value (1.0) but is drawn as "∅"."""
     results = collect_study(runs, STUDY)
-    page = render(tmp_path, results)
+    render(tmp_path, results)
+    page = whole_report(tmp_path)
     counts = {(r["task"], r["method"]): r for r in results.analysis["confidence"].to_pylist()}
     rects = [r for r in tags(page, "rect") if r.get("data-column") == "confident_wrong_overlap"]
     assert rects
@@ -407,7 +412,8 @@ def test_heatmaps_mark_empty_sets(runs: Path, analysed: dict, tmp_path: Path) ->
 
 def test_confidence_section_matches_tables(runs: Path, analysed: dict, tmp_path: Path) -> None:
     results = collect_study(runs, STUDY)
-    page = render(tmp_path, results)
+    render(tmp_path, results)
+    page = whole_report(tmp_path)
     assert 'id="high-confidence"' in page
     conf = {(r["task"], r["method"]): r for r in results.analysis["confidence"].to_pylist()}
     acc = {(r["task"], r["method"]): r for r in results.analysis["accuracy"].to_pylist()}
@@ -424,7 +430,7 @@ def test_confidence_section_matches_tables(runs: Path, analysed: dict, tmp_path:
     assert {float(s["data-threshold"]) for s in tags(page, "svg") if "data-threshold" in s} \
         == {0.9}
     # the per-method table
-    cells = cells_prefixed(page, "confidence-table-")
+    cells = parse_cells(page, "confidence-table")
     assert len(cells) == 7 * len(conf)
     for c in cells:
         a = c["attrs"]
@@ -461,7 +467,8 @@ def _check_marks(page: str, grid: list[dict[str, Any]]) -> None:
 
 def test_landscapes_match_grid(runs: Path, tmp_path: Path) -> None:
     collected = collect_study(runs, STUDY)
-    page = render(tmp_path, collected)
+    render(tmp_path, collected)
+    page = whole_report(tmp_path)
     assert 'id="tuning-landscapes"' in page
     grid = collected.grid.to_pylist()
     _check_marks(page, grid)
@@ -501,7 +508,8 @@ def test_landscape_matrix_and_escaping(tmp_path: Path) -> None:
     results = StudyResults(results=RESULTS_SCHEMA.empty_table(),
                            grid=pa.Table.from_pylist(rows, schema=GRID_SCHEMA),
                            summary=SUMMARY_SCHEMA.empty_table(), analysis={})
-    page = render(tmp_path, results, study)
+    render(tmp_path, results, study)
+    page = whole_report(tmp_path)
     assert "<script" not in page.lower()
     _check_marks(page, rows)
     svgs = {a["data-method"]: a for a in tags(page, "svg") if "landscape" in (a.get("class") or "")}
@@ -546,7 +554,8 @@ def test_ensemble_overview_matches_table(runs: Path, analysed: dict, tmp_path: P
 
 def test_every_runs_config_in_page(runs: Path, tmp_path: Path) -> None:
     results = collect_study(runs, STUDY)
-    page = render(tmp_path, results)
+    render(tmp_path, results)
+    page = whole_report(tmp_path)
     cells = [c for c in parse_cells(page, "config-table")
              if c["attrs"]["data-column"] == "config_json"]
     want = {(r["task"], r["method"]): r["config_json"] for r in results.results.to_pylist()

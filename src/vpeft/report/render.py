@@ -21,11 +21,14 @@ from typing import Any, Iterator, Mapping, Sequence
 import jinja2
 from markupsafe import Markup
 
-from vpeft.io import atomic_path
+from vpeft.io import atomic_dir, atomic_path
 from vpeft.report import svg
 from vpeft.report.collect import GROUPS, StudyResults, study_kind, study_methods, study_tasks
 from vpeft.report.advice import Advice, recommendations  # noqa: F401  (re-exported)
 from vpeft.report.cost import cost_view
+from vpeft.report.crosstask import confidence_summary, mean_overlap_heatmap, mean_seed_noise, \
+    mistakes_summary
+from vpeft.report.pages import TASK_DIR, split_columns, task_anchor, task_page
 from vpeft.report.landscape import Landscape, landscape
 from vpeft.report.maintable import main_table
 from vpeft.report.seednoise import seed_noise_view
@@ -70,6 +73,9 @@ def _hparam_rows(results: StudyResults, study: Mapping) -> list[Row]:
                  r["num_grid_points"], "num_grid_points", "num"),
             cell("–" if r["num_diverged"] is None else str(r["num_diverged"]),
                  r["num_diverged"], "num_diverged", "num"),
+            cell(_fmt_seconds(r["wall_time_s"]), r["wall_time_s"], "wall_time_s", "num"),
+            cell(_fmt_seconds(r["grid_wall_time_s"]), r["grid_wall_time_s"], "grid_wall_time_s",
+                 "num"),
         ], method=method, task=task))
     return rows
 
@@ -205,27 +211,49 @@ def _input_data_rows(study: Mapping) -> list[Row]:
     return rows
 
 
-def _provenance_rows(results: StudyResults, study: Mapping) -> list[Row]:
-    rows: list[Row] = []
-    for task, method, r in _runs_in_study_order(results, study):
-        commit = r["git_commit"]
-        rows.append(Row(task, [
-            Cell(method, method, "method", task, method),
-            Cell(_short_commit(commit), commit, "git_commit", task, method,
-                 ["mono"], title=commit),
-            Cell("–" if r["seed"] is None else str(r["seed"]), _raw(r["seed"]), "seed", task,
-                 method, ["num"]),
-            Cell(str(r["num_seeds"] or "–"), _raw(r["num_seeds"]), "num_seeds", task, method,
-                 ["num"]),
-            Cell(r["protocol"] or "–", r["protocol"], "protocol", task, method),
-            Cell(_fmt_seconds(r["wall_time_s"]), _raw(r["wall_time_s"]), "wall_time_s", task,
-                 method, ["num"]),
-            Cell(_fmt_seconds(r["grid_wall_time_s"]), _raw(r["grid_wall_time_s"]),
-                 "grid_wall_time_s", task, method, ["num"]),
-            Cell(_versions_text(r["versions_json"]), r["versions_json"], "versions_json",
-                 task, method, ["small"]),
-        ], method=method, task=task))
-    return rows
+# The per-run facts of the provenance section: (results column, label, display text).
+_FACTS: tuple[tuple[str, str], ...] = (
+    ("git_commit", "Git commit"), ("versions_json", "Library versions"),
+    ("protocol", "Protocol"), ("seed", "Seed (final/)"), ("num_seeds", "Seeds with a result"))
+
+
+def _fact_text(column: str, value: Any) -> str:
+    if column == "git_commit":
+        return _short_commit(value)
+    if column == "versions_json":
+        return _versions_text(value)
+    return "–" if value is None else str(value)
+
+
+def shared_facts(results: StudyResults, study: Mapping) -> tuple[list[Row], list[Row]]:
+    """The provenance of every run without repeating it 304 times: per fact, the value most runs
+    share (``shared``: label, text, how many runs), and one row per run whose value differs
+    from it (``exceptions``: task, method, fact, value). Missing runs have no provenance."""
+    runs = [(t, m, r) for t, m, r in _runs_in_study_order(results, study)
+            if r["status"] != "missing"]
+    shared, exceptions = [], []
+    for column, label in _FACTS:
+        counts: dict[Any, int] = {}
+        for _, _, r in runs:
+            counts[r[column]] = counts.get(r[column], 0) + 1
+        if not counts:
+            continue
+        common = max(counts, key=lambda v: counts[v])   # first seen wins a tie (study order)
+        scope = (f"all {len(runs)} runs" if counts[common] == len(runs)
+                 else f"{counts[common]} of {len(runs)} runs; the others below")
+        shared.append(Row(label, [
+            Cell(_fact_text(column, common), _raw(common), column,
+                 classes=["mono" if column == "git_commit" else "wrap"],
+                 title=str(common) if column == "git_commit" else None),
+            Cell(scope, str(counts[common]), "num_runs", classes=["small"])]))
+        for task, method, r in runs:
+            if r[column] != common:
+                exceptions.append(Row(task, [
+                    Cell(method, method, "method", task, method),
+                    Cell(label, column, "fact", task, method),
+                    Cell(_fact_text(column, r[column]), _raw(r[column]), column, task, method,
+                         ["wrap"])], method=method, task=task))
+    return shared, exceptions
 
 
 def _representative_config(results: StudyResults, study: Mapping) -> tuple[str, str, str] | None:
@@ -330,10 +358,28 @@ def _ordered_methods(names: Sequence[str], study: Mapping) -> list[str]:
 
 
 def _rows_of(results: StudyResults, name: str, task: str) -> list[dict[str, Any]]:
-    table = results.analysis.get(name)
-    if table is None:
-        return []
-    return [r for r in table.to_pylist() if r["task"] == task]
+    """The rows of analysis table ``name`` for ``task`` (each table is converted once)."""
+    return _analysis_index(results).get(name, {}).get(task, [])
+
+
+_INDEX_CACHE: dict[int, tuple[StudyResults, dict[str, dict[str, list[dict[str, Any]]]]]] = {}
+
+
+def _analysis_index(results: StudyResults) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """``{table: {task: [row, ...]}}``: every analysis table turned into Python rows once per
+    render, not once per task and heat map (19 tasks x 16 methods made that quadratic)."""
+    cached = _INDEX_CACHE.get(id(results))
+    if cached is not None and cached[0] is results:
+        return cached[1]
+    index: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for name, table in results.analysis.items():
+        by_task: dict[str, list[dict[str, Any]]] = {}
+        for r in table.to_pylist():
+            by_task.setdefault(r["task"], []).append(r)
+        index[name] = by_task
+    _INDEX_CACHE.clear()   # only the results being rendered are kept
+    _INDEX_CACHE[id(results)] = (results, index)
+    return index
 
 
 def _finite_or_none(value: Any) -> float | None:
@@ -453,7 +499,7 @@ def _confidence_view(results: StudyResults, study: Mapping, task: str
             _num_cell(c["confident_wrong"], "confident_wrong", task, _fmt_count, m),
             _num_cell(c["confident_precision"], "confident_precision", task, fmt_acc, m),
         ], method=m, task=task))
-    return threshold, svg.confidence_histograms(task, panels, threshold), rows
+    return threshold, svg.confidence_histograms(task, panels, threshold, columns=6), rows
 
 
 def _fmt_frac(value: float | None) -> str:
@@ -585,13 +631,15 @@ def _svg_mean_bars(results: StudyResults, study: Mapping) -> Markup | None:
 # --------------------------------------------------------------------------------------------
 
 def _environment() -> jinja2.Environment:
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.PackageLoader("vpeft.report", "templates"),
         autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
         undefined=jinja2.StrictUndefined,   # a typo in the template fails loudly
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    env.globals["task_page"] = task_page   # the templates link tasks through the one naming rule
+    return env
 
 
 def _report_date(provenance: Mapping[str, Any]) -> str:
@@ -604,64 +652,154 @@ def _report_date(provenance: Mapping[str, Any]) -> str:
     return when.strftime("%Y-%m-%d %H:%M UTC")
 
 
-def render_html(results: StudyResults, study: Mapping, *, published_csv: Path | None = None,
-                provenance: Mapping | None = None) -> str:
-    """The report page as a string (see :func:`render_report`)."""
-    provenance = dict(provenance or {})
-    published = _published_table(results, study, read_published(published_csv)) \
-        if published_csv is not None else None
-    tasks = study_tasks(study)
+# The widest a main / published table part may be, in value columns, so that it fits a
+# 1400-px window (a main-table cell holds "88.5 ± 0.3" over its interval; a published one "88.5"
+# over its delta); measured in Chromium by tests/test_report_layout.py.
+MAIN_COLUMNS = 12
+PUBLISHED_COLUMNS = 16
+
+
+def _task_info(study: Mapping) -> list[dict[str, Any]]:
+    return [{"name": str(t.get("name")), "group": GROUP_TITLES.get(str(t.get("group")), ""),
+             "num_classes": t.get("num_classes"), "description": t.get("description") or "",
+             "page": task_page(str(t.get("name"))), "anchor": task_anchor(str(t.get("name")))}
+            for t in study.get("tasks") or []]
+
+
+def _common_context(results: StudyResults, study: Mapping, provenance: Mapping) -> dict:
+    return dict(study=study, title=study.get("title") or f"vpeft study {study['name']}",
+                date=_report_date(provenance), kind=study_kind(study),
+                task_info=_task_info(study))
+
+
+def _landing_context(results: StudyResults, study: Mapping, published_csv: Path | None,
+                     provenance: Mapping) -> dict:
     from vpeft.report.manyshot import manyshot_curves
     from vpeft.report.robustness import robustness_view
 
-    template = _environment().get_template("report.html.j2")
-    return template.render(
-        study=study,
-        title=study.get("title") or f"vpeft study {study['name']}",
-        date=_report_date(provenance),
-        task_info=[{"name": str(t.get("name")), "group": GROUP_TITLES.get(str(t.get("group")), ""),
-                    "num_classes": t.get("num_classes"), "description": t.get("description") or ""}
-                   for t in study.get("tasks") or []],
+    published = _published_table(results, study, read_published(published_csv)) \
+        if published_csv is not None else None
+    tasks = study_tasks(study)
+    main = main_table(results, study)
+    config = _representative_config(results, study)
+    seed_noise = [(t, v) for t, _ in tasks
+                  if (v := seed_noise_view(results.seed_noise, t, study_methods(study)))]
+    analysis_tasks = _analysis_tasks(results, study)
+    return _common_context(results, study, provenance) | dict(
         num_tasks=len(tasks),
-        main=main_table(results, study),
-        kind=study_kind(study),
+        main=main,
+        main_parts=split_columns(main, MAIN_COLUMNS),
         chart=_svg_mean_bars(results, study),
         chart_omitted=[r["method"] for r in results.summary.to_pylist() if r["mean"] is None],
-        hparams=_hparam_rows(results, study),
-        grid=_grid_rows(results),
         published=published,
+        published_parts=split_columns(published, PUBLISHED_COLUMNS) if published else [],
         published_title=PUBLISHED_TITLE,
         provenance=[(str(k), _fmt_hparam(v)) for k, v in provenance.items() if k != "date"],
-        runs=_provenance_rows(results, study),
+        shared_facts=(facts := shared_facts(results, study))[0],
+        fact_exceptions=facts[1],
         input_data=_input_data_rows(study),
         notes=_consistency_notes(results),
-        config=(config := _representative_config(results, study)),
-        config_diffs=_config_differences(results, study, config),
+        config=config,
         ensemble_overview=_ensemble_overview(results, study),
-        analysis=_analysis_sections(results, study),
-        landscapes=_landscapes(results, study),
+        mistakes_summary=mistakes_summary(_analysis_index(results), analysis_tasks),
+        overlap_chart=mean_overlap_heatmap(_analysis_index(results), study_methods(study)),
+        confidence_summary=confidence_summary(_analysis_index(results), study_methods(study)),
+        analysis_tasks=analysis_tasks,
         scatter=_svg_scatter(results, study),
         advice=recommendations(results, study),
         manyshot=manyshot_curves(results, study),  # [] unless the study is a many-shot one
         robustness=robustness_view(results, study),  # [] unless the runs have WiSE-FT curves
         cost=cost_view(results, study),
-        seed_noise=[(t, v) for t, _ in tasks
-                    if (v := seed_noise_view(results.seed_noise, t, study_methods(study)))],
+        seed_noise_mean=mean_seed_noise(seed_noise),
         stats=results.stats is not None and results.stats.num_rows > 0,
         ci_kinds=sorted({r["ci_kind"] for r in results.stats.to_pylist()})
         if results.stats is not None else [],
     )
 
 
+def _analysis_tasks(results: StudyResults, study: Mapping) -> list[str]:
+    """Tasks with analysis tables: study order first, then any others in table order."""
+    present = list(dict.fromkeys(t for by_task in _analysis_index(results).values()
+                                 for t in by_task))
+    order = [t for t, _ in study_tasks(study)]
+    return [t for t in order if t in present] + [t for t in present if t not in order]
+
+
+def _task_results_rows(main: VtabTable, task: str) -> list[Row]:
+    """The main table's cells of one task (one row per method), for its page."""
+    flat = [t for _, ts in main.groups for t in ts]
+    if task not in flat:
+        return []
+    col = flat.index(task)
+    return [Row(r.label, [r.cells[col]], method=r.method, task=task)
+            for r in main.rows + main.footer]
+
+
+def _task_contexts(results: StudyResults, study: Mapping, provenance: Mapping
+                   ) -> Iterator[tuple[str, dict]]:
+    """(path relative to the report dir, template context) of every task page."""
+    common = _common_context(results, study, provenance)
+    main = main_table(results, study)
+    analysis = {a.task: a for a in _analysis_sections(results, study)}
+    landscapes = {t.task: t.charts for t in _landscapes(results, study)}
+    hparams, grid = _hparam_rows(results, study), _grid_rows(results)
+    config = _representative_config(results, study)
+    diffs = _config_differences(results, study, config)
+    names = [t for t, _ in study_tasks(study)]
+    for i, (task, group) in enumerate(study_tasks(study)):
+        yield task_page(task), common | dict(
+            task=task, group=GROUP_TITLES.get(group, ""),
+            info=next((t for t in common["task_info"] if t["name"] == task), None),
+            back=f"../index.html#{task_anchor(task)}",
+            prev=(names[i - 1], "../" + task_page(names[i - 1])) if i > 0 else None,
+            next=(names[i + 1], "../" + task_page(names[i + 1])) if i + 1 < len(names) else None,
+            results_rows=_task_results_rows(main, task),
+            analysis=analysis.get(task),
+            seed_noise=seed_noise_view(results.seed_noise, task, study_methods(study)),
+            hparams=[r for r in hparams if r.task == task],
+            grid=[r for r in grid if r.task == task],
+            landscapes=landscapes.get(task, []),
+            config=config,
+            config_diffs=[r for r in diffs if r.task == task],
+        )
+
+
+def render_html(results: StudyResults, study: Mapping, *, published_csv: Path | None = None,
+                provenance: Mapping | None = None) -> str:
+    """The landing page (index.html) as a string (see :func:`render_report`)."""
+    context = _landing_context(results, study, published_csv, dict(provenance or {}))
+    return _environment().get_template("report.html.j2").render(**context)
+
+
+def render_pages(results: StudyResults, study: Mapping, *, published_csv: Path | None = None,
+                 provenance: Mapping | None = None) -> dict[str, str]:
+    """Every page of the report, ``{path relative to the report dir: html}``: ``index.html``
+    and one ``tasks/<task>.html`` per study task (:func:`vpeft.report.pages.task_page`)."""
+    provenance = dict(provenance or {})
+    template = _environment().get_template("task.html.j2")
+    pages = {path: template.render(**ctx)
+             for path, ctx in _task_contexts(results, study, provenance)}
+    pages["index.html"] = render_html(results, study, published_csv=published_csv,
+                                      provenance=provenance)
+    return pages
+
+
 def render_report(results: StudyResults, study: Mapping, out_html: Path, *,
                   published_csv: Path | None = None, provenance: Mapping | None = None) -> None:
-    """Render the study report to ``out_html`` (one self-contained page, written atomically).
+    """Render the study report: ``out_html`` (the landing page) and, beside it, ``tasks/`` with
+    one self-contained page per task.
 
     ``published_csv`` (``method,task,test_top1``) adds a published-reference section when it has
     rows for the study's tasks; ``provenance`` (e.g. ``{"generated_by": ..., "date": ...}``) is
-    listed in the provenance section. The page is rendered completely before anything is written,
-    so a failure leaves no partial file.
+    listed in the provenance section. Every page is rendered before anything is written; the
+    task pages replace ``tasks/`` as one directory, then the landing page is replaced, so a
+    failure leaves no partial file (at worst new task pages beside the previous landing page).
     """
-    page = render_html(results, study, published_csv=published_csv, provenance=provenance)
-    with atomic_path(Path(out_html)) as tmp:
-        tmp.write_text(page, encoding="utf-8")
+    out_html = Path(out_html)
+    pages = render_pages(results, study, published_csv=published_csv, provenance=provenance)
+    with atomic_dir(out_html.parent / TASK_DIR) as tmp:
+        for path, page in pages.items():
+            if path != "index.html":
+                (tmp / Path(path).name).write_text(page, encoding="utf-8")
+    with atomic_path(out_html) as tmp:
+        tmp.write_text(pages["index.html"], encoding="utf-8")

@@ -67,7 +67,7 @@ def heatmap(task: str, methods: Sequence[str], values: Mapping[tuple[str, str], 
     ``data-value`` but the cell is drawn grey with "∅", since there is nothing to overlap.
     """
     n = len(methods)
-    cell = 44
+    cell = 44 if n <= 8 else 32   # 16 methods: two heat maps side by side in a 1400-px window
     longest = max((_text_width(m) for m in methods), default=0.0)
     label_w = max(40, round(longest + 12))
     top = max(30, round(longest * 0.87 + 14))   # room for the column labels, rotated by 60°
