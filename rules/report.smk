@@ -1,4 +1,5 @@
 # Collect every final evaluation into Parquet tables and render the study's HTML report.
+from vpeft.report.pages import task_page
 
 
 rule report:
@@ -17,6 +18,8 @@ rule report:
                                                       "metrics.json", "seeds.parquet",
                                                       "chance.parquet", "stats.parquet",
                                                       "seed_noise.parquet")],
+        # one page per task beside index.html (vpeft.report.pages.task_page names them)
+        *[str(layout.report_dir(CFG) / task_page(t)) for t in PLAN.tasks],
     log:
         f"{LOGS}/report.log",
     shell:
