@@ -28,6 +28,8 @@ class PageVisit:
     screenshot_png: bytes
     dom: str
     requests: list[str] = field(default_factory=list)
+    values: dict[str, object] = field(default_factory=dict)   # each expression's JSON value
+    load_s: float = 0.0    # navigation to the load event
 
 
 def _free_port() -> int:
@@ -36,8 +38,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def visit(html: Path, *, width: int = 1280, height: int = 2000, timeout: float = 60.0) -> PageVisit:
-    """Load ``html`` and return its screenshot, DOM and the URLs of every request it issued."""
+def visit(html: Path, *, width: int = 1280, height: int = 2000, timeout: float = 60.0,
+          expressions: dict[str, str] | None = None) -> PageVisit:
+    """Load ``html`` and return its screenshot, DOM and the URLs of every request it issued,
+    plus the value of each JavaScript ``expressions[name]`` evaluated in the loaded page (it
+    should return something JSON can carry: measurements of the rendered layout)."""
     import websocket  # websocket-client
 
     port = _free_port()
@@ -79,15 +84,23 @@ def visit(html: Path, *, width: int = 1280, height: int = 2000, timeout: float =
         call("Page.enable")
         call("Emulation.setDeviceMetricsOverride", width=width, height=height,
              deviceScaleFactor=1, mobile=False)
+        started = time.monotonic()
         call("Page.navigate", url=html.resolve().as_uri())
         while not loaded and time.monotonic() < deadline:
             call("Runtime.evaluate", expression="document.readyState")
+        load_s = time.monotonic() - started
         time.sleep(0.5)  # let any late (lazy) request show up
+        values = {}
+        for name, expression in (expressions or {}).items():
+            result = call("Runtime.evaluate", expression=expression, returnByValue=True)
+            if "exceptionDetails" in result:
+                raise RuntimeError(f"{name}: {result['exceptionDetails']}")
+            values[name] = result["result"].get("value")
         dom = call("Runtime.evaluate", expression="document.documentElement.outerHTML",
                    returnByValue=True)["result"]["value"]
         shot = base64.b64decode(call("Page.captureScreenshot", format="png")["data"])
         ws.close()
-        return PageVisit(shot, dom, requests)
+        return PageVisit(shot, dom, requests, values, load_s)
     finally:
         proc.terminate()
         try:

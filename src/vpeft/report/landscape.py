@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 
 from markupsafe import Markup
 
-from vpeft.report.svg import esc
+from vpeft.report.svg import esc, mono_width
 
 __all__ = ["Landscape", "landscape", "swept_axes"]
 
@@ -108,8 +108,6 @@ def _title(p: _Point, axes: Sequence[str], fmt_acc) -> str:
     return f"{where}: {what}{' (selected)' if p.selected else ''}"
 
 
-def _text_w(text: str) -> float:
-    return 6.6 * len(text)
 
 
 def _line(task: str, method: str, axis: str, points: list[_Point], fmt_acc) -> Markup:
@@ -193,7 +191,9 @@ def _matrix(task: str, method: str, axes: list[str], points: list[_Point], fmt_a
     lo, hi = (min(finite), max(finite)) if finite else (0.0, 1.0)
 
     cw, ch = 48, 24
-    label_w = max(40.0, max(_text_w(t) for t in row_labels) + 10)
+    # Row labels are set in the monospace face, whose width is bounded (svg.mono_width): an
+    # estimate for the proportional face clipped long labels on the left.
+    label_w = max(40.0, max(mono_width(t) for t in row_labels) + 12)
     top = 44
     width = int(max(label_w + cw * len(cols) + 12, 230))
     height = top + ch * len(row_keys) + 26   # + the colour key below
@@ -210,7 +210,7 @@ def _matrix(task: str, method: str, axes: list[str], points: list[_Point], fmt_a
                          f'{esc(_label(v))}</text>')
     for i, text in enumerate(row_labels):
         parts.append(f'<text x="{label_w - 6:.1f}" y="{top + ch * i + ch / 2 + 4:.1f}" '
-                     f'class="label">{esc(text)}</text>')
+                     f'class="label mono">{esc(text)}</text>')
     selected = None
     for p in points:
         i = row_index[row_of(p)]

@@ -57,6 +57,67 @@ def _text_width(text: str) -> float:
     return 6.8 * len(text)
 
 
+# Labels whose room is computed (landscape row labels, scatter labels) are set in the monospace
+# font (CSS class "mono" in the charts): every glyph of the common monospace faces (DejaVu Sans
+# Mono, Liberation Mono, Menlo, Consolas, Courier) is at most 0.61 em wide, so this bound holds
+# whichever one the browser picks, unlike a per-character guess for a proportional font.
+MONO_EM = 0.61
+
+
+def mono_width(text: str, font_px: float = 12.0) -> float:
+    """An upper bound on the rendered width in px of ``text`` in the charts' monospace font."""
+    return MONO_EM * font_px * len(text)
+
+
+Box = tuple[float, float, float, float]   # x0, y0, x1, y1
+
+
+def _overlaps(a: Box, b: Box) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def place_point_labels(points: Sequence[tuple[float, float]], texts: Sequence[str],
+                       bounds: Box, radius: float = 6.0, font_px: float = 12.0
+                       ) -> list[tuple[float, float]]:
+    """A (x, baseline y) for each point's label, left-aligned, so that no two labels overlap, no
+    label covers a point, and every label stays inside ``bounds``.
+
+    Points are labelled from left to right; each label takes the first free spot among: right
+    of its point, left, above, below, then the same further out. A label that finds no free
+    spot keeps the right-hand one (moved inside ``bounds``); with a handful of methods that
+    does not happen."""
+    # A text's box spans about 0.92 em above its baseline and 0.25-0.33 em below (ascent and
+    # descent of the monospace faces): a 1.4-em box with the baseline 1 em down covers it.
+    h = 1.4 * font_px
+    marks = [(x - radius, y - radius, x + radius, y + radius) for x, y in points]
+    placed: list[Box] = []
+    out: list[tuple[float, float]] = [(0.0, 0.0)] * len(points)
+
+    def inside(b: Box) -> bool:
+        return b[0] >= bounds[0] and b[1] >= bounds[1] and b[2] <= bounds[2] and b[3] <= bounds[3]
+
+    for i in sorted(range(len(points)), key=lambda k: (points[k][0], points[k][1])):
+        x, y = points[i]
+        w = mono_width(texts[i], font_px)
+        spots = []
+        for step in range(6):
+            d = radius + 2 + step * (h + 2)
+            spots += [(x + d, y - h / 2), (x - d - w, y - h / 2),
+                      (x - w / 2, y - d - h), (x - w / 2, y + d)]
+        spots += [(x + radius + 2, y - h / 2 + k * (h + 2) * sign) for k in range(1, 12)
+                  for sign in (1, -1)]
+        boxes = [(sx, sy, sx + w, sy + h) for sx, sy in spots]
+        free = [b for b in boxes if inside(b) and not any(_overlaps(b, o) for o in placed)
+                and not any(_overlaps(b, m) for m in marks)]
+        box = free[0] if free else boxes[0]
+        if not free:   # keep it inside at least
+            dx = min(0.0, bounds[2] - box[2]) + max(0.0, bounds[0] - box[0])
+            box = (box[0] + dx, box[1], box[2] + dx, box[3])
+        placed.append(box)
+        out[i] = (box[0], box[1] + font_px)
+    return out
+
+
 def heatmap(task: str, methods: Sequence[str], values: Mapping[tuple[str, str], float | None],
             *, label: str = "error overlap (Jaccard)", column: str = "error_overlap",
             empty: frozenset[tuple[str, str]] | set[tuple[str, str]] = frozenset()) -> Markup:
@@ -68,7 +129,7 @@ def heatmap(task: str, methods: Sequence[str], values: Mapping[tuple[str, str], 
     """
     n = len(methods)
     cell = 44 if n <= 8 else 32   # 16 methods: two heat maps side by side in a 1400-px window
-    longest = max((_text_width(m) for m in methods), default=0.0)
+    longest = max((mono_width(m) for m in methods), default=0.0)   # labels: monospace
     label_w = max(40, round(longest + 12))
     top = max(30, round(longest * 0.87 + 14))   # room for the column labels, rotated by 60°
     width = round(max(label_w + n * cell + longest * 0.5 + 10, _text_width(label) + 12))
@@ -80,11 +141,11 @@ def heatmap(task: str, methods: Sequence[str], values: Mapping[tuple[str, str], 
     top += 22   # below the title
     for j, m in enumerate(methods):
         x, y = label_w + j * cell + cell / 2, top - 6
-        parts.append(f'<text x="{x:.1f}" y="{y}" class="collabel" '
+        parts.append(f'<text x="{x:.1f}" y="{y}" class="collabel mono" '
                      f'transform="rotate(-60 {x:.1f} {y})">{esc(m)}</text>')
     for i, a in enumerate(methods):
         y = top + i * cell
-        parts.append(f'<text x="{label_w - 6}" y="{y + cell / 2 + 4:.1f}" class="label">'
+        parts.append(f'<text x="{label_w - 6}" y="{y + cell / 2 + 4:.1f}" class="label mono">'
                      f'{esc(a)}</text>')
         for j, b in enumerate(methods):
             x = label_w + j * cell
@@ -174,7 +235,9 @@ def scatter(points: Sequence[ScatterPoint], fmt_params: Callable[[float], str],
     if len(front) > 1:
         path = " ".join(f"{sx(p.params):.1f},{sy(p.accuracy):.1f}" for p in front)
         parts.append(f'<polyline points="{path}" class="front"/>')
-    for p in points:
+    labels = place_point_labels([(sx(p.params), sy(p.accuracy)) for p in points],
+                                [p.method for p in points], (0, 0, width, top + plot_h))
+    for p, (lx, ly) in zip(points, labels):
         x, yy = sx(p.params), sy(p.accuracy)
         cls = "point pareto" if p.pareto else "point"
         parts.append(
@@ -185,8 +248,8 @@ def scatter(points: Sequence[ScatterPoint], fmt_params: Callable[[float], str],
             f'<title>{esc(p.method)}: {esc(fmt_acc(p.accuracy))} % with '
             f'{esc(fmt_params(p.params))} {esc(x_what)}'
             f'{" (Pareto front)" if p.pareto else ""}</title></circle>')
-        parts.append(f'<text x="{x + 8:.1f}" y="{yy + 4:.1f}" '
-                     f'class="plabel{" pareto" if p.pareto else ""}">{esc(p.method)}</text>')
+        parts.append(f'<text x="{lx:.1f}" y="{ly:.1f}" data-method="{esc(p.method)}" '
+                     f'class="plabel mono{" pareto" if p.pareto else ""}">{esc(p.method)}</text>')
     parts.append("</svg>")
     return Markup("".join(parts))
 
