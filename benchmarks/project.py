@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from vpeft import jobs
 from vpeft.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -229,10 +230,19 @@ def task_images(cfg: Any, task: str, sizes: Sizes) -> TaskImages:
 
 # ------------------------------------------------------------------------------- the projection
 
-def _jobs_of(points: Sequence[Any], per_job: int) -> list[list[Any]]:
-    """The grid jobs of one method as rules/train.smk forms them (``points_per_job``, 0 = all)."""
-    size = per_job or len(points)
-    return [list(points[i:i + size]) for i in range(0, len(points), size)]
+def method_groups(plan: Any) -> list[list[str]]:
+    """Methods that share jobs (``train.methods_per_job``); one group per method by default."""
+    return jobs.method_groups(plan) if jobs.groups_methods(plan.cfg.train) else \
+        [[m] for m in plan.methods]
+
+
+def _jobs_of(plan: Any, method: str) -> list[list[Any]]:
+    """The points of one method's grid jobs as rules/train*.smk form them (``vpeft.jobs``)."""
+    points = plan.points[method]
+    if jobs.groups_methods(plan.cfg.train):  # every point of the method in its group's job
+        return [list(points)]
+    by_id = {p.id: p for p in points}
+    return [[by_id[i] for i in chunk] for chunk in jobs.grid_chunks(plan, method)]
 
 
 def _distinct_hparams(points: Sequence[Any]) -> int:
@@ -246,7 +256,7 @@ def method_seconds(plan: Any, method: str, speed: Speed, images: Mapping[str, Ta
     epochs = int(train_cfg.epochs)
     seeds = len(train_cfg.get("seeds") or [0])  # one final run (and WiSE-FT) per seed
     points = plan.points[method]
-    jobs = _jobs_of(points, int(train_cfg.get("points_per_job", 0)))
+    jobs = _jobs_of(plan, method)
     cached = (speed.extract is not None and bool(train_cfg.get("cache_linear_features", True))
               and not train_cfg.get("augment"))
     grid = final = wise = 0.0
@@ -263,9 +273,11 @@ def method_seconds(plan: Any, method: str, speed: Speed, images: Mapping[str, Ta
     final, wise = final * seeds, wise * seeds
     n_tasks = len(images)
     has_wise = any(im.wise for im in images.values())
+    # methods sharing jobs (train.methods_per_job) share their grid and final jobs' start-up
+    share = next(1 / len(g) for g in method_groups(plan) if method in g)
     return {"method": method, "grid_points": len(points), "grid_jobs_per_task": len(jobs),
             "path": "cached features" if cached else "back-propagation",
-            "device_jobs": n_tasks * (len(jobs) + seeds * (1 + int(has_wise))),
+            "device_jobs": n_tasks * (share * (len(jobs) + seeds) + seeds * int(has_wise)),
             "seconds": {"grid": grid, "final": final, "wise": wise}}
 
 

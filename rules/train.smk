@@ -2,150 +2,22 @@
 # only) is retrained on train800val200; its test predictions are scored once. The grid is searched
 # with the first of train.seeds; each further seed is one more final run + evaluation (seed
 # wildcard, final-seed<s>/), so the first seed's jobs are exactly those of a single-seed study.
+# How runs are packed into jobs (train.points_per_job, train.methods_per_job) is vpeft.jobs's.
 import re
+
+from vpeft import jobs
 
 EXTRA_SEEDS = layout.seeds(CFG)[1:]
 
 
-def grid_jobs(method):
-    """The grid points of ``method`` in jobs of ``train.points_per_job`` points (0: all in one):
-    the points of a job train together in one process (`vpeft train --point A --point B ...`),
-    paying Python/torch start-up, data loading and (on a GPU) an idle device once."""
-    ids = [p.id for p in PLAN.points[method]]
-    size = int(CFG.train.get("points_per_job", 0)) or len(ids)
-    return [ids[i:i + size] for i in range(0, len(ids), size)]
+def _rule_stem(name):
+    return re.sub(r"\W", "_", name)
 
 
-if int(CFG.train.get("points_per_job", 0)) == 1:
+if jobs.groups_methods(CFG.train):
 
-    rule train_grid:  # one job per grid point
-        input:
-            data=f"{PREPARED}/{{task}}",
-            weights=WEIGHTS,
-            init_head=INIT_HEAD,
-        output:
-            [f"{RUNS}/{{task}}/{{method}}/grid/{{point}}/{name}" for name in layout.GRID_OUTPUTS],
-        threads: config["threads"]
-        resources:
-            **GPU_JOB,
-        log:
-            f"{LOGS}/{{task}}/{{method}}/grid/{{point}}.log",
-        shell:
-            vpeft("train") + " --phase grid --task {wildcards.task} --method {wildcards.method}"
-            " --point {wildcards.point} --threads {threads} > {log} 2>&1"
+    include: "train_grouped.smk"
 
 else:
-    # One rule per (method, job of points), named train_grid_<method>_<k>; its outputs are the
-    # same per-point files as one job per point, so select and everything after are unchanged.
-    for _method in PLAN.methods:
-        _jobs = grid_jobs(_method)
-        _rule_stem = "train_grid_" + re.sub(r"\W", "_", _method)
-        for _k, _ids in enumerate(_jobs, start=1):
 
-            rule:
-                name:
-                    f"{_rule_stem}_{_k}"
-                input:
-                    data=f"{PREPARED}/{{task}}",
-                    weights=WEIGHTS,
-                    init_head=INIT_HEAD,
-                output:
-                    [f"{RUNS}/{{task}}/{_method}/grid/{point}/{name}" for point in _ids
-                     for name in layout.GRID_OUTPUTS],
-                threads: config["threads"]
-                resources:
-                    **{**GPU_JOB, "runtime": lambda wildcards, attempt, n=len(_ids):
-                       config["train_runtime_min"] * attempt * n},
-                log:
-                    f"{LOGS}/{{task}}/{_method}/grid/points-{_k}-of-{len(_jobs)}.log",
-                params:  # evaluated here, per rule (the shell line runs later, after the loop)
-                    method=shlex.quote(_method),
-                    points=" ".join(f"--point {shlex.quote(i)}" for i in _ids),
-                shell:
-                    vpeft("train") + " --phase grid --task {wildcards.task} --method {params.method}"
-                    " {params.points} --threads {threads} > {log} 2>&1"
-
-
-rule select:
-    input:
-        grid_metrics,
-    output:
-        f"{RUNS}/{{task}}/{{method}}/selection.json",
-    log:
-        f"{LOGS}/{{task}}/{{method}}/select.log",
-    shell:
-        vpeft("select") + " --task {wildcards.task} --method {wildcards.method} > {log} 2>&1"
-
-
-rule train_final:
-    input:
-        selection=rules.select.output[0],
-        data=f"{PREPARED}/{{task}}",
-        weights=WEIGHTS,
-        init_head=INIT_HEAD,
-    output:
-        [f"{RUNS}/{{task}}/{{method}}/final/{name}" for name in layout.FINAL_OUTPUTS],
-    threads: config["threads"]
-    resources:
-        **GPU_JOB,
-    log:
-        f"{LOGS}/{{task}}/{{method}}/final.log",
-    shell:
-        vpeft("train") + " --phase final --task {wildcards.task} --method {wildcards.method}"
-        " --threads {threads} > {log} 2>&1"
-
-
-rule evaluate:
-    input:
-        final=rules.train_final.output,
-        data=f"{PREPARED}/{{task}}",
-    output:
-        [f"{RUNS}/{{task}}/{{method}}/final/{name}" for name in layout.EVAL_OUTPUTS],
-    group:
-        "bookkeeping"
-    resources:
-        **BOOKKEEPING_JOB,
-    log:
-        f"{LOGS}/{{task}}/{{method}}/evaluate.log",
-    shell:
-        vpeft("evaluate") + " --task {wildcards.task} --method {wildcards.method} > {log} 2>&1"
-
-
-if EXTRA_SEEDS:
-
-    rule train_final_seed:  # the chosen point retrained with another seed of train.seeds
-        input:
-            selection=rules.select.output[0],
-            data=f"{PREPARED}/{{task}}",
-            weights=WEIGHTS,
-            init_head=INIT_HEAD,
-        output:
-            [f"{RUNS}/{{task}}/{{method}}/final-seed{{seed}}/{name}" for name in layout.FINAL_OUTPUTS],
-        wildcard_constraints:
-            seed="|".join(str(s) for s in EXTRA_SEEDS),
-        threads: config["threads"]
-        resources:
-            **GPU_JOB,
-        log:
-            f"{LOGS}/{{task}}/{{method}}/final-seed{{seed}}.log",
-        shell:
-            vpeft("train") + " --phase final --task {wildcards.task} --method {wildcards.method}"
-            " --seed {wildcards.seed} --threads {threads} > {log} 2>&1"
-
-    rule evaluate_seed:
-        input:
-            final=rules.train_final_seed.output,
-            data=f"{PREPARED}/{{task}}",
-        output:
-            [f"{RUNS}/{{task}}/{{method}}/final-seed{{seed}}/{name}" for name in layout.EVAL_OUTPUTS],
-        wildcard_constraints:
-            seed="|".join(str(s) for s in EXTRA_SEEDS),
-        group:
-            "bookkeeping"
-        resources:
-            **BOOKKEEPING_JOB,
-        log:
-            f"{LOGS}/{{task}}/{{method}}/evaluate-seed{{seed}}.log",
-        shell:
-            vpeft("evaluate") + " --task {wildcards.task} --method {wildcards.method}"
-            " --seed {wildcards.seed} > {log} 2>&1"
+    include: "train_per_method.smk"

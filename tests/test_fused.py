@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from safetensors.torch import load_file
 
-from vpeft import layout
+from vpeft import cli, layout
 from vpeft.config import load_study
 from vpeft.io import read_json
 from vpeft.protocol import RESUME_CHECKPOINT, run_point, run_points
@@ -166,3 +166,102 @@ def test_snakemake_trains_the_grid_of_a_method_as_one_job(tmp_path):
 
     stats, _ = _dry_run(tmp_path, "train.points_per_job=1")  # the classic one job per point
     assert stats["train_grid"] == "6"
+
+
+# --- several methods in one process (train.methods_per_job) -------------------------------------
+
+def _grouped_overrides(tmp_path: Path, weights: Path, runs: str) -> list[str]:
+    return [f"paths.data={tmp_path}/data", f"paths.runs={tmp_path}/{runs}",
+            f"model.weights={weights}", "study.tasks=[count]", "study.methods=[linear,lora]",
+            "train.drop_path=0.1", "train.epochs=2", "train.batch_size=8"]
+
+
+def _vpeft(verb: str, overrides: list[str], *args: str) -> None:
+    argv = [verb, "--study", "smoke", "--task", "count", *args]
+    for o in overrides:
+        argv += ["-o", o]
+    if verb != "train":  # bookkeeping: no torch state to carry over, run in this process
+        assert cli.main(argv) == 0
+        return
+    done = subprocess.run([sys.executable, "-m", "vpeft", *argv], cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def _assert_final_identical(shared: Path, own: Path) -> None:
+    a, b = read_json(shared / layout.METRICS), read_json(own / layout.METRICS)
+    for key in RESULT_KEYS:
+        assert a[key] == b[key], key
+    ta, tb = load_file(str(shared / layout.ADAPTER)), load_file(str(own / layout.ADAPTER))
+    assert ta.keys() == tb.keys() and all(ta[k].equal(tb[k]) for k in ta)
+    la, lb = (pq.read_table(d / layout.TEST_LOGITS) for d in (shared, own))
+    assert la.column("index").equals(lb.column("index"))
+    assert np.array_equal(*(t.column("logits").combine_chunks().flatten().to_numpy().view(np.uint32)
+                            for t in (la, lb)))
+
+
+def test_methods_sharing_a_process_equal_their_own_jobs(tmp_path, prepared_task, tiny_weights):
+    # lora runs second in the shared process: whatever linear leaves behind must not reach it
+    plans = {runs: load_study("smoke", _grouped_overrides(tmp_path, tiny_weights, runs))
+             for runs in ("own", "shared")}
+    target = layout.prepared_task(plans["own"].cfg, "count")
+    shutil.copytree(prepared_task, target)
+    for runs in plans:
+        o = _grouped_overrides(tmp_path, tiny_weights, runs)
+        methods = [["--method", "lora"]] if runs == "own" else \
+            [["--method", "linear", "--method", "lora"]]
+        for m in methods:
+            _vpeft("train", o, "--phase", "grid", *m, "--points", "all", "--threads", "1")
+            _vpeft("select", o, *m)
+            _vpeft("train", o, "--phase", "final", *m, "--threads", "1")
+            _vpeft("evaluate", o, *m)
+    own, shared = plans["own"].cfg, plans["shared"].cfg
+    assert len(plans["own"].points["lora"]) == 2
+    for point in plans["own"].points["lora"]:
+        _assert_identical(layout.grid_dir(shared, "count", "lora", point.id),
+                          layout.grid_dir(own, "count", "lora", point.id))
+    assert read_json(layout.selection_file(shared, "count", "lora")) == \
+        read_json(layout.selection_file(own, "count", "lora"))
+    _assert_final_identical(layout.final_dir(shared, "count", "lora"),
+                            layout.final_dir(own, "count", "lora"))
+    assert read_json(layout.final_dir(shared, "count", "lora") / layout.TEST_EVAL) == \
+        read_json(layout.final_dir(own, "count", "lora") / layout.TEST_EVAL)
+    # and linear (first in the shared process) was trained, selected and scored too
+    assert read_json(layout.final_dir(shared, "count", "linear") / layout.TEST_EVAL)["status"] == "ok"
+
+
+def test_a_method_named_twice_or_points_across_methods_are_refused(tmp_path, tiny_weights):
+    o = _grouped_overrides(tmp_path, tiny_weights, "runs")
+    cmd = [sys.executable, "-m", "vpeft", "train", "--study", "smoke", "--task", "count",
+           "--phase", "grid"]
+    for args, message in (
+            (["--method", "lora", "--method", "lora", "--points", "all"], "named twice"),
+            (["--method", "linear", "--method", "lora", "--point", "lr0.01-wd0.0001"],
+             "--points all")):
+        proc = subprocess.run(cmd + args + [x for v in o for x in ("-o", v)], cwd=REPO, env=_env(),
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+
+
+def test_snakemake_runs_methods_of_a_task_together(tmp_path):
+    stats, out = _dry_run(tmp_path, "train.methods_per_job=2", "train.seeds=[1,2]")
+    # smoke: 2 tasks x one group of [linear, lora]; two seeds
+    from vpeft.check import count_jobs
+
+    plan = load_study("smoke", ["train.methods_per_job=2", "train.seeds=[1,2]"])
+    # `vpeft check` counts the jobs of `all`: those of the target `train` but the rule `train`
+    # itself, plus the report
+    assert sum(count_jobs(plan).values()) == int(stats["total"])
+    for rule in ("train_grid_group1", "select_group1", "train_final_group1", "evaluate_group1",
+                 "train_final_seed2_group1", "evaluate_seed2_group1"):
+        assert stats[rule] == "2", rule
+    assert not {"train_grid", "select", "train_final", "evaluate", "train_grid_lora_1"} & set(stats)
+    assert len(re.findall(r"--method linear --method lora --points all", out)) == 2
+    assert len(re.findall(r"--phase final --task \w+ --method linear --method lora --seed 2", out)) == 2
+
+    for bad in ("train.methods_per_job=-1", "train.methods_per_job=two"):
+        override = f'overrides=["{bad}"]'
+        proc = subprocess.run([sys.executable, "-m", "snakemake", "--dry-run", "--cores", "1",
+                               "train", "--config", "study=smoke", override],
+                              cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+        assert proc.returncode != 0 and "train.methods_per_job" in proc.stdout + proc.stderr

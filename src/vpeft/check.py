@@ -11,7 +11,6 @@ Exit status 1 when any problem is found (each names its file, line or config key
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from vpeft import jobs as jobs_of
 from vpeft import layout
 from vpeft.config import StudyPlan
 from vpeft.errors import UserError
@@ -181,16 +181,14 @@ def _check_weights(plan: StudyPlan) -> TaskCheck:
 def count_jobs(plan: StudyPlan) -> dict[str, int]:
     """The Snakemake jobs of ``snakemake all`` for this study, by kind (the rules in rules/*.smk)."""
     cfg = plan.cfg
-    tasks, methods = len(plan.tasks), len(plan.methods)
-    per_job = int(cfg.train.get("points_per_job", 0))
-    grid = tasks * sum(math.ceil(len(plan.points[m]) / (per_job or len(plan.points[m])))
-                       for m in plan.methods)
+    tasks = len(plan.tasks)
+    per_method = jobs_of.per_method_job_count(plan)  # methods, or groups of train.methods_per_job
     seeds = len(cfg.train.seeds)
     jobs = {
-        "grid training": grid,
-        "final training": tasks * methods * seeds,
-        "select": tasks * methods,
-        "evaluate": tasks * methods * seeds,
+        "grid training": tasks * jobs_of.grid_job_count(plan),
+        "final training": tasks * per_method * seeds,
+        "select": tasks * per_method,
+        "evaluate": tasks * per_method * seeds,
         "analyze": tasks,
         "prepare": tasks,
         "report": 1,

@@ -98,41 +98,62 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     pretrain(_plan(args).cfg)
 
 
+def _methods(plan, args: argparse.Namespace) -> list[str]:
+    """The --method values (repeatable: one process for several methods, train.methods_per_job),
+    each a method of the study, none twice."""
+    from vpeft.errors import UserError
+
+    for method in args.method:
+        if method not in plan.points:
+            raise UserError(f"--method {method!r}: not in study.methods {plan.methods}")
+    if len(set(args.method)) != len(args.method):
+        raise UserError(f"--method: a method is named twice in {args.method}")
+    return list(args.method)
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from vpeft.errors import UserError
     from vpeft.gpu_slots import claim_for_training
     from vpeft.protocol import run_final, run_points
 
     plan = _plan(args)
+    methods = _methods(plan, args)
     claim_for_training(plan.cfg.train.get("device", "auto"))  # local multi-GPU: a GPU of its own
     if args.phase == "final":
-        run_final(plan, args.task, args.method, seed=args.seed)
-    else:
-        if args.seed is not None:
-            raise UserError("vpeft train --phase grid: no --seed; the grid is searched once, "
-                            "with the first of train.seeds")
-        if bool(args.point) == bool(args.points):
-            raise UserError("vpeft train --phase grid needs --point ID (repeatable) or --points all")
-        if args.method not in plan.points:
-            raise UserError(f"--method {args.method!r}: not in study.methods {plan.methods}")
-        points = plan.points[args.method] if args.points == "all" else \
-            [plan.point(args.method, point) for point in args.point]
+        for method in methods:  # one after another, each as its own job would run it
+            run_final(plan, args.task, method, seed=args.seed)
+        return
+    if args.seed is not None:
+        raise UserError("vpeft train --phase grid: no --seed; the grid is searched once, "
+                        "with the first of train.seeds")
+    if bool(args.point) == bool(args.points):
+        raise UserError("vpeft train --phase grid needs --point ID (repeatable) or --points all")
+    if args.point and len(methods) > 1:
+        raise UserError("vpeft train --phase grid: --point names points of one --method; "
+                        "with several methods use --points all")
+    for method in methods:
+        points = plan.points[method] if args.points == "all" else \
+            [plan.point(method, point) for point in args.point]
         if len({p.id for p in points}) != len(points):
             raise UserError(f"--point: a grid point is named twice in {args.point}")
         # several points: trained together in one process, each written as its solo run would be
-        run_points(plan, args.task, args.method, points, "grid")
+        run_points(plan, args.task, method, points, "grid")
 
 
 def cmd_select(args: argparse.Namespace) -> None:
     from vpeft.protocol import select
 
-    select(_plan(args), args.task, args.method)
+    plan = _plan(args)
+    for method in _methods(plan, args):
+        select(plan, args.task, method)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from vpeft.protocol import evaluate
 
-    evaluate(_plan(args), args.task, args.method, seed=args.seed)
+    plan = _plan(args)
+    for method in _methods(plan, args):
+        evaluate(plan, args.task, method, seed=args.seed)
 
 
 def cmd_analyze(args: argparse.Namespace) -> None:
@@ -264,9 +285,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
 
-def _task_method(p: argparse.ArgumentParser, method: bool = True) -> None:
+def _task_method(p: argparse.ArgumentParser, method: bool = True, several: bool = False) -> None:
     p.add_argument("--task", required=True)
-    if method:
+    if several:
+        p.add_argument("--method", required=True, action="append",
+                       help="repeat to run several methods one after another in one process")
+    elif method:
         p.add_argument("--method", required=True)
 
 
@@ -319,7 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
             _task_method(p, method=name == "wise")
         if name == "prepare-shift":
             p.add_argument("--shift", required=True, help="a key of study.robustness.shifts")
-        if name in ("train", "select", "evaluate", "export"):
+        if name in ("train", "select", "evaluate"):
+            _task_method(p, several=True)
+        if name == "export":
             _task_method(p)
         if name in ("train", "evaluate", "wise"):
             p.add_argument("--seed", type=int, default=None,
@@ -335,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--point", action="append", default=[],
                            help="grid point id (see `vpeft plan`); repeat to train several "
                                 "points of the method together in one process")
-            p.add_argument("--points", choices=["all"], help="all: every grid point of the method")
+            p.add_argument("--points", choices=["all"], help="all: every grid point of each --method")
         p.set_defaults(func=fn)
     return parser
 

@@ -1,0 +1,103 @@
+# Methods sharing jobs (train.methods_per_job: N > 1, or 0 for all): for each group of N methods
+# of a task, ONE grid job (every point of the group's methods), one select, one final training
+# (per seed) and one evaluation (per seed). The same runs and files as one method per job
+# (rules/train_per_method.smk); only the number of processes differs. Rules are named
+# <step>_group<g> (train_grid_group1, select_group1, ...; `snakemake -n` lists them).
+
+
+def _methods_args(methods):
+    return " ".join(f"--method {shlex.quote(m)}" for m in methods)
+
+
+def _run_files(methods, run_dir, names):
+    """``runs/<study>/{task}/<method>/<run_dir>/<name>`` for every method and name."""
+    return [f"{RUNS}/{{task}}/{m}/{run_dir}/{name}" for m in methods for name in names]
+
+
+for _g, _methods in enumerate(jobs.method_groups(PLAN), start=1):
+    _points = sum(len(PLAN.points[m]) for m in _methods)
+
+    rule:
+        name:
+            f"train_grid_group{_g}"
+        input:
+            data=f"{PREPARED}/{{task}}",
+            weights=WEIGHTS,
+            init_head=INIT_HEAD,
+        output:
+            [f"{RUNS}/{{task}}/{m}/grid/{p.id}/{name}" for m in _methods for p in PLAN.points[m]
+             for name in layout.GRID_OUTPUTS],
+        threads: config["threads"]
+        resources:
+            **{**GPU_JOB, "runtime": lambda wildcards, attempt, n=_points:
+               config["train_runtime_min"] * attempt * n},
+        log:
+            f"{LOGS}/{{task}}/group{_g}/grid.log",
+        params:  # evaluated here, per rule (the shell line runs later, after the loop)
+            methods=_methods_args(_methods),
+        shell:
+            vpeft("train") + " --phase grid --task {wildcards.task} {params.methods} --points all"
+            " --threads {threads} > {log} 2>&1"
+
+    rule:
+        name:
+            f"select_group{_g}"
+        input:
+            [f"{RUNS}/{{task}}/{m}/grid/{p.id}/{layout.METRICS}" for m in _methods
+             for p in PLAN.points[m]],
+        output:
+            [f"{RUNS}/{{task}}/{m}/selection.json" for m in _methods],
+        log:
+            f"{LOGS}/{{task}}/group{_g}/select.log",
+        params:
+            methods=_methods_args(_methods),
+        shell:
+            vpeft("select") + " --task {wildcards.task} {params.methods} > {log} 2>&1"
+
+    # Every seed's final training and evaluation of the group: final/ for the first seed,
+    # final-seed<s>/ for the others (the seed wildcard; empty for the first).
+    for _seed in layout.seeds(CFG):
+        _first = _seed == layout.seeds(CFG)[0]
+        _dir = "final" if _first else f"final-seed{_seed}"
+        _suffix = "" if _first else f"_seed{_seed}"
+
+        rule:
+            name:
+                f"train_final{_suffix}_group{_g}"
+            input:
+                selection=[f"{RUNS}/{{task}}/{m}/selection.json" for m in _methods],
+                data=f"{PREPARED}/{{task}}",
+                weights=WEIGHTS,
+                init_head=INIT_HEAD,
+            output:
+                _run_files(_methods, _dir, layout.FINAL_OUTPUTS),
+            threads: config["threads"]
+            resources:
+                **{**GPU_JOB, "runtime": lambda wildcards, attempt, n=len(_methods):
+                   config["train_runtime_min"] * attempt * n},
+            log:
+                f"{LOGS}/{{task}}/group{_g}/{_dir}.log",
+            params:
+                runs=_methods_args(_methods) + ("" if _first else f" --seed {_seed}"),
+            shell:
+                vpeft("train") + " --phase final --task {wildcards.task} {params.runs}"
+                " --threads {threads} > {log} 2>&1"
+
+        rule:
+            name:
+                f"evaluate{_suffix}_group{_g}"
+            input:
+                final=_run_files(_methods, _dir, layout.FINAL_OUTPUTS),
+                data=f"{PREPARED}/{{task}}",
+            output:
+                _run_files(_methods, _dir, layout.EVAL_OUTPUTS),
+            group:
+                "bookkeeping"
+            resources:
+                **BOOKKEEPING_JOB,
+            log:
+                f"{LOGS}/{{task}}/group{_g}/evaluate-{_dir}.log",
+            params:
+                runs=_methods_args(_methods) + ("" if _first else f" --seed {_seed}"),
+            shell:
+                vpeft("evaluate") + " --task {wildcards.task} {params.runs} > {log} 2>&1"

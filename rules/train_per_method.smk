@@ -1,0 +1,136 @@
+# One method per job (train.methods_per_job: 1, the default): grid jobs of train.points_per_job
+# points of one method, then select, final training and evaluation per (task, method).
+
+if jobs.points_per_job(CFG.train) == 1:
+
+    rule train_grid:  # one job per grid point
+        input:
+            data=f"{PREPARED}/{{task}}",
+            weights=WEIGHTS,
+            init_head=INIT_HEAD,
+        output:
+            [f"{RUNS}/{{task}}/{{method}}/grid/{{point}}/{name}" for name in layout.GRID_OUTPUTS],
+        threads: config["threads"]
+        resources:
+            **GPU_JOB,
+        log:
+            f"{LOGS}/{{task}}/{{method}}/grid/{{point}}.log",
+        shell:
+            vpeft("train") + " --phase grid --task {wildcards.task} --method {wildcards.method}"
+            " --point {wildcards.point} --threads {threads} > {log} 2>&1"
+
+else:
+    # One rule per (method, job of points), named train_grid_<method>_<k>; its outputs are the
+    # same per-point files as one job per point, so select and everything after are unchanged.
+    for _method in PLAN.methods:
+        _jobs = jobs.grid_chunks(PLAN, _method)
+        _stem = "train_grid_" + _rule_stem(_method)
+        for _k, _ids in enumerate(_jobs, start=1):
+
+            rule:
+                name:
+                    f"{_stem}_{_k}"
+                input:
+                    data=f"{PREPARED}/{{task}}",
+                    weights=WEIGHTS,
+                    init_head=INIT_HEAD,
+                output:
+                    [f"{RUNS}/{{task}}/{_method}/grid/{point}/{name}" for point in _ids
+                     for name in layout.GRID_OUTPUTS],
+                threads: config["threads"]
+                resources:
+                    **{**GPU_JOB, "runtime": lambda wildcards, attempt, n=len(_ids):
+                       config["train_runtime_min"] * attempt * n},
+                log:
+                    f"{LOGS}/{{task}}/{_method}/grid/points-{_k}-of-{len(_jobs)}.log",
+                params:  # evaluated here, per rule (the shell line runs later, after the loop)
+                    method=shlex.quote(_method),
+                    points=" ".join(f"--point {shlex.quote(i)}" for i in _ids),
+                shell:
+                    vpeft("train") + " --phase grid --task {wildcards.task} --method {params.method}"
+                    " {params.points} --threads {threads} > {log} 2>&1"
+
+
+rule select:
+    input:
+        grid_metrics,
+    output:
+        f"{RUNS}/{{task}}/{{method}}/selection.json",
+    log:
+        f"{LOGS}/{{task}}/{{method}}/select.log",
+    shell:
+        vpeft("select") + " --task {wildcards.task} --method {wildcards.method} > {log} 2>&1"
+
+
+rule train_final:
+    input:
+        selection=rules.select.output[0],
+        data=f"{PREPARED}/{{task}}",
+        weights=WEIGHTS,
+        init_head=INIT_HEAD,
+    output:
+        [f"{RUNS}/{{task}}/{{method}}/final/{name}" for name in layout.FINAL_OUTPUTS],
+    threads: config["threads"]
+    resources:
+        **GPU_JOB,
+    log:
+        f"{LOGS}/{{task}}/{{method}}/final.log",
+    shell:
+        vpeft("train") + " --phase final --task {wildcards.task} --method {wildcards.method}"
+        " --threads {threads} > {log} 2>&1"
+
+
+rule evaluate:
+    input:
+        final=rules.train_final.output,
+        data=f"{PREPARED}/{{task}}",
+    output:
+        [f"{RUNS}/{{task}}/{{method}}/final/{name}" for name in layout.EVAL_OUTPUTS],
+    group:
+        "bookkeeping"
+    resources:
+        **BOOKKEEPING_JOB,
+    log:
+        f"{LOGS}/{{task}}/{{method}}/evaluate.log",
+    shell:
+        vpeft("evaluate") + " --task {wildcards.task} --method {wildcards.method} > {log} 2>&1"
+
+
+if EXTRA_SEEDS:
+
+    rule train_final_seed:  # the chosen point retrained with another seed of train.seeds
+        input:
+            selection=rules.select.output[0],
+            data=f"{PREPARED}/{{task}}",
+            weights=WEIGHTS,
+            init_head=INIT_HEAD,
+        output:
+            [f"{RUNS}/{{task}}/{{method}}/final-seed{{seed}}/{name}" for name in layout.FINAL_OUTPUTS],
+        wildcard_constraints:
+            seed="|".join(str(s) for s in EXTRA_SEEDS),
+        threads: config["threads"]
+        resources:
+            **GPU_JOB,
+        log:
+            f"{LOGS}/{{task}}/{{method}}/final-seed{{seed}}.log",
+        shell:
+            vpeft("train") + " --phase final --task {wildcards.task} --method {wildcards.method}"
+            " --seed {wildcards.seed} --threads {threads} > {log} 2>&1"
+
+    rule evaluate_seed:
+        input:
+            final=rules.train_final_seed.output,
+            data=f"{PREPARED}/{{task}}",
+        output:
+            [f"{RUNS}/{{task}}/{{method}}/final-seed{{seed}}/{name}" for name in layout.EVAL_OUTPUTS],
+        wildcard_constraints:
+            seed="|".join(str(s) for s in EXTRA_SEEDS),
+        group:
+            "bookkeeping"
+        resources:
+            **BOOKKEEPING_JOB,
+        log:
+            f"{LOGS}/{{task}}/{{method}}/evaluate-seed{{seed}}.log",
+        shell:
+            vpeft("evaluate") + " --task {wildcards.task} --method {wildcards.method}"
+            " --seed {wildcards.seed} > {log} 2>&1"

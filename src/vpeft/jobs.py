@@ -1,0 +1,69 @@
+"""How a study's runs are packed into Snakemake jobs: one answer for rules/train.smk, for
+``vpeft check`` (which counts the jobs) and for the cost projection (``benchmarks.project``).
+
+Two keys of ``train``:
+
+``points_per_job`` (cluster studies)
+    Grid points of one method trained together in one process: 0 = all, 1 = one job per point.
+``methods_per_job`` (small studies: the demo and the miniatures)
+    1 (the default): every method of a task has its own grid, select, final and evaluate jobs.
+    N > 1: those four steps each run as ONE job for N methods of a task (0: all its methods),
+    every grid point of those methods in the grid job (``points_per_job`` does not apply). Where a
+    run is seconds of work, Python/torch start-up (~5 s a process) costs more than the training;
+    grouping pays it once per group. The runs and their files are the same either way
+    (tests/test_fused.py): only the number of processes changes.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from vpeft.config import ConfigError
+
+if TYPE_CHECKING:
+    from vpeft.config import StudyPlan
+
+
+def _count(train_cfg: Any, key: str, default: int) -> int:
+    value = train_cfg.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"train.{key}: expected a whole number >= 0, got {value!r}")
+    return value
+
+
+def points_per_job(train_cfg: Any) -> int:
+    return _count(train_cfg, "points_per_job", 0)
+
+
+def methods_per_job(train_cfg: Any) -> int:
+    return _count(train_cfg, "methods_per_job", 1)
+
+
+def groups_methods(train_cfg: Any) -> bool:
+    """True when methods share jobs (``methods_per_job`` is not 1)."""
+    return methods_per_job(train_cfg) != 1
+
+
+def method_groups(plan: StudyPlan) -> list[list[str]]:
+    """The study's methods in jobs of ``methods_per_job`` (study order; 0: one group of all)."""
+    size = methods_per_job(plan.cfg.train) or len(plan.methods)
+    return [list(plan.methods[i:i + size]) for i in range(0, len(plan.methods), size)]
+
+
+def grid_chunks(plan: StudyPlan, method: str) -> list[list[str]]:
+    """The point ids of one method's grid jobs when methods do not share jobs
+    (``points_per_job``; 0: all points in one job)."""
+    ids = [p.id for p in plan.points[method]]
+    size = points_per_job(plan.cfg.train) or len(ids)
+    return [ids[i:i + size] for i in range(0, len(ids), size)]
+
+
+def grid_job_count(plan: StudyPlan) -> int:
+    """Grid jobs per task."""
+    if groups_methods(plan.cfg.train):
+        return len(method_groups(plan))
+    return sum(len(grid_chunks(plan, m)) for m in plan.methods)
+
+
+def per_method_job_count(plan: StudyPlan) -> int:
+    """Jobs per task of each per-method step (select, final training of one seed, evaluate)."""
+    return len(method_groups(plan)) if groups_methods(plan.cfg.train) else len(plan.methods)
