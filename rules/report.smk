@@ -20,6 +20,12 @@ rule report:
                                                       "seed_noise.parquet")],
         # one page per task beside index.html (vpeft.report.pages.task_page names them)
         *[str(layout.report_dir(CFG) / task_page(t)) for t in PLAN.tasks],
+    resources:
+        # Stated bound, not measured at full size here: the report holds per task, method and
+        # seed only (index, label, pred) and correctness (~9 bytes per test example; VTAB-1K's
+        # 19 tasks x 16 methods x 3 seeds: ~170 MB), never logits, plus ~0.5 GB of interpreter,
+        # Arrow and rendering. benchmarks/fullsize.py measures it (docs/benchmarks.md).
+        mem_mb=2000,
     log:
         f"{LOGS}/report.log",
     shell:
