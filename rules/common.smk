@@ -54,6 +54,23 @@ BOOKKEEPING_JOB = {
 }
 
 
+# `select` reads JSON only; `evaluate` holds one method's test logits at a time (sized like
+# `analyze`, from what is known when the plan is made: vpeft.analysis.planned_num_test).
+SELECT_JOB = {"mem_mb": 1000}
+
+
+def evaluate_mem_mb(wildcards):
+    from vpeft.analysis import planned_num_test
+    from vpeft.data.catalog import task_entry
+    from vpeft.protocol import evaluate_memory_mb
+
+    return evaluate_memory_mb(planned_num_test(CFG, wildcards.task),
+                              task_entry(CFG, wildcards.task).num_classes)
+
+
+EVALUATE_JOB = {**BOOKKEEPING_JOB, "mem_mb": evaluate_mem_mb}
+
+
 resource_scopes:
     group_width="local",  # per group job, not a cap on the whole run
 

@@ -47,6 +47,8 @@ for _g, _methods in enumerate(jobs.method_groups(PLAN), start=1):
              for p in PLAN.points[m]],
         output:
             [f"{RUNS}/{{task}}/{m}/selection.json" for m in _methods],
+        resources:
+            **SELECT_JOB,
         log:
             f"{LOGS}/{{task}}/group{_g}/select.log",
         params:
@@ -94,7 +96,7 @@ for _g, _methods in enumerate(jobs.method_groups(PLAN), start=1):
             group:
                 "bookkeeping"
             resources:
-                **BOOKKEEPING_JOB,
+                **EVALUATE_JOB,
             log:
                 f"{LOGS}/{{task}}/group{_g}/evaluate-{_dir}.log",
             params:

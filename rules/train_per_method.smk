@@ -56,6 +56,8 @@ rule select:
         grid_metrics,
     output:
         f"{RUNS}/{{task}}/{{method}}/selection.json",
+    resources:
+        **SELECT_JOB,
     log:
         f"{LOGS}/{{task}}/{{method}}/select.log",
     shell:
@@ -89,7 +91,7 @@ rule evaluate:
     group:
         "bookkeeping"
     resources:
-        **BOOKKEEPING_JOB,
+        **EVALUATE_JOB,
     log:
         f"{LOGS}/{{task}}/{{method}}/evaluate.log",
     shell:
@@ -128,7 +130,7 @@ if EXTRA_SEEDS:
         group:
             "bookkeeping"
         resources:
-            **BOOKKEEPING_JOB,
+            **EVALUATE_JOB,
         log:
             f"{LOGS}/{{task}}/{{method}}/evaluate-seed{{seed}}.log",
         shell:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import platform
 import subprocess
 import time
@@ -360,6 +361,16 @@ def _write_diverged_final(plan: StudyPlan, task: str, method: str, seed: int) ->
         peak_memory_bytes=None, device=None, protocol=protocol_name(cfg.train))
     write_json(out_dir / layout.METRICS, metrics)
     return metrics
+
+
+def evaluate_memory_mb(num_test: int, num_classes: int) -> int:
+    """Memory (MB) for one ``vpeft evaluate`` (one method after another when several share the
+    job): the interpreter and pyarrow (~600 MB, measured peaks of small tasks are below it) plus
+    the test logits held about three times (the read table, the table with labels, the write
+    buffer), with a 30 % margin: 1.5 GB for ImageNet val (50,000 x 1,000)."""
+    if min(num_test, num_classes) < 0:
+        raise ValueError(f"sizes must be >= 0, got {(num_test, num_classes)}")
+    return math.ceil(1.3 * (600 + 3 * num_test * num_classes * 4 / 2**20))
 
 
 def evaluate(plan: StudyPlan, task: str, method: str, seed: int | None = None) -> dict[str, Any]:
