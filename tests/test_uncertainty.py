@@ -23,7 +23,10 @@ from vpeft.report.uncertainty import (
     TaskOutcomes,
     bootstrap_task,
     chance_levels,
+    BOOTSTRAP_SEED,
+    _task_rng,
     percentile_interval,
+    resample_counts,
     scope_stats,
     score_task,
 )
@@ -232,3 +235,50 @@ def test_device_unit() -> None:
     assert device_unit(["cuda:0 NVIDIA H200", "cuda:1 NVIDIA H200"]) == "GPU-h"
     assert device_unit(["cpu", "cpu"]) == "CPU-h"
     assert device_unit(["cpu", None]) == "h" and device_unit(["cpu", "cuda:0"]) == "h"
+
+
+def _bootstrap_reference(outcomes: TaskOutcomes, num_resamples: int, chunk: int
+                         ) -> dict[str, np.ndarray]:
+    """The straightforward bootstrap (Generator.integers, one bincount over the chunk): what
+    bootstrap_task computed before its draws and counts were vectorised."""
+    import zlib
+
+    methods = list(outcomes.correct)
+    n, seed = outcomes.num_test, BOOTSTRAP_SEED
+    stacked = np.concatenate([outcomes.correct[m] for m in methods]).astype(np.float32)
+    rng = _task_rng(outcomes.task, n, seed)
+    seed_rngs = {m: np.random.default_rng([seed, zlib.crc32(outcomes.task.encode()),
+                                           zlib.crc32(m.encode())]) for m in methods}
+    out = {m: np.empty(num_resamples) for m in methods}
+    start = 0
+    spans = {}
+    for m in methods:
+        spans[m] = (start, start + len(outcomes.correct[m]))
+        start = spans[m][1]
+    for lo in range(0, num_resamples, chunk):
+        size = min(chunk, num_resamples - lo)
+        acc = resample_counts(rng, n, size) @ stacked.T * np.float32(100.0 / n)
+        for m in methods:
+            a, b = spans[m]
+            runs = acc[:, a:b].astype(np.float64)
+            if b - a > 1:
+                pick = seed_rngs[m].integers(0, b - a, size=(size, b - a))
+                runs = np.take_along_axis(runs, pick, axis=1)
+            out[m][lo:lo + size] = runs.mean(axis=1)
+    return out
+
+
+@pytest.mark.parametrize("n", [1, 2, 37, 711, 5000])
+def test_bootstrap_equals_straightforward_draws(n: int) -> None:
+    """Counting each resample on its own gives bit-identical bootstrap values to the one
+    bincount over a chunk with offsets, on random outcomes with 1, 2 and 3 seeds, whatever the
+    chunking of either side."""
+    rs = np.random.default_rng(n)
+    rows = {"a": [rs.random(n) < 0.7], "b": [rs.random(n) < p for p in (0.5, 0.55, 0.6)],
+            "c": [rs.random(n) < 0.9 for _ in range(2)]}
+    outcomes = _outcomes("taskx", rows)
+    fast = bootstrap_task(outcomes, num_resamples=700)
+    slow = _bootstrap_reference(outcomes, 700, chunk=7)
+    assert fast.keys() == slow.keys()
+    for m in fast:
+        np.testing.assert_array_equal(fast[m], slow[m])

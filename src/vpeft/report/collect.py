@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from vpeft import layout
@@ -294,9 +295,12 @@ def _predictions_top1(path: Path) -> tuple[float, int]:
     n = table.num_rows
     if n == 0:
         return 0.0, 0
-    labels = table.column("label").to_pylist()
-    preds = table.column("pred").to_pylist()
-    correct = sum(1 for y, p in zip(labels, preds) if y == p)
+    # Compared in Arrow, not row by row in Python (6.2 M rows for VTAB-1K); a null on both
+    # sides counts as a match, as the former Python comparison ``None == None`` did.
+    labels, preds = table.column("label"), table.column("pred")
+    same = pc.fill_null(pc.equal(labels, preds),
+                        pc.and_(pc.is_null(labels), pc.is_null(preds)))
+    correct = int(pc.sum(same).as_py() or 0)
     return 100.0 * correct / n, n
 
 

