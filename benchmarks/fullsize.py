@@ -472,7 +472,17 @@ def time_study(plan, spec: StudySpec, select_sample: int, evaluate_per_task: int
             "report": report, "report_files": report_files(out),
             "analysis_tables": analysis_tables(plan),
             "render": render_times(out / "index.html", **render) if render is not None
+            else {"available": False},
+            # the largest task page (every grid point and its landscape), without DevTools
+            "render_task": render_times(largest_task_page(out), render["repeats"], False)
+            if render is not None and largest_task_page(out) is not None
             else {"available": False}}
+
+
+def largest_task_page(out: Path) -> Path | None:
+    """The report's largest ``tasks/*.html`` (None for a report without task pages)."""
+    pages = sorted(out.glob("tasks/*.html"), key=lambda p: (p.stat().st_size, p.name))
+    return pages[-1] if pages else None
 
 
 def report_files(out: Path) -> dict[str, Any]:
@@ -585,6 +595,10 @@ def markdown(result: dict[str, Any]) -> str:
                          f"{render['blank_page_s']:.1f} s: render ~{render['render_s']:.1f} s)"
                          + (f"; DevTools load + screenshot {render['devtools_visit_s']:.1f} s"
                             if "devtools_visit_s" in render else "") + ".")
+        task_render = t.get("render_task", {})
+        if task_render.get("available"):
+            lines.append(f"Largest task page: --dump-dom {task_render['dump_dom_s']:.1f} s "
+                         f"(render ~{task_render['render_s']:.1f} s).")
         lines.append("")
     return "\n".join(lines)
 

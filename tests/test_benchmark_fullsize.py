@@ -96,6 +96,9 @@ def test_reduced_run_times_every_step_and_writes_results(tmp_path):
         v for v in files["files"].values())
     if "--no-render" not in render:
         assert timing["render"]["available"] and timing["render"]["dom_bytes"] > 1000
+        # the largest task page is timed too (its DOM holds that task's grid table)
+        task_render = timing["render_task"]
+        assert task_render["available"] and task_render["dom_bytes"] > 1000
 
     # The fabricated runs are what vpeft would have written: evaluate scored every seed's final
     # run against the prepared test labels, and the methods' accuracies differ.
