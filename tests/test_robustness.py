@@ -190,8 +190,10 @@ def test_miniature_id_renders_are_washed_out_and_shifts_made_from_them(tmp_path)
         trees(0.0)
 
 
-MINIATURE_OVERRIDES = ["study.pretrain.epochs=2", "study.methods=[linear,lora]",
-                       "study.robustness.miniature.clip_steps=150", "train.epochs=2"]
+# The study's pretraining (8 epochs) and fine-tuning (6 epochs): with 2 or 4 pretraining epochs
+# the backbone is too weak for any few-shot fine-tuning to beat zero-shot (measured: linear
+# 21.7 vs 25.8 at 2 epochs; lora 25.8 vs 25.6 at 4), which the test asserts.
+MINIATURE_OVERRIDES = ["study.methods=[linear,lora]", "study.robustness.miniature.clip_steps=150"]
 
 
 @pytest.fixture(scope="module")
