@@ -289,9 +289,8 @@ def _expect(data: Mapping, path: Path, **expected: Any) -> None:
                                "(file copied into the wrong run directory?)")
 
 
-def _predictions_top1(path: Path) -> tuple[float, int]:
-    """Top-1 (%) and row count recomputed from the saved test predictions."""
-    table = pq.read_table(path, columns=["label", "pred"])
+def _predictions_top1(table: pa.Table) -> tuple[float, int]:
+    """Top-1 (%) and row count recomputed from the saved test predictions (``label``, ``pred``)."""
     n = table.num_rows
     if n == 0:
         return 0.0, 0
@@ -322,6 +321,9 @@ class _Cell:
     seed_rows: list[dict[str, Any]] = field(default_factory=list)
     # (seed, test_predictions.parquet) of every seed with a test accuracy, primary first
     predictions: list[tuple[int | None, Path]] = field(default_factory=list)
+    # the predictions that must reproduce their test_top1, checked when they are read for the
+    # statistics (each file is read once): path -> (test_eval.json, test_top1, num_test)
+    checks: dict[Path, tuple[Path, float, int | None]] = field(default_factory=dict)
 
 
 def _collect_cell(run_dir: Path, study_name: str, task: str, group: str, method: str,
@@ -448,12 +450,12 @@ def _collect_cell(run_dir: Path, study_name: str, task: str, group: str, method:
         else:
             row["status"] = "ok"
             row["test_top1"] = test_top1
-            preds = run_dir / "final" / layout.TEST_PREDICTIONS
-            if check_predictions and preds.is_file():
-                _check_predictions(preds, test_path, test_top1, row["num_test"])
     else:
         row["status"] = "diverged"
     cell = _Cell(row, grid_rows, [])
+    if check_predictions and row["status"] == "ok":
+        cell.checks[run_dir / "final" / layout.TEST_PREDICTIONS] = (
+            test_path, row["test_top1"], row["num_test"])
     _collect_seeds(cell, run_dir, base, best_point, seeds, check_predictions)
     return cell
 
@@ -523,10 +525,10 @@ def _collect_seeds(cell: _Cell, run_dir: Path, base: Mapping[str, Any], best_poi
         preds = folder / layout.TEST_PREDICTIONS
         if ok:
             top1.append(value)
-            if check_predictions and preds.is_file():
-                _check_predictions(preds, test_path, value, num_test)
             if preds.is_file():
                 cell.predictions.append((seed, preds))
+                if check_predictions:
+                    cell.checks[preds] = (test_path, value, num_test)
         cell.seed_rows.append(_seed_row(base, seed, False, folder.name,
                                         "ok" if ok else "diverged", value if ok else None,
                                         num_test, metrics))
@@ -538,10 +540,11 @@ def _collect_seeds(cell: _Cell, run_dir: Path, base: Mapping[str, Any], best_poi
         row["num_seeds"] = 0
 
 
-def _check_predictions(preds: Path, test_path: Path, test_top1: float,
+def _check_predictions(table: pa.Table, preds: Path, test_path: Path, test_top1: float,
                        num_test: int | None) -> None:
-    """The reported test accuracy must be the one the saved predictions give."""
-    top1, n = _predictions_top1(preds)
+    """The reported test accuracy must be the one the saved predictions (``table``, read from
+    ``preds``) give."""
+    top1, n = _predictions_top1(table)
     if num_test is not None and n != num_test:
         raise RunDataError(f"{preds}: {n} rows but {test_path} says num_test={num_test}")
     # 1e-4 points absorbs float32 accumulation in the evaluator yet is far below one test
@@ -573,9 +576,55 @@ def _study_dir(runs_dir: Path, name: str, tasks: Sequence[tuple[str, str]]) -> P
     return runs_dir   # nothing there: the missing-file error then names paths under runs_dir
 
 
+@dataclass(frozen=True)
+class _TaskJob:
+    """Everything a worker needs to read one task's directories (picklable)."""
+
+    study_dir: Path
+    name: str
+    task: str
+    group: str
+    methods: tuple[str, ...]
+    check_predictions: bool
+    seeds: tuple[int, ...] | None
+    num_classes: int | None
+    num_resamples: int
+
+
+@dataclass
+class _TaskPart:
+    """One task's rows and, when it has test predictions, its statistics."""
+
+    rows: list[dict[str, Any]]
+    grid_rows: list[dict[str, Any]]
+    seed_rows: list[dict[str, Any]]
+    missing: list[Path]
+    statistics: Any   # TaskStatistics | None
+
+
+def _collect_task(job: _TaskJob) -> _TaskPart:
+    """Read every method of one task, then its test predictions (each file once: the accuracy
+    check and the statistics share the read) and reduce them to bootstrap distributions.
+    Runs in a worker process; depends on nothing but ``job``, so the result is the same
+    whichever process runs it."""
+    cells = [_collect_cell(job.study_dir / job.task / method, job.name, job.task, job.group,
+                           method, job.check_predictions, job.seeds) for method in job.methods]
+    files = {m: c.predictions for m, c in zip(job.methods, cells) if c.predictions}
+    checks = {path: check for c in cells for path, check in c.checks.items()}
+    statistics = None
+    if files:
+        statistics = task_statistics(task_outcomes(job.task, job.num_classes, files, checks),
+                                     job.num_resamples)
+    return _TaskPart(rows=[c.row for c in cells],
+                     grid_rows=[g for c in cells for g in c.grid_rows],
+                     seed_rows=[r for c in cells for r in c.seed_rows],
+                     missing=[p for c in cells for p in c.missing], statistics=statistics)
+
+
 def collect_study(runs_dir: Path, study: Mapping, *, allow_missing: bool = False,
                   check_predictions: bool = True, alpha: float | None = None,
-                  num_resamples: int | None = None) -> StudyResults:
+                  num_resamples: int | None = None, workers: int | None = None
+                  ) -> StudyResults:
     """Read every task x method of ``study`` from its run directories.
 
     ``runs_dir`` is the study's directory ``runs/<study>`` (the root ``runs`` is accepted too).
@@ -586,36 +635,41 @@ def collect_study(runs_dir: Path, study: Mapping, *, allow_missing: bool = False
     given, names the expected seeds); from their per-example predictions come the chance levels,
     the bootstrap intervals and the significance tests (``alpha``, ``num_resamples``: defaults of
     :mod:`vpeft.report.significance` and :mod:`vpeft.report.uncertainty`).
+
+    Tasks are read in ``workers`` processes (default: :func:`vpeft.report.parallel.ordered_map`);
+    the tables are assembled in study order, so they do not depend on the number of workers.
+    The first error in study order is raised (within a task: the run files before the
+    prediction checks).
     """
+    from vpeft.report.parallel import ordered_map
+    from vpeft.report.uncertainty import NUM_RESAMPLES
+
     name = str(study["name"])
     tasks, methods = study_tasks(study), study_methods(study)
     study_dir = _study_dir(Path(runs_dir), name, tasks)
     seeds = study.get("seeds")
-    rows: list[dict[str, Any]] = []
-    grid_rows: list[dict[str, Any]] = []
-    seed_rows: list[dict[str, Any]] = []
-    missing: list[Path] = []
-    predictions: dict[str, dict[str, list[tuple[int | None, Path]]]] = {}
-    for task, group in tasks:
-        for method in methods:
-            cell = _collect_cell(study_dir / task / method, name, task, group, method,
-                                 check_predictions, seeds)
-            rows.append(cell.row)
-            grid_rows.extend(cell.grid_rows)
-            seed_rows.extend(cell.seed_rows)
-            missing.extend(cell.missing)
-            if cell.predictions:
-                predictions.setdefault(task, {})[method] = cell.predictions
+    classes = {str(t["name"]): t.get("num_classes") for t in study.get("tasks") or []}
+    jobs = [_TaskJob(study_dir, name, task, group, tuple(methods), check_predictions,
+                     None if seeds is None else tuple(int(s) for s in seeds),
+                     _opt_int(classes.get(task)),
+                     NUM_RESAMPLES if num_resamples is None else num_resamples)
+            for task, group in tasks]
+    parts = ordered_map(_collect_task, jobs, workers, cells=len(tasks) * len(methods))
+    missing = [p for part in parts for p in part.missing]
     if missing and not allow_missing:
         raise MissingRunFileError(missing)
-    results = pa.Table.from_pylist(rows, schema=RESULTS_SCHEMA)
-    grid = pa.Table.from_pylist(grid_rows, schema=GRID_SCHEMA)
+    results = pa.Table.from_pylist([r for part in parts for r in part.rows],
+                                   schema=RESULTS_SCHEMA)
+    grid = pa.Table.from_pylist([r for part in parts for r in part.grid_rows],
+                                schema=GRID_SCHEMA)
     summary = summarize(results, study)
-    chance, stats, noise = study_statistics(predictions, study, summary, alpha=alpha,
-                                            num_resamples=num_resamples)
+    chance, stats, noise = assemble_statistics(
+        [part.statistics for part in parts if part.statistics is not None], study, summary,
+        alpha=alpha)
     return StudyResults(results=results, grid=grid, summary=summary,
                         analysis=collect_analysis(study_dir, study),
-                        seeds=pa.Table.from_pylist(seed_rows, schema=SEEDS_SCHEMA),
+                        seeds=pa.Table.from_pylist([r for part in parts for r in part.seed_rows],
+                                                   schema=SEEDS_SCHEMA),
                         chance=chance, stats=stats, seed_noise=noise)
 
 
@@ -633,11 +687,15 @@ def study_kind(study: Mapping) -> str:
     return "vtab"
 
 
-def _read_outcome(path: Path) -> tuple[Any, Any, Any]:
-    """(index, label, pred) of one test_predictions.parquet, sorted by index (logits not read)."""
+def _read_outcome(path: Path, check: tuple[Path, float, int | None] | None = None
+                  ) -> tuple[Any, Any, Any]:
+    """(index, label, pred) of one test_predictions.parquet, sorted by index (logits not read);
+    with ``check`` (test_eval.json, test_top1, num_test) the file must reproduce that accuracy."""
     import numpy as np
 
     table = pq.read_table(path, columns=["index", "label", "pred"])
+    if check is not None:
+        _check_predictions(table, path, *check)
     index = table.column("index").to_numpy().astype(np.int64)
     order = np.argsort(index, kind="stable")
     return (index[order], table.column("label").to_numpy().astype(np.int64)[order],
@@ -645,9 +703,11 @@ def _read_outcome(path: Path) -> tuple[Any, Any, Any]:
 
 
 def task_outcomes(task: str, num_classes: int | None,
-                  files: Mapping[str, Sequence[tuple[int | None, Path]]]) -> Any:
+                  files: Mapping[str, Sequence[tuple[int | None, Path]]],
+                  checks: Mapping[Path, tuple[Path, float, int | None]] | None = None) -> Any:
     """Every method's and seed's per-example outcomes of one task, aligned on the test index
-    (the same index and labels in every file, else :class:`RunDataError` naming both files)."""
+    (the same index and labels in every file, else :class:`RunDataError` naming both files).
+    A file in ``checks`` must also reproduce its recorded test accuracy (:func:`_read_outcome`)."""
     import numpy as np
 
     from vpeft.report.uncertainty import TaskOutcomes
@@ -657,7 +717,7 @@ def task_outcomes(task: str, num_classes: int | None,
     for method, runs in files.items():
         preds, seeds = [], []
         for seed, path in runs:
-            index, labels, pred = _read_outcome(path)
+            index, labels, pred = _read_outcome(path, (checks or {}).get(path))
             if ref is None:
                 ref = (path, index, labels)
                 out = TaskOutcomes(task, labels, num_classes)
@@ -688,49 +748,54 @@ def study_scopes(study: Mapping) -> list[tuple[str, str, list[str]]]:
     return scopes
 
 
-def study_statistics(predictions: Mapping[str, Mapping[str, Sequence[tuple[int | None, Path]]]],
-                     study: Mapping, summary: pa.Table, *, alpha: float | None = None,
-                     num_resamples: int | None = None
-                     ) -> tuple[pa.Table, pa.Table, pa.Table]:
-    """(chance, stats, seed_noise) tables from the per-seed prediction files of every task.
-
-    One task at a time is held in memory: its per-example arrays are reduced to bootstrap
-    distributions before the next task is read.
-    """
-    classes = {str(t["name"]): t.get("num_classes") for t in study.get("tasks") or []}
-    methods = study_methods(study)
-
-    def each_task() -> Iterator[Any]:
-        for task, _ in study_tasks(study):
-            files = {m: predictions[task][m] for m in methods if m in predictions.get(task, {})}
-            if files:
-                yield task_outcomes(task, _opt_int(classes.get(task)), files)
-
-    return statistics_from_outcomes(each_task(), study, summary, alpha=alpha,
-                                    num_resamples=num_resamples)
-
-
 def statistics_from_outcomes(outcomes_per_task: Iterable[Any], study: Mapping, summary: pa.Table,
                              *, alpha: float | None = None, num_resamples: int | None = None
                              ) -> tuple[pa.Table, pa.Table, pa.Table]:
     """(chance, stats, seed_noise) from :class:`~vpeft.report.uncertainty.TaskOutcomes`, one
     task at a time (an iterator keeps only one task's per-example arrays alive)."""
-    from vpeft.report.seednoise import SEED_NOISE_SCHEMA, seed_noise_rows
+    from vpeft.report.uncertainty import NUM_RESAMPLES
+
+    num_resamples = NUM_RESAMPLES if num_resamples is None else num_resamples
+    return assemble_statistics((task_statistics(o, num_resamples) for o in outcomes_per_task),
+                               study, summary, alpha=alpha)
+
+
+@dataclass
+class TaskStatistics:
+    """What the study's statistics need of one task once its per-example arrays are dropped."""
+
+    scores: Any                        # vpeft.report.uncertainty.TaskScores
+    noise_rows: list[dict[str, Any]]   # seed_noise.parquet rows
+    chance_row: dict[str, Any]         # chance.parquet row
+
+
+def task_statistics(outcomes: Any, num_resamples: int) -> TaskStatistics:
+    """Bootstrap distributions, seed-noise rows and chance levels of one task's outcomes."""
+    from vpeft.report.seednoise import seed_noise_rows
+    from vpeft.report.uncertainty import score_task
+
+    scores = score_task(outcomes, num_resamples)
+    return TaskStatistics(scores, seed_noise_rows(outcomes),
+                          {"task": outcomes.task, "num_classes": outcomes.num_classes,
+                           "num_test": outcomes.num_test, "chance": scores.chance,
+                           "uniform_chance": scores.uniform_chance})
+
+
+def assemble_statistics(per_task: Iterable[TaskStatistics], study: Mapping, summary: pa.Table,
+                        *, alpha: float | None = None) -> tuple[pa.Table, pa.Table, pa.Table]:
+    """(chance, stats, seed_noise) tables from every task's :class:`TaskStatistics`, in the
+    order given (study order), plus the group and overall scopes over them."""
+    from vpeft.report.seednoise import SEED_NOISE_SCHEMA
     from vpeft.report.significance import ALPHA, scope_rows
-    from vpeft.report.uncertainty import NUM_RESAMPLES, score_task, scope_stats
+    from vpeft.report.uncertainty import scope_stats
 
     alpha = ALPHA if alpha is None else alpha
-    num_resamples = NUM_RESAMPLES if num_resamples is None else num_resamples
     methods = study_methods(study)
     scores, chance_rows, noise_rows = {}, [], []
-    for outcomes in outcomes_per_task:
-        task = outcomes.task
-        scores[task] = score_task(outcomes, num_resamples)
-        noise_rows.extend(seed_noise_rows(outcomes))
-        chance_rows.append({"task": task, "num_classes": outcomes.num_classes,
-                            "num_test": outcomes.num_test, "chance": scores[task].chance,
-                            "uniform_chance": scores[task].uniform_chance})
-        del outcomes
+    for part in per_task:
+        scores[part.scores.task] = part.scores
+        noise_rows.extend(part.noise_rows)
+        chance_rows.append(part.chance_row)
     params = {r["method"]: r["trainable_params"] for r in summary.to_pylist()}
     stats_rows = []
     for kind, scope, tasks in study_scopes(study):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import functools
 import html
 import json
 import math
@@ -35,7 +36,7 @@ from vpeft.report.seednoise import seed_noise_view
 from vpeft.report.numbers import fmt_acc, round1
 from vpeft.report.view import (  # re-exported: the section modules and the tests use them
     GROUP_TITLES, Cell, Row, VtabTable, _acc_cell, _fmt_delta, _fmt_hparam, _fmt_params,
-    _fmt_pct, _fmt_seconds, _mark_best, _mean_cell, _present_groups, _raw, pareto_front)
+    _fmt_pct, _fmt_seconds, _mark_best, _mean_cell, _present_groups, _raw, pareto_front, td)
 
 PUBLISHED_TITLE = "Published (ViT-B/16 IN-21K)"
 _NOT_COVERED = "the published reference does not cover every task of this column"
@@ -639,6 +640,7 @@ def _environment() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.globals["task_page"] = task_page   # the templates link tasks through the one naming rule
+    env.globals["td"] = td                 # a table cell, built in Python (view.td)
     return env
 
 
@@ -771,21 +773,41 @@ def render_html(results: StudyResults, study: Mapping, *, published_csv: Path | 
     return _environment().get_template("report.html.j2").render(**context)
 
 
+@functools.lru_cache(maxsize=None)
+def _task_template() -> jinja2.Template:
+    """The task page template, compiled once per process (each worker renders several pages)."""
+    return _environment().get_template("task.html.j2")
+
+
+def _render_task_page(context: dict) -> str:
+    """One task page from its context (runs in a worker process: module level, picklable)."""
+    return _task_template().render(**context)
+
+
 def render_pages(results: StudyResults, study: Mapping, *, published_csv: Path | None = None,
-                 provenance: Mapping | None = None) -> dict[str, str]:
+                 provenance: Mapping | None = None, workers: int | None = None
+                 ) -> dict[str, str]:
     """Every page of the report, ``{path relative to the report dir: html}``: ``index.html``
-    and one ``tasks/<task>.html`` per study task (:func:`vpeft.report.pages.task_page`)."""
+    and one ``tasks/<task>.html`` per study task (:func:`vpeft.report.pages.task_page`).
+
+    The task pages are rendered in ``workers`` processes (default
+    :func:`vpeft.report.parallel.ordered_map`) from contexts built here, so each page is the
+    same whichever process renders it."""
+    from vpeft.report.parallel import ordered_map
+
     provenance = dict(provenance or {})
-    template = _environment().get_template("task.html.j2")
-    pages = {path: template.render(**ctx)
-             for path, ctx in _task_contexts(results, study, provenance)}
+    contexts = list(_task_contexts(results, study, provenance))
+    html_pages = ordered_map(_render_task_page, [ctx for _, ctx in contexts], workers,
+                             cells=results.results.num_rows)
+    pages = {path: page for (path, _), page in zip(contexts, html_pages)}
     pages["index.html"] = render_html(results, study, published_csv=published_csv,
                                       provenance=provenance)
     return pages
 
 
 def render_report(results: StudyResults, study: Mapping, out_html: Path, *,
-                  published_csv: Path | None = None, provenance: Mapping | None = None) -> None:
+                  published_csv: Path | None = None, provenance: Mapping | None = None,
+                  workers: int | None = None) -> None:
     """Render the study report: ``out_html`` (the landing page) and, beside it, ``tasks/`` with
     one self-contained page per task.
 
@@ -794,9 +816,11 @@ def render_report(results: StudyResults, study: Mapping, out_html: Path, *,
     listed in the provenance section. Every page is rendered before anything is written; the
     task pages replace ``tasks/`` as one directory, then the landing page is replaced, so a
     failure leaves no partial file (at worst new task pages beside the previous landing page).
+    ``workers``: see :func:`render_pages`.
     """
     out_html = Path(out_html)
-    pages = render_pages(results, study, published_csv=published_csv, provenance=provenance)
+    pages = render_pages(results, study, published_csv=published_csv, provenance=provenance,
+                         workers=workers)
     with atomic_dir(out_html.parent / TASK_DIR) as tmp:
         for path, page in pages.items():
             if path != "index.html":

@@ -6,6 +6,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+import markupsafe
+from markupsafe import Markup
+
 from vpeft.report.collect import GROUPS
 from vpeft.report.numbers import fmt_acc, round1
 
@@ -29,6 +32,28 @@ class Cell:
     @property
     def css(self) -> str:
         return " ".join(self.classes)
+
+
+def td(c: Cell) -> Markup:
+    """The ``<td>`` of a cell, every value escaped as Jinja's autoescape would.
+
+    Built in Python rather than as a template macro: a VTAB-1K report has some 60,000 cells
+    and a macro call per cell was most of the page rendering time.
+    """
+    esc = markupsafe.escape
+    parts = [f'<td class="{esc(c.css)}"' if c.css else "<td", f' data-column="{esc(c.column)}"']
+    for name, value in (("data-value", c.value), ("data-task", c.task),
+                        ("data-method", c.method), ("data-delta", c.delta)):
+        if value is not None:
+            parts.append(f' {name}="{esc(value)}"')
+    if c.title:
+        parts.append(f' title="{esc(c.title)}"')
+    text = esc(c.text)
+    parts.append(f"><b>{text}</b>" if "best" in c.classes else f">{text}")
+    if c.note:
+        parts.append(f'<span class="note">{esc(c.note)}</span>')
+    parts.append("</td>")
+    return Markup("".join(parts))
 
 
 @dataclass
