@@ -23,8 +23,12 @@ R = TypeVar("R")
 MIN_CELLS = 48
 MAX_WORKERS = 8                      # 19 VTAB tasks: more workers mostly add start-up cost
 WORKERS_ENV = "VPEFT_REPORT_WORKERS"  # overrides the CPU count (e.g. 1 to profile serially)
+# Each worker is one CPU: BLAS and OpenMP threads on top of it only contend (a bootstrap's
+# matrix product ran 2.4x slower with OpenBLAS's threads on a busy 2-core machine).
+_ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 # Imported once by the fork server, so each worker starts without re-importing them.
-_PRELOAD = ["vpeft.report.collect", "vpeft.report.render"]
+_PRELOAD = ["numpy", "pyarrow.parquet", "vpeft.report.collect", "vpeft.report.uncertainty",
+            "vpeft.report.seednoise", "vpeft.report.render"]
 
 
 class WorkersError(ValueError):
@@ -69,8 +73,23 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int | None = 
     workers = min(max(1, workers), len(items))
     if workers <= 1:
         return [fn(x) for x in items]
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=_context())
+    saved = {k: os.environ.get(k) for k in _ONE_THREAD}
+    os.environ.update(_ONE_THREAD)   # inherited by the fork server started by the first job
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=_context(),
+                               initializer=_init_worker)
     try:
         return list(pool.map(fn, items))
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _init_worker() -> None:
+    """One thread per worker: Arrow's pool (BLAS gets its limit from the environment)."""
+    import pyarrow
+
+    pyarrow.set_cpu_count(1)

@@ -546,24 +546,20 @@ def _ensemble_overview(results: StudyResults, study: Mapping) -> tuple[list[str]
 # tuning landscapes
 # --------------------------------------------------------------------------------------------
 
-@dataclass
-class TaskLandscapes:
-    task: str
-    charts: list[Landscape]
-
-
-def _landscapes(results: StudyResults, study: Mapping) -> list[TaskLandscapes]:
-    """Per task (study order), each method's val200 landscape over its grid (study order)."""
+def _landscape_inputs(results: StudyResults, study: Mapping
+                      ) -> dict[str, list[tuple[str, list[dict[str, Any]]]]]:
+    """Per task, (method, grid rows) in study order: what :func:`_task_landscapes` draws."""
     by_key: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for g in results.grid.to_pylist():
         by_key.setdefault((g["task"], g["method"]), []).append(g)
-    out = []
-    for task, _ in study_tasks(study):
-        charts = [c for m in study_methods(study)
-                  if (c := landscape(task, m, by_key.get((task, m), []), fmt_acc)) is not None]
-        if charts:
-            out.append(TaskLandscapes(task, charts))
-    return out
+    return {task: [(m, by_key.get((task, m), [])) for m in study_methods(study)]
+            for task, _ in study_tasks(study)}
+
+
+def _task_landscapes(task: str, inputs: Sequence[tuple[str, list[dict[str, Any]]]]
+                     ) -> list[Landscape]:
+    """Each method's val200 landscape over its grid (drawn in the worker rendering the page)."""
+    return [c for m, rows in inputs if (c := landscape(task, m, rows, fmt_acc)) is not None]
 
 
 # --------------------------------------------------------------------------------------------
@@ -743,7 +739,7 @@ def _task_contexts(results: StudyResults, study: Mapping, provenance: Mapping
     common = _common_context(results, study, provenance)
     main = main_table(results, study)
     analysis = {a.task: a for a in _analysis_sections(results, study)}
-    landscapes = {t.task: t.charts for t in _landscapes(results, study)}
+    landscapes = _landscape_inputs(results, study)
     hparams, grid = _hparam_rows(results, study), _grid_rows(results)
     config = _representative_config(results, study)
     diffs = _config_differences(results, study, config)
@@ -760,7 +756,7 @@ def _task_contexts(results: StudyResults, study: Mapping, provenance: Mapping
             seed_noise=seed_noise_view(results.seed_noise, task, study_methods(study)),
             hparams=[r for r in hparams if r.task == task],
             grid=[r for r in grid if r.task == task],
-            landscapes=landscapes.get(task, []),
+            landscapes=landscapes.get(task, []),   # inputs; drawn by _render_task_page
             config=config,
             config_diffs=[r for r in diffs if r.task == task],
         )
@@ -780,8 +776,10 @@ def _task_template() -> jinja2.Template:
 
 
 def _render_task_page(context: dict) -> str:
-    """One task page from its context (runs in a worker process: module level, picklable)."""
-    return _task_template().render(**context)
+    """One task page from its context (runs in a worker process: module level, picklable).
+    The landscape charts, a third of the page's work, are drawn here from their inputs."""
+    charts = _task_landscapes(context["task"], context["landscapes"])
+    return _task_template().render(**(context | {"landscapes": charts}))
 
 
 def render_pages(results: StudyResults, study: Mapping, *, published_csv: Path | None = None,
