@@ -598,3 +598,15 @@ def test_worker_error_raised_in_study_order(runs: Path) -> None:
         (runs / "demo" / task / "bitfit" / "selection.json").write_text("{", encoding="utf-8")
     with pytest.raises(RunDataError, match=r"dtd[/\\]bitfit[/\\]selection\.json"):
         collect_study(runs, STUDY, workers=2)
+
+
+def test_workers_env_must_be_a_positive_integer(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vpeft.errors import UserError
+    from vpeft.report.parallel import WORKERS_ENV, worker_count
+
+    monkeypatch.setenv(WORKERS_ENV, "3")
+    assert worker_count() == 3
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv(WORKERS_ENV, bad)
+        with pytest.raises(UserError, match=WORKERS_ENV):
+            worker_count()

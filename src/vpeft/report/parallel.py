@@ -13,6 +13,8 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from typing import Callable, Iterable, TypeVar
 
+from vpeft.errors import UserError
+
 __all__ = ["MAX_WORKERS", "MIN_CELLS", "WORKERS_ENV", "ordered_map", "worker_count"]
 
 T = TypeVar("T")
@@ -31,7 +33,7 @@ _PRELOAD = ["numpy", "pyarrow.parquet", "vpeft.report.collect", "vpeft.report.un
             "vpeft.report.seednoise", "vpeft.report.render"]
 
 
-class WorkersError(ValueError):
+class WorkersError(UserError):
     """$VPEFT_REPORT_WORKERS is not a positive integer."""
 
 
