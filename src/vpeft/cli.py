@@ -213,7 +213,14 @@ def _published_csv(name: str | None):
 
 
 def cmd_report(args: argparse.Namespace) -> None:
+    import os
     from pathlib import Path
+
+    # One BLAS thread, set before numpy loads: the bootstrap's small matrix products gain nothing
+    # from more, and OpenBLAS's spinning threads made the report 3x slower on a busy machine
+    # (docs/benchmarks.md); parallel work goes to worker processes (vpeft.report.parallel).
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
 
     from vpeft import layout
     from vpeft.io import write_json
