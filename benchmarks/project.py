@@ -230,18 +230,9 @@ def task_images(cfg: Any, task: str, sizes: Sizes) -> TaskImages:
 
 # ------------------------------------------------------------------------------- the projection
 
-def method_groups(plan: Any) -> list[list[str]]:
-    """Methods that share jobs (``train.methods_per_job``); one group per method by default."""
-    return jobs.method_groups(plan) if jobs.groups_methods(plan.cfg.train) else \
-        [[m] for m in plan.methods]
-
-
 def _jobs_of(plan: Any, method: str) -> list[list[Any]]:
     """The points of one method's grid jobs as rules/train*.smk form them (``vpeft.jobs``)."""
-    points = plan.points[method]
-    if jobs.groups_methods(plan.cfg.train):  # every point of the method in its group's job
-        return [list(points)]
-    by_id = {p.id: p for p in points}
+    by_id = {p.id: p for p in plan.points[method]}
     return [[by_id[i] for i in chunk] for chunk in jobs.grid_chunks(plan, method)]
 
 
@@ -256,13 +247,13 @@ def method_seconds(plan: Any, method: str, speed: Speed, images: Mapping[str, Ta
     epochs = int(train_cfg.epochs)
     seeds = len(train_cfg.get("seeds") or [0])  # one final run (and WiSE-FT) per seed
     points = plan.points[method]
-    jobs = _jobs_of(plan, method)
+    grid_jobs = _jobs_of(plan, method)
     cached = (speed.extract is not None and bool(train_cfg.get("cache_linear_features", True))
               and not train_cfg.get("augment"))
     grid = final = wise = 0.0
     for im in images.values():
         if cached:
-            extractions = sum(_distinct_hparams(job) for job in jobs)
+            extractions = sum(_distinct_hparams(job) for job in grid_jobs)
             grid += (extractions * (im.grid_train + im.grid_eval) * speed.extract
                      + len(points) * epochs * im.grid_train * speed.head)
             final += (im.final_train + im.test) * speed.extract + epochs * im.final_train * speed.head
@@ -274,10 +265,10 @@ def method_seconds(plan: Any, method: str, speed: Speed, images: Mapping[str, Ta
     n_tasks = len(images)
     has_wise = any(im.wise for im in images.values())
     # methods sharing jobs (train.methods_per_job) share their grid and final jobs' start-up
-    share = next(1 / len(g) for g in method_groups(plan) if method in g)
-    return {"method": method, "grid_points": len(points), "grid_jobs_per_task": len(jobs),
+    share = next(1 / len(g) for g in jobs.method_groups(plan) if method in g)
+    return {"method": method, "grid_points": len(points), "grid_jobs_per_task": len(grid_jobs),
             "path": "cached features" if cached else "back-propagation",
-            "device_jobs": n_tasks * (share * (len(jobs) + seeds) + seeds * int(has_wise)),
+            "device_jobs": n_tasks * (share * (len(grid_jobs) + seeds) + seeds * int(has_wise)),
             "seconds": {"grid": grid, "final": final, "wise": wise}}
 
 

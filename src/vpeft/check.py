@@ -182,7 +182,7 @@ def count_jobs(plan: StudyPlan) -> dict[str, int]:
     """The Snakemake jobs of ``snakemake all`` for this study, by kind (the rules in rules/*.smk)."""
     cfg = plan.cfg
     tasks = len(plan.tasks)
-    per_method = jobs_of.per_method_job_count(plan)  # methods, or groups of train.methods_per_job
+    per_method = len(jobs_of.method_groups(plan))  # methods, or groups of train.methods_per_job
     seeds = len(cfg.train.seeds)
     jobs = {
         "grid training": tasks * jobs_of.grid_job_count(plan),

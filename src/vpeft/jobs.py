@@ -44,16 +44,17 @@ def groups_methods(train_cfg: Any) -> bool:
 
 
 def method_groups(plan: StudyPlan) -> list[list[str]]:
-    """The study's methods in jobs of ``methods_per_job`` (study order; 0: one group of all)."""
+    """The study's methods in jobs of ``methods_per_job`` (study order; 0: one group of all;
+    1, the default: one group per method)."""
     size = methods_per_job(plan.cfg.train) or len(plan.methods)
     return [list(plan.methods[i:i + size]) for i in range(0, len(plan.methods), size)]
 
 
 def grid_chunks(plan: StudyPlan, method: str) -> list[list[str]]:
-    """The point ids of one method's grid jobs when methods do not share jobs
-    (``points_per_job``; 0: all points in one job)."""
+    """The point ids of ``method`` in each of its grid jobs: chunks of ``points_per_job`` (0: all
+    in one job), or all of them when methods share jobs (in the group's one grid job)."""
     ids = [p.id for p in plan.points[method]]
-    size = points_per_job(plan.cfg.train) or len(ids)
+    size = len(ids) if groups_methods(plan.cfg.train) else points_per_job(plan.cfg.train) or len(ids)
     return [ids[i:i + size] for i in range(0, len(ids), size)]
 
 
@@ -62,8 +63,3 @@ def grid_job_count(plan: StudyPlan) -> int:
     if groups_methods(plan.cfg.train):
         return len(method_groups(plan))
     return sum(len(grid_chunks(plan, m)) for m in plan.methods)
-
-
-def per_method_job_count(plan: StudyPlan) -> int:
-    """Jobs per task of each per-method step (select, final training of one seed, evaluate)."""
-    return len(method_groups(plan)) if groups_methods(plan.cfg.train) else len(plan.methods)
