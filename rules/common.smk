@@ -58,6 +58,10 @@ BOOKKEEPING_JOB = {
 # `analyze`, from what is known when the plan is made: vpeft.analysis.planned_num_test).
 SELECT_JOB = {"mem_mb": 1000}
 
+# Grid jobs before final runs when both wait for a core: every selection, hence every final run,
+# needs its task's whole grid; a grid left for the end trains alone while the other cores idle.
+GRID_PRIORITY = 1
+
 
 def evaluate_mem_mb(wildcards):
     from vpeft.analysis import planned_num_test

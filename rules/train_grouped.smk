@@ -27,6 +27,7 @@ for _g, _methods in enumerate(jobs.method_groups(PLAN), start=1):
         output:
             [f"{RUNS}/{{task}}/{m}/grid/{p.id}/{name}" for m in _methods for p in PLAN.points[m]
              for name in layout.GRID_OUTPUTS],
+        priority: GRID_PRIORITY
         threads: config["threads"]
         resources:
             **{**GPU_JOB, "runtime": lambda wildcards, attempt, n=_points:

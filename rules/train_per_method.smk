@@ -10,6 +10,7 @@ if jobs.points_per_job(CFG.train) == 1:
             init_head=INIT_HEAD,
         output:
             [f"{RUNS}/{{task}}/{{method}}/grid/{{point}}/{name}" for name in layout.GRID_OUTPUTS],
+        priority: GRID_PRIORITY
         threads: config["threads"]
         resources:
             **GPU_JOB,
@@ -37,6 +38,7 @@ else:
                 output:
                     [f"{RUNS}/{{task}}/{_method}/grid/{point}/{name}" for point in _ids
                      for name in layout.GRID_OUTPUTS],
+                priority: GRID_PRIORITY
                 threads: config["threads"]
                 resources:
                     **{**GPU_JOB, "runtime": lambda wildcards, attempt, n=len(_ids):

@@ -146,6 +146,8 @@ def _dry_run(tmp_path: Path, *overrides: str) -> tuple[dict[str, str], str]:
         if not target.exists():
             src = REPO / item
             (shutil.copytree if src.is_dir() else shutil.copy)(src, target)
+    # per-method jobs unless a test says otherwise, as in the cluster studies (smoke groups)
+    overrides = ("train.methods_per_job=1", *overrides)
     override = "overrides=[" + ",".join(f'"{o}"' for o in overrides) + "]"
     proc = subprocess.run([sys.executable, "-m", "snakemake", "--dry-run", "--printshellcmds",
                            "--cores", "1", "train", "--config", "study=smoke", override],

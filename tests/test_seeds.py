@@ -87,8 +87,9 @@ def test_every_seed_gets_its_own_final_run_from_one_grid(tmp_path, prepared_task
 
 def _dry_run_stats(workdir: Path, *overrides: str) -> tuple[dict[str, str], str]:
     args = ["all", "--dry-run", "--printshellcmds", "--config", "study=smoke", "threads=1"]
-    if overrides:
-        args.append("overrides=[" + ",".join(f'"{o}"' for o in overrides) + "]")
+    # one job per (task, method), as in the cluster studies (smoke itself groups its methods)
+    overrides = ("train.methods_per_job=1", *overrides)
+    args.append("overrides=[" + ",".join(f'"{o}"' for o in overrides) + "]")
     proc = run_snakemake(workdir, *args, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout + proc.stderr

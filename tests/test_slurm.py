@@ -117,8 +117,9 @@ def snakemake(workdir: Path, cluster: Cluster, *args: str) -> subprocess.Complet
     for unused in ("SBATCH_ACCOUNT", "SBATCH_QOS"):  # the test cluster has neither
         env.pop(unused, None)
     return subprocess.run(
+        # One job per (task, method), as the cluster studies run (the smoke study groups them).
         [sys.executable, "-m", "snakemake", "--profile", "slurm", "all", "--config", "study=smoke",
-         *TEST_ONLY_ARGS, "--max-threads", str(cluster.cpus), *args],
+         'overrides=["train.methods_per_job=1"]', *TEST_ONLY_ARGS, "--max-threads", str(cluster.cpus), *args],
         cwd=workdir, env=env, capture_output=True, text=True, timeout=1200)
 
 
