@@ -63,6 +63,12 @@ SELECT_JOB = {"mem_mb": 1000}
 GRID_PRIORITY = 1
 
 
+def source_first(wildcards):
+    """The pretraining source set is generated and prepared before the tasks: the backbone's
+    pretraining, which every training job waits for, needs it."""
+    return 1 if wildcards.task == layout.SOURCE_TASK else 0
+
+
 def evaluate_mem_mb(wildcards):
     from vpeft.analysis import planned_num_test
     from vpeft.data.catalog import task_entry

@@ -5,6 +5,7 @@ if CFG.study.data.kind == "synthetic":
     rule synth:
         output:
             directory(f"{CFG.study.data.root}/{{task}}"),
+        priority: source_first
         log:
             f"{LOGS}/synth/{{task}}.log",
         shell:
@@ -16,6 +17,7 @@ rule prepare:
         lambda w: str(layout.raw_task(CFG, w.task)),
     output:
         directory(f"{PREPARED}/{{task}}"),
+    priority: source_first
     log:
         f"{LOGS}/prepare/{{task}}.log",
     shell:

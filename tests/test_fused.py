@@ -276,3 +276,16 @@ def test_snakemake_runs_methods_of_a_task_together(tmp_path):
                                "train", "--config", "study=smoke", override],
                               cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
         assert proc.returncode != 0 and "train.methods_per_job" in proc.stdout + proc.stderr
+
+
+def test_method_groups_deal_methods_round_robin_and_never_exceed_the_size():
+    from vpeft import jobs
+
+    plan = load_study("demo")
+    methods = plan.methods
+    assert jobs.method_groups(plan) == [methods[0::2], methods[1::2]]  # demo: 8 methods a job
+    for size, sizes in ((6, [6, 5, 5]), (1, [1] * 16), (0, [16]), (16, [16]), (20, [16])):
+        plan = load_study("demo", [f"train.methods_per_job={size}"])
+        groups = jobs.method_groups(plan)
+        assert [len(g) for g in groups] == sizes, size
+        assert sorted(m for g in groups for m in g) == sorted(methods)  # each method once

@@ -44,10 +44,13 @@ def groups_methods(train_cfg: Any) -> bool:
 
 
 def method_groups(plan: StudyPlan) -> list[list[str]]:
-    """The study's methods in jobs of ``methods_per_job`` (study order; 0: one group of all;
-    1, the default: one group per method)."""
+    """The study's methods in jobs of at most ``methods_per_job`` (0: one group of all; 1, the
+    default: one group per method). With G groups, group g takes methods g, g + G, g + 2G, ... of
+    the study's list: dealt round-robin, cheap and costly methods mix (the study lists them
+    roughly by family), so groups that run side by side on a machine's cores end together."""
     size = methods_per_job(plan.cfg.train) or len(plan.methods)
-    return [list(plan.methods[i:i + size]) for i in range(0, len(plan.methods), size)]
+    count = -(-len(plan.methods) // size)
+    return [list(plan.methods[g::count]) for g in range(count)]
 
 
 def grid_chunks(plan: StudyPlan, method: str) -> list[list[str]]:
