@@ -1,5 +1,5 @@
 # Two commands for a fresh machine (Python 3.11, no GPU):
-#   make demo    install everything into .venv, then run the demo study end to end (about 6 min on
+#   make demo    install everything into .venv, then run the demo study end to end (about 5.5 min on
 #                2 cores), then the many-shot and robustness miniatures (about 3.5 more minutes)
 #   make test    install everything into .venv (and the system packages the suite runs: chromium,
 #                slurm-wlm, munge), then run the test suite

@@ -23,8 +23,10 @@ rule all:
 
 rule check:  # preflight, before anything is queued: `snakemake --cores 1 check --config ...`
     localrule: True
-    shell:
-        vpeft("check")
+    log:
+        f"{LOGS}/check.log",
+    shell:  # shown on the terminal and kept (Snakemake's bash runs with pipefail: check's status)
+        vpeft("check") + " 2>&1 | tee {log}"
 
 
 rule data:  # every task prepared (and, for the demo, the backbone pretrained)

@@ -1,20 +1,5 @@
 # Mistake analysis and ensembles of each task's final runs, from their saved test predictions
 # (members of top-k ensembles are chosen by validation accuracy only).
-from vpeft import analysis as _analysis
-
-
-def analyze_mem_mb(wildcards):
-    """Memory of one analyze job (vpeft.analysis.memory_mb: measured peak + margin), from the
-    task's test size, class count and the study's methods. Known when the plan is made: the
-    study's split_sizes, else the prepared task's manifest (once `prepare` ran), else the
-    planning bound analysis.PLANNING_NUM_TEST. Never from the job's own inputs: in the
-    bookkeeping group they are written by the same SLURM job, after its size was requested."""
-    from vpeft.data.catalog import task_entry
-
-    return _analysis.memory_mb(_analysis.planned_num_test(CFG, wildcards.task),
-                               task_entry(CFG, wildcards.task).num_classes, len(PLAN.methods))
-
-
 rule analyze:
     input:
         expand(f"{RUNS}/{{{{task}}}}/{{method}}/final/{layout.TEST_PREDICTIONS}", method=PLAN.methods),

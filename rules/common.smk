@@ -69,13 +69,44 @@ def source_first(wildcards):
     return 1 if wildcards.task == layout.SOURCE_TASK else 0
 
 
-def evaluate_mem_mb(wildcards):
+def _planned_test_shape(task):
+    """(test images, classes) of ``task`` as known when the plan is made: the study's
+    split_sizes, else the prepared task's manifest (once `prepare` ran), else the planning bound
+    vpeft.analysis.PLANNING_NUM_TEST. Never from a job's own inputs: in the bookkeeping group they
+    are written by the same SLURM job, after its size was requested."""
     from vpeft.analysis import planned_num_test
     from vpeft.data.catalog import task_entry
+
+    return planned_num_test(CFG, task), task_entry(CFG, task).num_classes
+
+
+def evaluate_mem_mb(wildcards):
+    """Memory of one evaluate job: one method's test logits at a time."""
     from vpeft.protocol import evaluate_memory_mb
 
-    return evaluate_memory_mb(planned_num_test(CFG, wildcards.task),
-                              task_entry(CFG, wildcards.task).num_classes)
+    return evaluate_memory_mb(*_planned_test_shape(wildcards.task))
+
+
+def analyze_mem_mb(wildcards):
+    """Memory of one analyze job (vpeft.analysis.memory_mb: measured peak + margin) for the
+    task's test size, class count and the study's methods."""
+    from vpeft.analysis import memory_mb
+
+    return memory_mb(*_planned_test_shape(wildcards.task), len(PLAN.methods))
+
+
+def manyshot_sources(wildcards):
+    """What a many-shot task's view is made from: the generated miniature dataset, or the
+    user's files."""
+    from omegaconf import OmegaConf
+
+    from vpeft.data.manyshot import resolve_task
+
+    ds = resolve_task(CFG, wildcards.task).dataset
+    if OmegaConf.select(CFG, f"study.data.datasets.{ds.name}.synthetic") is not None:
+        return [f"{CFG.study.data.root}/{ds.name}"]
+    parts = [ds.train] + ([ds.test] if ds.test is not None else [])
+    return [str(path) for p in parts for path in p.inputs]
 
 
 EVALUATE_JOB = {**BOOKKEEPING_JOB, "mem_mb": evaluate_mem_mb}

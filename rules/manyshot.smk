@@ -4,17 +4,9 @@
 if CFG.study.data.kind == "manyshot":
     from omegaconf import OmegaConf
 
-    from vpeft.data.manyshot import dataset_specs, resolve_task
+    from vpeft.data.manyshot import dataset_specs
 
     MANYSHOT_DATASETS = dataset_specs(CFG)
-
-    def manyshot_sources(wildcards):
-        """What a task's view is made from: the generated miniature dataset, or the user's files."""
-        ds = resolve_task(CFG, wildcards.task).dataset
-        if OmegaConf.select(CFG, f"study.data.datasets.{ds.name}.synthetic") is not None:
-            return [f"{CFG.study.data.root}/{ds.name}"]
-        parts = [ds.train] + ([ds.test] if ds.test is not None else [])
-        return [str(path) for p in parts for path in p.inputs]
 
     rule subsets:
         input:

@@ -11,5 +11,7 @@ if CFG.study.get("pretrain") is not None:
         threads: max(config["threads"], 8)  # runs alone; Snakemake caps it at --cores
         log:
             f"{LOGS}/pretrain.log",
+        benchmark:
+            f"{LOGS}/pretrain.benchmark.tsv",
         shell:
             vpeft("pretrain") + " --threads {threads} > {log} 2>&1"

@@ -93,6 +93,8 @@ if CFG.study.get("robustness") is not None:
             **GPU_JOB,
         log:
             f"{LOGS}/{{task}}/{{method}}/wise.log",
+        benchmark:
+            f"{LOGS}/{{task}}/{{method}}/wise.benchmark.tsv",
         shell:
             vpeft("wise") + " --task {wildcards.task} --method {wildcards.method}"
             " --threads {threads} > {log} 2>&1"
@@ -115,6 +117,8 @@ if CFG.study.get("robustness") is not None:
                 **GPU_JOB,
             log:
                 f"{LOGS}/{{task}}/{{method}}/wise-seed{{seed}}.log",
+            benchmark:
+                f"{LOGS}/{{task}}/{{method}}/wise-seed{{seed}}.benchmark.tsv",
             shell:
                 vpeft("wise") + " --task {wildcards.task} --method {wildcards.method}"
                 " --seed {wildcards.seed} --threads {threads} > {log} 2>&1"

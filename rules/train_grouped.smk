@@ -34,6 +34,8 @@ for _g, _methods in enumerate(jobs.method_groups(PLAN), start=1):
                config["train_runtime_min"] * attempt * n},
         log:
             f"{LOGS}/{{task}}/group{_g}/grid.log",
+        benchmark:
+            f"{LOGS}/{{task}}/group{_g}/grid.benchmark.tsv",
         params:  # evaluated here, per rule (the shell line runs later, after the loop)
             methods=_methods_args(_methods),
         shell:
@@ -80,6 +82,8 @@ for _g, _methods in enumerate(jobs.method_groups(PLAN), start=1):
                    config["train_runtime_min"] * attempt * n},
             log:
                 f"{LOGS}/{{task}}/group{_g}/{_dir}.log",
+            benchmark:
+                f"{LOGS}/{{task}}/group{_g}/{_dir}.benchmark.tsv",
             params:
                 runs=_methods_args(_methods) + ("" if _first else f" --seed {_seed}"),
             shell:

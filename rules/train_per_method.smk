@@ -16,6 +16,8 @@ if jobs.points_per_job(CFG.train) == 1:
             **GPU_JOB,
         log:
             f"{LOGS}/{{task}}/{{method}}/grid/{{point}}.log",
+        benchmark:
+            f"{LOGS}/{{task}}/{{method}}/grid/{{point}}.benchmark.tsv",
         shell:
             vpeft("train") + " --phase grid --task {wildcards.task} --method {wildcards.method}"
             " --point {wildcards.point} --threads {threads} > {log} 2>&1"
@@ -45,6 +47,8 @@ else:
                        config["train_runtime_min"] * attempt * n},
                 log:
                     f"{LOGS}/{{task}}/{_method}/grid/points-{_k}-of-{len(_jobs)}.log",
+                benchmark:
+                    f"{LOGS}/{{task}}/{_method}/grid/points-{_k}-of-{len(_jobs)}.benchmark.tsv",
                 params:  # evaluated here, per rule (the shell line runs later, after the loop)
                     method=shlex.quote(_method),
                     points=" ".join(f"--point {shlex.quote(i)}" for i in _ids),
@@ -79,6 +83,8 @@ rule train_final:
         **GPU_JOB,
     log:
         f"{LOGS}/{{task}}/{{method}}/final.log",
+    benchmark:
+        f"{LOGS}/{{task}}/{{method}}/final.benchmark.tsv",
     shell:
         vpeft("train") + " --phase final --task {wildcards.task} --method {wildcards.method}"
         " --threads {threads} > {log} 2>&1"
@@ -117,6 +123,8 @@ if EXTRA_SEEDS:
             **GPU_JOB,
         log:
             f"{LOGS}/{{task}}/{{method}}/final-seed{{seed}}.log",
+        benchmark:
+            f"{LOGS}/{{task}}/{{method}}/final-seed{{seed}}.benchmark.tsv",
         shell:
             vpeft("train") + " --phase final --task {wildcards.task} --method {wildcards.method}"
             " --seed {wildcards.seed} --threads {threads} > {log} 2>&1"

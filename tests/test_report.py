@@ -610,3 +610,12 @@ def test_workers_env_must_be_a_positive_integer(monkeypatch: pytest.MonkeyPatch)
         monkeypatch.setenv(WORKERS_ENV, bad)
         with pytest.raises(UserError, match=WORKERS_ENV):
             worker_count()
+
+
+def test_costliest_items_start_first_and_results_keep_input_order() -> None:
+    """``costs`` only reorders the submissions: results come back in input order."""
+    from vpeft.report.parallel import ordered_map
+
+    items = [-1, -7, -3, -5, -2]
+    assert ordered_map(abs, items, workers=2, costs=[1, 7, 3, 5, 2]) == [1, 7, 3, 5, 2]
+    assert ordered_map(abs, items, workers=2, costs=[0] * 5) == [1, 7, 3, 5, 2]

@@ -621,6 +621,18 @@ def _collect_task(job: _TaskJob) -> _TaskPart:
                      missing=[p for c in cells for p in c.missing], statistics=statistics)
 
 
+def _predictions_bytes(job: _TaskJob) -> int:
+    """Size of the task's first-seed test predictions on disk: what reading and bootstrapping
+    the task costs, roughly (test images x methods)."""
+    total = 0
+    for method in job.methods:
+        try:
+            total += (job.study_dir / job.task / method / "final" / layout.TEST_PREDICTIONS).stat().st_size
+        except OSError:
+            pass
+    return total
+
+
 def collect_study(runs_dir: Path, study: Mapping, *, allow_missing: bool = False,
                   check_predictions: bool = True, alpha: float | None = None,
                   num_resamples: int | None = None, workers: int | None = None
@@ -654,7 +666,8 @@ def collect_study(runs_dir: Path, study: Mapping, *, allow_missing: bool = False
                      _opt_int(classes.get(task)),
                      NUM_RESAMPLES if num_resamples is None else num_resamples)
             for task, group in tasks]
-    parts = ordered_map(_collect_task, jobs, workers, cells=len(tasks) * len(methods))
+    parts = ordered_map(_collect_task, jobs, workers, cells=len(tasks) * len(methods),
+                        costs=[_predictions_bytes(job) for job in jobs])
     missing = [p for part in parts for p in part.missing]
     if missing and not allow_missing:
         raise MissingRunFileError(missing)
