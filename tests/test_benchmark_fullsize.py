@@ -12,6 +12,7 @@ import sys
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
 from conftest import REPO
 
@@ -48,6 +49,8 @@ def test_fabricated_logits_hit_the_accuracy_and_share_some_mistakes():
     assert a.dtype == np.float32 and a.shape == (5000, 397)
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 def test_reduced_run_times_every_step_and_writes_results(tmp_path):
     out, work = tmp_path / "out", tmp_path / "work"
     render = ["--render-repeats", "1", "--no-devtools"] if shutil.which("chromium") else \

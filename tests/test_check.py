@@ -50,6 +50,7 @@ def _check(*overrides: str) -> subprocess.CompletedProcess:
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_check_passes_on_generator_layout_and_counts_like_snakemake(study_inputs, tmp_path) -> None:
     root, weights = study_inputs
     proc = _check(*_overrides(root, weights))
@@ -74,6 +75,7 @@ def test_check_passes_on_generator_layout_and_counts_like_snakemake(study_inputs
     assert target.returncode == 0 and "OK: nothing wrong found" in target.stdout, target.stderr
 
 
+@pytest.mark.slow
 def test_check_names_every_problem_and_exits_1(study_inputs, tmp_path) -> None:
     import shutil
 

@@ -5,6 +5,8 @@ import pytest
 
 from vpeft.config import ConfigError, grid_points, load_study
 
+from conftest import REPO
+
 
 def test_a_list_is_a_sweep_axis_and_a_scalar_is_fixed():
     points = grid_points({"name": "lora", "hparams": {"rank": [1, 8], "dropout": 0.1},
@@ -56,3 +58,21 @@ def test_every_method_file_has_a_registered_method_and_back():
     from vpeft.config import method_names_in_params
 
     assert set(method_names_in_params()) == set(methods.names())
+
+
+# What a user supplies for the paper's studies (their data and weights); the demos need nothing.
+_USER_KEYS = {"manyshot": ["study.data.root=/data", "model.weights=/w/vit.npz"],
+              "robustness": ["study.data.root=/data", "model.weights=/w/clip.safetensors"],
+              "vtab1k": ["study.data.root=/data", "model.weights=/w/vit.npz"]}
+
+
+@pytest.mark.parametrize("study", sorted(p.stem for p in (REPO / "params" / "study").glob("*.yaml")))
+def test_every_study_in_params_composes_and_plans(study):
+    """Each study file composes with its config groups, names only known methods, expands a
+    non-empty grid for every method and gives a job plan (what `vpeft check` counts)."""
+    from vpeft.check import count_jobs
+
+    plan = load_study(study, _USER_KEYS.get(study, []))
+    assert plan.name == study and plan.tasks and plan.methods
+    assert all(plan.points[m] for m in plan.methods)
+    assert sum(count_jobs(plan).values()) > 2 * len(plan.tasks)  # at least train + evaluate

@@ -16,6 +16,9 @@ import yaml
 
 from conftest import REPO
 
+# End-to-end: dvc repro through real Snakemake.
+pytestmark = [pytest.mark.slow]
+
 STUDY = "smoke"
 TASK = "count"  # the smoke study cut to one of its tasks (an override) to keep the test short
 # What DVC versions: prepared data, backbones, runs (checkpoints) and the report.

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 from safetensors.torch import load_file
 
 from vpeft import cli, layout
@@ -65,6 +66,7 @@ def _assert_identical(fused: Path, solo: Path) -> None:
     assert not (fused / RESUME_CHECKPOINT).exists()
 
 
+@pytest.mark.slow
 def test_fused_points_equal_their_solo_runs_bit_for_bit(tmp_path, prepared_task, tiny_weights):
     grid = "study.grid.lora.optim.lr=[0.001,0.01,1.0e12]"  # the last point diverges mid-job
     extra = (grid, "train.epochs=3", "train.batch_size=8")
@@ -98,6 +100,7 @@ def _command(overrides: list[str], *points: str) -> list[str]:
     return args
 
 
+@pytest.mark.slow
 def test_an_interrupted_fused_job_resumes_every_point(tmp_path, prepared_task, tiny_weights):
     # many small steps, a checkpoint every epoch: SIGTERM lands mid-run with checkpoints behind it
     extra = ("train.epochs=40", "train.warmup_epochs=2", "train.batch_size=4",
@@ -157,6 +160,7 @@ def _dry_run(tmp_path: Path, *overrides: str) -> tuple[dict[str, str], str]:
     return dict(re.findall(r"^(\w+)\s+(\d+)$", out, flags=re.M)), out
 
 
+@pytest.mark.slow
 def test_snakemake_trains_the_grid_of_a_method_as_one_job(tmp_path):
     stats, out = _dry_run(tmp_path)
     # smoke: tasks digits and count; linear has 1 point, lora 2: one job per (task, method)
@@ -202,6 +206,7 @@ def _assert_final_identical(shared: Path, own: Path) -> None:
                             for t in (la, lb)))
 
 
+@pytest.mark.slow
 def test_methods_sharing_a_process_equal_their_own_jobs(tmp_path, prepared_task, tiny_weights):
     # lora runs second in the shared process: whatever linear leaves behind must not reach it
     plans = {runs: load_study("smoke", _grouped_overrides(tmp_path, tiny_weights, runs))
@@ -245,6 +250,7 @@ def test_a_method_named_twice_or_points_across_methods_are_refused(tmp_path, tin
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_snakemake_runs_methods_of_a_task_together(tmp_path):
     stats, out = _dry_run(tmp_path, "train.methods_per_job=2", "train.seeds=[1,2]")
     # smoke: 2 tasks x one group of [linear, lora]; two seeds

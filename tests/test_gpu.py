@@ -260,6 +260,7 @@ def test_gpu_check_refuses_a_machine_without_cuda(tmp_path):
     assert elapsed < 60 and not out.exists()
 
 
+@pytest.mark.slow
 def test_gpu_check_stages_and_report_run_through_on_cpu(tmp_path):
     """--allow-cpu runs every stage of the check on the CPU (gpu tests skip; tiny model, two
     methods): the JUnit, benchmark and projection files and the report come out, consistent."""

@@ -296,6 +296,7 @@ class MarkParser(HTMLParser):
             self.cells.append(attrs)
 
 
+@pytest.mark.slow
 def test_subset_index_files_are_saved_deterministic_and_reread(miniature):
     subsets = miniature / "data" / "subsets" / STUDY
     index = {t: json.loads((subsets / f"{t}.json").read_text())
@@ -328,6 +329,7 @@ def test_subset_index_files_are_saved_deterministic_and_reread(miniature):
         {"train800": 32, "val200": 8, "train800val200": 40, "test": 120}
 
 
+@pytest.mark.slow
 def test_runs_swept_drop_path_and_augmented(miniature):
     runs = miniature / "runs" / STUDY / "textures_n40"
     for dp in ("0", "0.1"):
@@ -338,6 +340,7 @@ def test_runs_swept_drop_path_and_augmented(miniature):
     assert {c["point"] for c in sel["candidates"]} == {"lr0.01-wd0.0001-rank1", "lr0.01-wd0.0001-rank2"}
 
 
+@pytest.mark.slow
 def test_report_section_numbers_equal_the_metrics(miniature):
     html = (miniature / "reports" / STUDY / "index.html").read_text()
     assert 'id="manyshot"' in html
@@ -358,6 +361,7 @@ def test_report_section_numbers_equal_the_metrics(miniature):
     assert {k[0]: v[1] for k, v in marks.items()}["textures"] == 200
 
 
+@pytest.mark.slow
 def test_the_curve_rises_with_the_training_set_far_above_chance(miniature):
     """What the many-shot miniature is there to show, on its own results: every method's test
     accuracy rises from the smallest to the largest training set, and ends at least twice

@@ -13,6 +13,9 @@ import pytest
 
 from conftest import run_snakemake, workflow_copy
 
+# End-to-end: the smoke study through real Snakemake.
+pytestmark = [pytest.mark.slow]
+
 
 class CellParser(HTMLParser):
     """Every <td> of the main table that carries a raw value."""
@@ -124,6 +127,7 @@ def _require_chromium():
                     "(tests/system_packages.sh), or set VPEFT_SKIP_BROWSER=1 to opt out", pytrace=False)
 
 
+@pytest.mark.browser
 def test_the_report_renders_in_a_real_browser_without_network(smoke_run, tmp_path):
     import io
 

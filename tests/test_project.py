@@ -188,6 +188,7 @@ def test_bad_inputs_say_what_is_wrong(tmp_path):
         newest_result(tmp_path)
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_from_a_real_cpu_benchmark(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}

@@ -20,6 +20,9 @@ from vpeft.report.collect import (CHANCE_SCHEMA, GRID_SCHEMA, RESULTS_SCHEMA, ST
                                   SUMMARY_SCHEMA)
 from vpeft.report.pages import task_anchor, task_page
 
+# A full-size fabricated report measured in real Chromium.
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
 WIDTH = 1400
 TASKS = [("caltech101", "natural", 102), ("cifar", "natural", 100), ("dtd", "natural", 47),
          ("oxford_flowers102", "natural", 102), ("oxford_iiit_pet", "natural", 37),

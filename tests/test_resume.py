@@ -82,6 +82,7 @@ def _assert_identical(resumed: Path, reference: Path) -> None:
     assert not (resumed / RESUME_CHECKPOINT).exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_a_killed_run_resumes_bit_identical(setup, sig):
     tmp_path, weights = setup

@@ -209,6 +209,7 @@ def miniature_run(tmp_path_factory) -> Path:
     return workdir
 
 
+@pytest.mark.slow
 def test_miniature_runs_every_robustness_step(miniature_run):
     import json
 
@@ -247,6 +248,7 @@ def test_miniature_runs_every_robustness_step(miniature_run):
         assert tuned > zero[0]["id"] + 3, (method, tuned, zero[0]["id"])
 
 
+@pytest.mark.slow
 def test_miniature_report_shows_the_wise_curves(miniature_run):
     import pyarrow.parquet as pq
 
@@ -258,6 +260,7 @@ def test_miniature_report_shows_the_wise_curves(miniature_run):
     assert f'data-method="lora" data-column="id" data-value="{ft_id!r}"' in html
 
 
+@pytest.mark.slow
 def test_a_final_run_exports_with_its_zero_shot_head(miniature_run):
     """`vpeft export` rebuilds the model a run trained (zero-shot head included): the merged
     checkpoint reproduces the final run's test logits."""
@@ -338,6 +341,7 @@ def test_end_labels_sit_at_their_own_ends_and_never_overlap():
             assert not (a[0] < b[1] and b[0] < a[1] and abs(a[2] - b[2]) < 13)
 
 
+@pytest.mark.slow
 def test_miniature_plot_draws_labelled_paths_in_distinct_styles(miniature_run):
     """On the miniature's WiSE-FT results: each method is a path from the zero-shot star to its
     α = 1 end, labelled there, in a dash pattern and marker of its own."""

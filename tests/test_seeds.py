@@ -96,6 +96,7 @@ def _dry_run_stats(workdir: Path, *overrides: str) -> tuple[dict[str, str], str]
     return dict(re.findall(r"^(\w+)\s+(\d+)$", out, flags=re.M)), out
 
 
+@pytest.mark.slow
 def test_the_plan_has_one_final_and_evaluate_job_per_extra_seed(tmp_path):
     workflow_copy(tmp_path)
     one, _ = _dry_run_stats(tmp_path)

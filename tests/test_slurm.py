@@ -21,6 +21,9 @@ import pytest
 from conftest import REPO
 from slurm_cluster import INSTALL_HINT, Cluster, job_details, missing_programs, running_cluster
 
+# End-to-end: the smoke study through a real SLURM controller.
+pytestmark = [pytest.mark.slow, pytest.mark.slurm]
+
 OPT_OUT = "VPEFT_SKIP_SLURM"
 # No slurmdbd here: job states come from squeue (finished jobs stay listed for MinJobAge) and are
 # polled often, so the small study does not wait on the executor's default 40 s / 60 s pauses.
