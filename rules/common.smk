@@ -19,7 +19,7 @@ RUNS = f"{CFG.paths.runs}/{STUDY}"
 PREPARED = f"{CFG.paths.data}/prepared/{STUDY}"
 LOGS = f"logs/{STUDY}"
 WEIGHTS = str(CFG.model.weights)
-REPORT = str(layout.report_dir(CFG) / "index.html")
+REPORT = str(layout.report_dir(CFG) / layout.REPORT_INDEX)
 # The robustness study starts every run from the zero-shot head (rule zeroshot_head).
 INIT_HEAD = [str(CFG.model.init_head)] if CFG.model.get("init_head") else []
 REPORT_EXTRA_INPUTS = []  # filled by rules included later (robustness.smk)

@@ -13,11 +13,8 @@ rule report:
         REPORT_EXTRA_INPUTS,  # e.g. the robustness study's WiSE-FT tables
     output:
         report(REPORT, caption="report-caption.rst", category="Study report"),
-        *[str(layout.report_dir(CFG) / t) for t in ("results.parquet", "grid.parquet",
-                                                      "summary.parquet", "summary.json",
-                                                      "metrics.json", "seeds.parquet",
-                                                      "chance.parquet", "stats.parquet",
-                                                      "seed_noise.parquet")],
+        # its tables (the analysis tables over all tasks among them) and JSON for DVC
+        *[str(layout.report_dir(CFG) / name) for name in layout.report_files()],
         # one page per task beside index.html (vpeft.report.pages.task_page names them)
         *[str(layout.report_dir(CFG) / task_page(t)) for t in PLAN.tasks],
     # tasks are read, bootstrapped and rendered in one worker process per CPU it may use

@@ -237,13 +237,13 @@ def cmd_report(args: argparse.Namespace) -> None:
     write_study_tables(results, out)
     # DVC reads metrics and plots from JSON, not Parquet (dvc.yaml: metrics, plots).
     summary = results.summary.to_pylist()
-    write_json(out / "summary.json", summary)
-    write_json(out / "metrics.json", {r["method"]: {k: v for k, v in r.items() if k != "method"}
-                                      for r in summary})
-    render_report(results, study, out / "index.html",
+    write_json(out / layout.REPORT_SUMMARY_JSON, summary)
+    write_json(out / layout.REPORT_METRICS_JSON,
+               {r["method"]: {k: v for k, v in r.items() if k != "method"} for r in summary})
+    render_report(results, study, out / layout.REPORT_INDEX,
                   published_csv=_published_csv(plan.cfg.study.get("published")),
                   provenance={"versions": versions(), "git_commit": git_commit()})
-    log.info("report: %s", out / "index.html")
+    log.info("report: %s", out / layout.REPORT_INDEX)
 
 
 def _parse_value(text: str):

@@ -91,3 +91,24 @@ EVAL_OUTPUTS = (TEST_EVAL, TEST_PREDICTIONS)
 
 # Per-task analysis of the final test predictions (one Parquet each, in analysis_dir).
 ANALYSIS_TABLES = ("agreement", "accuracy", "oracle", "ensembles", "confidence", "confident_overlap")
+
+# The study report, in report_dir: the landing page, one page per task (vpeft.report.pages names
+# them) and the tables behind them. The report rule, dvc.yaml (checked by tests/test_layout.py),
+# `vpeft report` and vpeft.report.collect take these names from here.
+REPORT_INDEX = "index.html"
+REPORT_TABLES = {"results": "results.parquet", "grid": "grid.parquet",
+                 "summary": "summary.parquet"}
+# Tables written when the study's test predictions were collected (always, in the pipeline);
+# older report directories and hand-made results may lack them.
+REPORT_OPTIONAL_TABLES = {"seeds": "seeds.parquet", "chance": "chance.parquet",
+                          "stats": "stats.parquet", "seed_noise": "seed_noise.parquet"}
+REPORT_ANALYSIS_PREFIX = "analysis_"         # analysis_<name>.parquet: a table over all tasks
+REPORT_SUMMARY_JSON = "summary.json"         # the summary as JSON records (DVC plots)
+REPORT_METRICS_JSON = "metrics.json"         # per method: group means, mean, sizes (DVC metrics)
+
+
+def report_files() -> list[str]:
+    """Every file `vpeft report` writes besides its pages, relative to report_dir."""
+    return [*REPORT_TABLES.values(), *REPORT_OPTIONAL_TABLES.values(),
+            *(f"{REPORT_ANALYSIS_PREFIX}{name}.parquet" for name in ANALYSIS_TABLES),
+            REPORT_SUMMARY_JSON, REPORT_METRICS_JSON]

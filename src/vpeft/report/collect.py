@@ -161,19 +161,10 @@ STATS_SCHEMA = pa.schema([
     ("alpha", pa.float64()),
 ])
 
-TABLE_FILES: dict[str, str] = {
-    "results": "results.parquet",
-    "grid": "grid.parquet",
-    "summary": "summary.parquet",
-}
-# Tables that older report directories (and hand-made results) may lack.
-OPTIONAL_TABLE_FILES: dict[str, str] = {
-    "seeds": "seeds.parquet",
-    "chance": "chance.parquet",
-    "stats": "stats.parquet",
-    "seed_noise": "seed_noise.parquet",
-}
-ANALYSIS_PREFIX = "analysis_"   # write_study_tables: analysis_<name>.parquet per analysis table
+# File names of the report's tables: vpeft.layout's (the rules and dvc.yaml use the same).
+TABLE_FILES: dict[str, str] = layout.REPORT_TABLES
+OPTIONAL_TABLE_FILES: dict[str, str] = layout.REPORT_OPTIONAL_TABLES
+ANALYSIS_PREFIX = layout.REPORT_ANALYSIS_PREFIX
 
 
 class RunDataError(ValueError):

@@ -23,6 +23,7 @@ import jinja2
 from markupsafe import Markup
 
 from vpeft.io import atomic_dir, atomic_path
+from vpeft.layout import REPORT_INDEX
 from vpeft.report import svg
 from vpeft.report.collect import GROUPS, StudyResults, study_kind, study_methods, study_tasks
 from vpeft.report.advice import Advice, recommendations  # noqa: F401  (re-exported)
@@ -748,7 +749,7 @@ def _task_contexts(results: StudyResults, study: Mapping, provenance: Mapping
         yield task_page(task), common | dict(
             task=task, group=GROUP_TITLES.get(group, ""),
             info=next((t for t in common["task_info"] if t["name"] == task), None),
-            back=f"../index.html#{task_anchor(task)}",
+            back=f"../{REPORT_INDEX}#{task_anchor(task)}",
             prev=(names[i - 1], "../" + task_page(names[i - 1])) if i > 0 else None,
             next=(names[i + 1], "../" + task_page(names[i + 1])) if i + 1 < len(names) else None,
             results_rows=_task_results_rows(main, task),
@@ -798,7 +799,7 @@ def render_pages(results: StudyResults, study: Mapping, *, published_csv: Path |
     html_pages = ordered_map(_render_task_page, [ctx for _, ctx in contexts], workers,
                              cells=results.results.num_rows)
     pages = {path: page for (path, _), page in zip(contexts, html_pages)}
-    pages["index.html"] = render_html(results, study, published_csv=published_csv,
+    pages[REPORT_INDEX] = render_html(results, study, published_csv=published_csv,
                                       provenance=provenance)
     return pages
 
@@ -821,7 +822,7 @@ def render_report(results: StudyResults, study: Mapping, out_html: Path, *,
                          workers=workers)
     with atomic_dir(out_html.parent / TASK_DIR) as tmp:
         for path, page in pages.items():
-            if path != "index.html":
+            if path != REPORT_INDEX:
                 (tmp / Path(path).name).write_text(page, encoding="utf-8")
     with atomic_path(out_html) as tmp:
-        tmp.write_text(pages["index.html"], encoding="utf-8")
+        tmp.write_text(pages[REPORT_INDEX], encoding="utf-8")
