@@ -73,14 +73,14 @@ def fabricate(study_dir: Path, task: str, methods: list[str], num_test: int, num
     """One task's final runs: every method right on about 70 % of the test images.
 
     Files are written one method at a time with vpeft's writers (the test predictions through
-    ``protocol._logits_table`` + the label column, exactly as ``vpeft evaluate`` writes them).
+    ``protocol.predictions_table`` + the label column, exactly as ``vpeft evaluate`` writes them).
     """
     import pyarrow as pa
     import torch
 
     from vpeft import layout
     from vpeft.io import write_json, write_parquet
-    from vpeft.protocol import _logits_table
+    from vpeft.protocol import predictions_table
 
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, num_classes, num_test)
@@ -89,7 +89,7 @@ def fabricate(study_dir: Path, task: str, methods: list[str], num_test: int, num
         logits = rng.standard_normal((num_test, num_classes), dtype=np.float32)
         right = rng.random(num_test) < 0.7
         logits[right, labels[right]] += 4.0
-        table = _logits_table(index, torch.from_numpy(logits), None)
+        table = predictions_table(index, torch.from_numpy(logits), None)
         table = table.add_column(1, "label", pa.array(labels, pa.int64()))
         mdir = study_dir / task / method
         write_parquet(mdir / "final" / layout.TEST_PREDICTIONS, table)

@@ -154,12 +154,12 @@ def fabricate_logits(labels: np.ndarray, num_classes: int, accuracy: float,
 
 
 def logits_table(logits: np.ndarray, labels: np.ndarray | None) -> pa.Table:
-    """The table ``vpeft train`` writes (``protocol._logits_table``: index, [label], pred, logits)."""
+    """The table ``vpeft train`` writes (``protocol.predictions_table``: index, [label], pred, logits)."""
     import torch
 
-    from vpeft.protocol import _logits_table
+    from vpeft.protocol import predictions_table
 
-    return _logits_table(np.arange(len(logits), dtype=np.int64), torch.from_numpy(logits), labels)
+    return predictions_table(np.arange(len(logits), dtype=np.int64), torch.from_numpy(logits), labels)
 
 
 def write_prepared(root: Path, task: str, group: str, num_classes: int, split_sizes: dict,

@@ -142,7 +142,7 @@ def test_epochs_decode_nothing_and_evaluate_once_at_the_end_with_a_large_batch(
         raise AssertionError("an image was decoded during training")
 
     monkeypatch.setattr(PIL.Image, "open", no_decoding)
-    monkeypatch.setattr(vtab, "_load_image", no_decoding)
+    monkeypatch.setattr(vtab, "load_image", no_decoding)
     inputs = []
     original = Normaliser.forward
 

@@ -71,7 +71,7 @@ def git_commit() -> str | None:
     return f"{head}-dirty" if dirty else head
 
 
-def _logits_table(index: np.ndarray, logits: torch.Tensor, labels: np.ndarray | None) -> pa.Table:
+def predictions_table(index: np.ndarray, logits: torch.Tensor, labels: np.ndarray | None) -> pa.Table:
     n, c = logits.shape if logits.ndim == 2 else (0, 0)
     columns: dict[str, Any] = {"index": pa.array(index, pa.int64())}
     if labels is not None:
@@ -223,10 +223,10 @@ def run_points(plan: StudyPlan, task: str, method: str, points: Sequence[GridPoi
                 "num_classes": num_classes}
         if phase == "grid":
             write_parquet(job.out_dir / layout.PREDICTIONS,
-                          _logits_table(eval_data.index, logits, eval_data.labels))
+                          predictions_table(eval_data.index, logits, eval_data.labels))
         else:
             write_parquet(job.out_dir / layout.TEST_LOGITS,
-                          _logits_table(eval_data.index, logits, None))
+                          predictions_table(eval_data.index, logits, None))
         save_adapter(job.model, job.out_dir / layout.ADAPTER, extra=meta)
         # A fused job's time is shared out: setup and training evenly, evaluation as measured.
         wall_time_s = (setup_s + train_s) / len(jobs) + time.perf_counter() - tic
@@ -346,7 +346,7 @@ def _write_diverged_final(plan: StudyPlan, task: str, method: str, seed: int) ->
     cfg = plan.cfg
     out_dir = layout.final_dir(cfg, task, method, seed)
     manifest = read_manifest(layout.prepared_task(cfg, task))
-    write_parquet(out_dir / layout.TEST_LOGITS, _logits_table(np.zeros(0, np.int64),
+    write_parquet(out_dir / layout.TEST_LOGITS, predictions_table(np.zeros(0, np.int64),
                                                               torch.zeros(0, 0), None))
     meta = {"study": plan.name, "task": task, "method": method, "point": None, "hparams": {},
             "model": cfg.model.name, "num_classes": manifest["num_classes"]}

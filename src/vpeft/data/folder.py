@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from vpeft.data.vtab import _LINE_RE, DataError, _check_relpath, _raise_collected
+from vpeft.data.vtab import LIST_LINE_RE, DataError, check_relpath, raise_collected
 from vpeft.io import atomic_dir, write_json
 
 __all__ = ["IMAGE_EXTENSIONS", "LabelledFile", "is_hidden", "read_class_folders", "read_list_file"]
@@ -91,7 +91,7 @@ def read_class_folders(root: Path, classes: Sequence[str] | None = None
                 count += 1
         if count == 0 and not any(e.startswith(f"{folder}/") for e in errors):
             errors.append(f"{folder}: class folder {folder.name!r} holds no images")
-    _raise_collected(errors)
+    raise_collected(errors)
     files.sort(key=lambda f: f.path)
     return files, class_list
 
@@ -120,12 +120,12 @@ def read_list_file(path: Path, root: Path | None = None, num_classes: int | None
     for lineno, raw in enumerate(raw_lines, start=1):
         line = raw[:-1] if raw.endswith("\r") else raw
         where = f"{path}:{lineno}"
-        m = _LINE_RE.match(line)
+        m = LIST_LINE_RE.match(line)
         if m is None:
             what = "blank line before the end of the file" if not line.strip() else f"malformed line {line!r}"
             errors.append(f"{where}: {what}; expected '<relpath> <label>' (one space, integer label)")
             continue
-        rel = _check_relpath(m.group(1))
+        rel = check_relpath(m.group(1))
         if rel is None:
             errors.append(f"{where}: image path {m.group(1)!r} must be relative without '..' components")
             continue
@@ -141,7 +141,7 @@ def read_list_file(path: Path, root: Path | None = None, num_classes: int | None
         if root is not None and not (Path(root) / rel).is_file():
             errors.append(f"{where}: image not found: {rel} (looked for {Path(root) / rel})")
         files.append(LabelledFile(rel.replace("\\", "/"), label))
-    _raise_collected(errors)
+    raise_collected(errors)
     return files
 
 

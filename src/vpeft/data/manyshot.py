@@ -44,7 +44,7 @@ import numpy as np
 
 from vpeft.data.cifar import CIFAR100_PARTS, read_cifar100
 from vpeft.data.folder import LabelledFile, read_class_folders, read_list_file, write_list_view
-from vpeft.data.vtab import GROUPS, DataError, _raise_collected
+from vpeft.data.vtab import GROUPS, DataError, raise_collected
 from vpeft.errors import UserError
 from vpeft.io import atomic_dir, atomic_path, read_json, write_json
 
@@ -428,7 +428,7 @@ def check_task(cfg: Any, task_name_: str, *, decode: bool = True) -> dict[str, i
             used += [(ds.train, train_files[i]) for i in split["test"]]
         errors = undecodable((src.describe(), src.image_root / f.path)
                              for src, f in used if src.cifar100_python is None)
-        _raise_collected(errors)
+        raise_collected(errors)
     return {"train800": len(split["train"]) - len(split["val"]), "val200": len(split["val"]),
             "train800val200": len(split["train"]), "test": test_count}
 

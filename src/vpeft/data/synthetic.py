@@ -418,7 +418,7 @@ def _render_position(rng: np.random.Generator, label: int, role: str, size: int)
     return image.reduce(_SS)
 
 
-def _render_source(rng: np.random.Generator, label: int, role: str, size: int) -> Image.Image:
+def render_source(rng: np.random.Generator, label: int, role: str, size: int) -> Image.Image:
     n_shapes = len(_SOURCE_SHAPES) * len(_SOURCE_COLOURS)
     n_photos = len(_SOURCE_PHOTOS)
     if label < n_shapes:  # one shape of a colour family on a grey noisy background
@@ -520,7 +520,7 @@ _RENDERERS: dict[str, Renderer] = {
     "textures": _render_textures,
     "count": _render_count,
     "position": _render_position,
-    "source": _render_source,
+    "source": render_source,
 }
 _GREY_TASKS = frozenset({"position"})  # stored mode "L", as real VTAB stores dSprites
 

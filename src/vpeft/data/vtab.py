@@ -95,7 +95,7 @@ class DataError(UserError):
         self.errors: list[str] = list(errors) if errors is not None else [message]
 
 
-def _raise_collected(errors: Sequence[str]) -> None:
+def raise_collected(errors: Sequence[str]) -> None:
     if not errors:
         return
     shown = list(errors[:MAX_SHOWN_ERRORS])
@@ -147,7 +147,7 @@ def task_info(task: str, num_classes: int | None = None, group: str | None = Non
 # Validation
 # ---------------------------------------------------------------------------------------------
 
-_LINE_RE = re.compile(r"^(\S+) (-?\d+)$")
+LIST_LINE_RE = re.compile(r"^(\S+) (-?\d+)$")
 
 
 def _split_sizes(split_sizes: Mapping[str, int | None] | None) -> dict[str, int | None]:
@@ -160,7 +160,7 @@ def _split_sizes(split_sizes: Mapping[str, int | None] | None) -> dict[str, int 
     return sizes
 
 
-def _check_relpath(raw: str) -> str | None:
+def check_relpath(raw: str) -> str | None:
     """Normalised POSIX relpath, or None when it is absolute or escapes the task dir."""
     if raw.startswith(("/", "\\")) or PureWindowsPath(raw).drive or PurePosixPath(raw).is_absolute():
         return None
@@ -193,13 +193,13 @@ def _parse_list(task_dir: Path, list_file: Path, num_classes: int, errors: list[
             broken = True
             continue
         records += 1
-        m = _LINE_RE.match(line)
+        m = LIST_LINE_RE.match(line)
         if m is None:
             errors.append(f"{where}: malformed line {line!r}; expected '<relpath> <label>' "
                           "(one space, integer label)")
             broken = True
             continue
-        relpath = _check_relpath(m.group(1))
+        relpath = check_relpath(m.group(1))
         if relpath is None:
             errors.append(f"{where}: image path {m.group(1)!r} must be relative to {task_dir} "
                           "without '..' components")
@@ -262,7 +262,7 @@ def validate_task(task_dir: Path, task: str, num_classes: int,
             errors.append(f"{task_dir / 'train800val200.txt'}: {len(absent)} of {num_classes} classes "
                           f"never appear; every class in [0, {num_classes}) must: missing {shown}{more}")
 
-    _raise_collected(errors)
+    raise_collected(errors)
     return {s: parsed[s].entries for s in SPLITS}
 
 
@@ -280,7 +280,7 @@ def _disjoint_path_errors(task_dir: Path, parsed: Mapping[str, _ParsedList]) -> 
 # ---------------------------------------------------------------------------------------------
 
 @contextmanager
-def _strict_decoding() -> Iterator[None]:
+def strict_decoding() -> Iterator[None]:
     # PIL would otherwise silently pad a truncated file with grey; we want it rejected.
     old = ImageFile.LOAD_TRUNCATED_IMAGES
     ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -290,7 +290,7 @@ def _strict_decoding() -> Iterator[None]:
         ImageFile.LOAD_TRUNCATED_IMAGES = old
 
 
-_DECODE_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError, EOFError,
+DECODE_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError, EOFError,
                   Image.DecompressionBombError)
 
 
@@ -344,22 +344,22 @@ def undecodable(images: Iterable[tuple[str, Path]]) -> list[str]:
     """``"<where>: cannot decode <file>: ..."`` for every (where, file) that does not decode fully
     (missing, truncated, not an image); what ``vpeft check`` reports without writing anything."""
     errors: list[str] = []
-    with _strict_decoding():
+    with strict_decoding():
         for where, file in images:
             try:
                 decode_image(Path(file).read_bytes(), None)
-            except (*_DECODE_ERRORS, OSError) as exc:
+            except (*DECODE_ERRORS, OSError) as exc:
                 errors.append(f"{where}: cannot decode {file}: {type(exc).__name__}: {exc}")
     return errors
 
 
-def _load_image(data: bytes, size: int) -> tuple[bytes, str]:
+def load_image(data: bytes, size: int) -> tuple[bytes, str]:
     """(HWC uint8 bytes, source mode) of ``data`` resized to size x size."""
     decoded = decode_image(data, size)
     return decoded.pixels, decoded.mode  # type: ignore[return-value]
 
 
-def _schema(image_size: int, labelled: bool) -> pa.Schema:
+def shard_schema(image_size: int, labelled: bool) -> pa.Schema:
     fields = [pa.field("index", pa.int64(), nullable=False), pa.field("path", pa.string(), nullable=False)]
     if labelled:
         fields.append(pa.field("label", pa.int64(), nullable=False))
@@ -367,7 +367,7 @@ def _schema(image_size: int, labelled: bool) -> pa.Schema:
     return pa.schema(fields)
 
 
-class _ShardWriter:
+class ShardWriter:
     """Buffers rows of one split and writes them as part-NNNNN.parquet shards of at most ``rows`` rows."""
 
     def __init__(self, root: Path, split: str, schema: pa.Schema, rows: int) -> None:
@@ -416,7 +416,7 @@ def _decode_entries(task_dir: Path, entries: Mapping[str, list[Entry]], image_si
     """
     by_bytes: dict[bytes, Decoded] = {}
     cached = 0
-    with _strict_decoding():
+    with strict_decoding():
         for split in SPLITS:
             list_file = Path(task_dir).absolute() / f"{split}.txt"
             for index, e in enumerate(entries[split]):
@@ -430,7 +430,7 @@ def _decode_entries(task_dir: Path, entries: Mapping[str, list[Entry]], image_si
                 if decoded is None:
                     try:
                         decoded = decode_image(data, image_size)
-                    except _DECODE_ERRORS as exc:
+                    except DECODE_ERRORS as exc:
                         errors.append(f"{list_file}:{e.line}: cannot decode image {e.path}: "
                                       f"{type(exc).__name__}: {exc}")
                         continue
@@ -542,10 +542,10 @@ def inspect_task(task_dir: Path, *, task: str, num_classes: int,
     for split, _, _, decoded in _decode_entries(Path(task_dir), entries, None, errors):
         contents[split].append(decoded.content)
         modes[decoded.mode] += 1
-    _raise_collected(errors)
+    raise_collected(errors)
     errors, record = content_report(Path(task_dir), entries, contents,
                                     allow_duplicates=allow_duplicates)
-    _raise_collected(errors)
+    raise_collected(errors)
     return {"task": task, "num_classes": num_classes,
             "counts": {s: len(entries[s]) for s in SPLITS}, "modes": dict(sorted(modes.items())),
             "content": record}
@@ -580,7 +580,7 @@ def _build(task_dir: Path, tmp: Path, entries: Mapping[str, list[Entry]], *, tas
     contents: dict[str, list[str]] = {s: [] for s in SPLITS}
     conversions: dict[str, str] = {}  # distinct source image (by content) -> its mode, when not RGB
     modes: dict[str, Counter[str]] = {s: Counter() for s in SPLITS}
-    writers = {s: _ShardWriter(tmp, s, _schema(image_size, s != "test"), shard_rows) for s in SPLITS}
+    writers = {s: ShardWriter(tmp, s, shard_schema(image_size, s != "test"), shard_rows) for s in SPLITS}
     test_index: list[int] = []
     test_label: list[int] = []
 
@@ -598,9 +598,9 @@ def _build(task_dir: Path, tmp: Path, entries: Mapping[str, list[Entry]], *, tas
         else:
             row["label"] = e.label
         writers[split].add(**row)
-    _raise_collected(errors)
+    raise_collected(errors)
     errors, content = content_report(task_dir, entries, contents, allow_duplicates=allow_duplicates)
-    _raise_collected(errors)
+    raise_collected(errors)
 
     splits: dict[str, Any] = {}
     for split in SPLITS:

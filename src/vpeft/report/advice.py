@@ -25,7 +25,7 @@ from markupsafe import Markup
 from vpeft.report import svg
 from vpeft.report.collect import StudyResults, study_kind, study_methods, study_scopes
 from vpeft.report.numbers import fmt_acc
-from vpeft.report.view import GROUP_TITLES, _fmt_params
+from vpeft.report.view import GROUP_TITLES, fmt_params
 
 __all__ = ["Advice", "recommendations"]
 
@@ -146,7 +146,7 @@ def _scope_advice(kind: str, scope: str, rows: list[dict[str, Any]], study: Mapp
     pm = pick["method"]
     best_names = [r["method"] for r in best]
     params = ("" if pick["trainable_params"] is None else
-              f' with {_num_span(pick["trainable_params"], "trainable_params", _fmt_params(pick["trainable_params"]), pm)} '
+              f' with {_num_span(pick["trainable_params"], "trainable_params", fmt_params(pick["trainable_params"]), pm)} '
               'trainable parameters')
     tie = (f" — a tie: {len(picks)} methods have these parameters and this mean"
            if len(picks) > 1 else "")

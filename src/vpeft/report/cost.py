@@ -18,7 +18,7 @@ from markupsafe import Markup
 from vpeft.report import svg
 from vpeft.report.collect import StudyResults, study_methods, study_tasks
 from vpeft.report.numbers import fmt_acc
-from vpeft.report.view import Cell, Row, _fmt_params, _raw, pareto_front
+from vpeft.report.view import Cell, Row, fmt_params, exact_text, pareto_front
 
 __all__ = ["CostView", "cost_view", "device_unit"]
 
@@ -120,7 +120,7 @@ def cost_view(results: StudyResults, study: Mapping) -> CostView | None:
             points[m] = (c["total_h"], acc)
 
         def cell(text: str, value: Any, column: str) -> Cell:
-            return Cell(text, _raw(value), column, None, m, ["num"])
+            return Cell(text, exact_text(value), column, None, m, ["num"])
 
         rows.append(Row(m, [
             cell(fmt_acc(acc), acc, "mean"),
@@ -130,7 +130,7 @@ def cost_view(results: StudyResults, study: Mapping) -> CostView | None:
             cell(_fmt_bytes(c["peak"]), c["peak"], "peak_memory_bytes"),
             cell("–" if c["speed"] is None else f"{c['speed']:.1f}", c["speed"],
                  "train_images_per_s"),
-            cell(_fmt_params(s.get("trainable_params")), s.get("trainable_params"),
+            cell(fmt_params(s.get("trainable_params")), s.get("trainable_params"),
                  "trainable_params"),
         ], method=m))
     front = pareto_front(points)

@@ -15,7 +15,7 @@ from markupsafe import Markup
 from vpeft.report import svg
 from vpeft.report.numbers import fmt_acc
 from vpeft.report.seednoise import SeedNoiseRow
-from vpeft.report.view import Cell, Row, _fmt_delta, _raw
+from vpeft.report.view import Cell, Row, fmt_delta, exact_text
 
 __all__ = ["confidence_summary", "mean_overlap", "mean_seed_noise", "mistakes_summary"]
 
@@ -33,7 +33,7 @@ def _mean(values: Sequence[float | None]) -> float | None:
 
 def _cell(value: float | None, column: str, task: str | None, fmt=fmt_acc,
           method: str | None = None, classes: Sequence[str] = ()) -> Cell:
-    return Cell(fmt(value), _raw(value), column, task, method, ["num", *classes])
+    return Cell(fmt(value), exact_text(value), column, task, method, ["num", *classes])
 
 
 def _frac(value: float | None) -> str:
@@ -57,13 +57,13 @@ def mistakes_summary(index: Index, tasks: Sequence[str]) -> list[Row]:
         if oracle and oracle["oracle_top1"] is not None and oracle["best_single_top1"] is not None:
             gap = oracle["oracle_top1"] - oracle["best_single_top1"]
         sign = [] if best is None or best[0] == 0 else ["gain-pos" if best[0] > 0 else "gain-neg"]
-        gain = _cell(best[0] if best else None, "best_ensemble_gain", task, _fmt_delta,
+        gain = _cell(best[0] if best else None, "best_ensemble_gain", task, fmt_delta,
                      classes=sign)
         if best:
             gain.title = f"{best[1]['rule']} / {best[1]['combiner']}"
         rows.append(Row(task, [
             Cell(str(oracle["n_methods"]) if oracle else "–",
-                 _raw(oracle["n_methods"]) if oracle else None, "n_methods", task, None, ["num"]),
+                 exact_text(oracle["n_methods"]) if oracle else None, "n_methods", task, None, ["num"]),
             _cell(_mean([_finite(r["agreement"]) for r in pairs]), "mean_agreement", task, _frac),
             _cell(_mean([_finite(r["error_overlap"]) for r in pairs]), "mean_error_overlap",
                   task, _frac),
@@ -73,7 +73,7 @@ def mistakes_summary(index: Index, tasks: Sequence[str]) -> list[Row]:
                  oracle["best_single"] if oracle else None),
             _cell(_finite(oracle["best_single_top1"]) if oracle else None, "best_single_top1",
                   task),
-            _cell(gap, "oracle_gain", task, _fmt_delta),
+            _cell(gap, "oracle_gain", task, fmt_delta),
             gain,
         ], task=task))
     return rows
@@ -138,6 +138,6 @@ def mean_seed_noise(per_task: Sequence[tuple[str, Sequence[SeedNoiseRow]]]
         means = {f: _mean([None if getattr(r, f) is None else float(getattr(r, f))
                            for r in rows]) for f in fields}
         texts = {f"{f}_text": fmt_acc(v) for f, v in means.items()}
-        out.append(SeedNoiseRow(method, **{f: _raw(v) for f, v in means.items()}, **texts))
+        out.append(SeedNoiseRow(method, **{f: exact_text(v) for f, v in means.items()}, **texts))
     return out
 

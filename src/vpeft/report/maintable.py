@@ -17,8 +17,8 @@ from typing import Any, Mapping
 
 from vpeft.report.collect import StudyResults, study_kind, study_methods, study_tasks
 from vpeft.report.numbers import fmt_acc
-from vpeft.report.view import GROUP_TITLES, Cell, Row, VtabTable, _fmt_params, _fmt_pct, \
-    _mark_best, _present_groups, _raw
+from vpeft.report.view import GROUP_TITLES, Cell, Row, VtabTable, fmt_params, fmt_pct, \
+    mark_best, present_groups, exact_text
 
 __all__ = ["main_table", "stats_index"]
 
@@ -55,7 +55,7 @@ def _columns(study: Mapping, kind: str
         return groups, labels, [], False
     if kind == "robustness":
         return [("In-distribution test", [t for t, _ in tasks])], {}, [], False
-    present = _present_groups(tasks)
+    present = present_groups(tasks)
     return ([(GROUP_TITLES[g], ts) for g, ts in present], {}, [g for g, _ in present], True)
 
 
@@ -66,7 +66,7 @@ def _stat_cell(stat: Mapping[str, Any] | None, value: float | None, column: str,
     if value is None:
         return Cell("–", None, column, task, method, classes, why_missing)
     text = fmt_acc(value)
-    cell = Cell(text, _raw(value), column, task, method, classes + ["rankable"])
+    cell = Cell(text, exact_text(value), column, task, method, classes + ["rankable"])
     if stat is None:
         return cell
     if stat["std"] is not None:
@@ -116,12 +116,12 @@ def main_table(results: StudyResults, study: Mapping) -> VtabTable:
         if show_mean:
             cells.append(_stat_cell(stats.get(("overall", "mean", method)), s.get("mean"),
                                     "mean", None, method, ["num", "mean-col"], why))
-        cells.append(Cell(_fmt_params(s.get("trainable_params")), _raw(s.get("trainable_params")),
+        cells.append(Cell(fmt_params(s.get("trainable_params")), exact_text(s.get("trainable_params")),
                           "trainable_params", None, method, ["num", "params"]))
-        cells.append(Cell(_fmt_pct(s.get("trainable_pct")), _raw(s.get("trainable_pct")),
+        cells.append(Cell(fmt_pct(s.get("trainable_pct")), exact_text(s.get("trainable_pct")),
                           "trainable_pct", None, method, ["num", "params"]))
         rows.append(Row(method, cells, method=method))
-    _mark_best(rows)
+    mark_best(rows)
     return VtabTable(groups=groups, mean_groups=[GROUP_TITLES[g] for g in mean_groups],
                      extra_headers=["Trainable params", "% of backbone"], rows=rows,
                      task_labels=labels, show_mean=show_mean,
@@ -145,16 +145,16 @@ def _chance_footer(results: StudyResults, groups: list[tuple[str, list[str]]],
         for t in ts:
             c = chance.get(t)
             value = c["chance"] if c else None
-            cell = Cell(fmt_acc(value), _raw(value), "chance", t, None, ["num", "chance"])
+            cell = Cell(fmt_acc(value), exact_text(value), "chance", t, None, ["num", "chance"])
             if c and c["uniform_chance"] is not None:
                 cell.title = (f"majority class of the {c['num_test']} test labels; "
                               f"1/{c['num_classes']} = {fmt_acc(c['uniform_chance'])} %")
             cells.append(cell)
     for g in mean_groups:
         v = scope_chance("group", g)
-        cells.append(Cell(fmt_acc(v), _raw(v), "chance", None, None, ["num", "mean-col", "chance"]))
+        cells.append(Cell(fmt_acc(v), exact_text(v), "chance", None, None, ["num", "mean-col", "chance"]))
     if show_mean:
         v = scope_chance("overall", "mean")
-        cells.append(Cell(fmt_acc(v), _raw(v), "chance", None, None, ["num", "mean-col", "chance"]))
+        cells.append(Cell(fmt_acc(v), exact_text(v), "chance", None, None, ["num", "mean-col", "chance"]))
     cells += [Cell("", None, "chance"), Cell("", None, "chance")]
     return [Row("chance (majority class)", cells)]

@@ -36,8 +36,8 @@ from vpeft.report.maintable import main_table
 from vpeft.report.seednoise import seed_noise_view
 from vpeft.report.numbers import fmt_acc, round1
 from vpeft.report.view import (  # re-exported: the section modules and the tests use them
-    GROUP_TITLES, Cell, Row, VtabTable, _acc_cell, _fmt_delta, _fmt_hparam, _fmt_params,
-    _fmt_pct, _fmt_seconds, _mark_best, _mean_cell, _present_groups, _raw, pareto_front, td)
+    GROUP_TITLES, Cell, Row, VtabTable, acc_cell, fmt_delta, fmt_hparam, fmt_params,
+    fmt_pct, fmt_seconds, mark_best, mean_cell, present_groups, exact_text, pareto_front, td)
 
 PUBLISHED_TITLE = "Published (ViT-B/16 IN-21K)"
 _NOT_COVERED = "the published reference does not cover every task of this column"
@@ -57,10 +57,10 @@ def _hparam_rows(results: StudyResults, study: Mapping) -> list[Row]:
     rows: list[Row] = []
     for task, method, r in _runs_in_study_order(results, study):
         hp = json.loads(r["hparams_json"]) if r["hparams_json"] else {}
-        hp_text = ", ".join(f"{k}={_fmt_hparam(v)}" for k, v in sorted(hp.items())) or "–"
+        hp_text = ", ".join(f"{k}={fmt_hparam(v)}" for k, v in sorted(hp.items())) or "–"
 
         def cell(text: str, value: Any, column: str, *classes: str) -> Cell:
-            return Cell(text, _raw(value), column, task, method, list(classes))
+            return Cell(text, exact_text(value), column, task, method, list(classes))
 
         rows.append(Row(task, [
             cell(method, method, "method"),
@@ -75,8 +75,8 @@ def _hparam_rows(results: StudyResults, study: Mapping) -> list[Row]:
                  r["num_grid_points"], "num_grid_points", "num"),
             cell("–" if r["num_diverged"] is None else str(r["num_diverged"]),
                  r["num_diverged"], "num_diverged", "num"),
-            cell(_fmt_seconds(r["wall_time_s"]), r["wall_time_s"], "wall_time_s", "num"),
-            cell(_fmt_seconds(r["grid_wall_time_s"]), r["grid_wall_time_s"], "grid_wall_time_s",
+            cell(fmt_seconds(r["wall_time_s"]), r["wall_time_s"], "wall_time_s", "num"),
+            cell(fmt_seconds(r["grid_wall_time_s"]), r["grid_wall_time_s"], "grid_wall_time_s",
                  "num"),
         ], method=method, task=task))
     return rows
@@ -91,8 +91,8 @@ def _grid_rows(results: StudyResults) -> list[Row]:
             Cell(g["point"], g["point"], "point", task, method,
                  ["mono"] + (["selected"] if g["selected"] else [])),
             Cell(g["status"], g["status"], "status", task, method, [f"status-{g['status']}"]),
-            Cell(fmt_acc(g["val_top1"]), _raw(g["val_top1"]), "val_top1", task, method, ["num"]),
-            Cell(_fmt_seconds(g["wall_time_s"]), _raw(g["wall_time_s"]), "wall_time_s", task,
+            Cell(fmt_acc(g["val_top1"]), exact_text(g["val_top1"]), "val_top1", task, method, ["num"]),
+            Cell(fmt_seconds(g["wall_time_s"]), exact_text(g["wall_time_s"]), "wall_time_s", task,
                  method, ["num"]),
         ], method=method, task=task))
     return rows
@@ -132,7 +132,7 @@ def _published_table(results: StudyResults, study: Mapping, published: Mapping[
     if not shown or not rows_methods:
         return None
     ours = {(r["task"], r["method"]): r for r in results.results.to_pylist()}
-    groups = _present_groups(shown)
+    groups = present_groups(shown)
     rows: list[Row] = []
     for method in rows_methods:
         cells: list[Cell] = []
@@ -140,29 +140,29 @@ def _published_table(results: StudyResults, study: Mapping, published: Mapping[
         for _, ts in groups:
             for t in ts:
                 value = published.get((t, method))
-                cell = Cell(fmt_acc(value), _raw(value), "published_top1", t, method,
+                cell = Cell(fmt_acc(value), exact_text(value), "published_top1", t, method,
                             ["num"] + (["rankable"] if value is not None else ["missing"]))
                 mine = ours.get((t, method))
                 if value is not None and mine is not None and mine["test_top1"] is not None:
                     d = mine["test_top1"] - value
                     deltas.append(d)
-                    cell.note, cell.delta = f"Δ {_fmt_delta(d)}", repr(d)
+                    cell.note, cell.delta = f"Δ {fmt_delta(d)}", repr(d)
                 cells.append(cell)
         for g, _ in groups:
             all_group = [t for t, tg in tasks if tg == g]
             vals = [published.get((t, method)) for t in all_group]
             mean = (math.fsum(vals) / len(vals)
                     if all(v is not None for v in vals) else None)  # type: ignore[arg-type]
-            cells.append(_mean_cell(mean, g, method, _NOT_COVERED))
+            cells.append(mean_cell(mean, g, method, _NOT_COVERED))
         vals = [published.get((t, method)) for t, _ in tasks]
         mean = math.fsum(vals) / len(vals) if all(v is not None for v in vals) else None  # type: ignore[arg-type]
-        cells.append(_mean_cell(mean, "mean", method, _NOT_COVERED))
+        cells.append(mean_cell(mean, "mean", method, _NOT_COVERED))
         d_mean = math.fsum(deltas) / len(deltas) if deltas else None
-        cells.append(Cell(_fmt_delta(d_mean), _raw(d_mean),
+        cells.append(Cell(fmt_delta(d_mean), exact_text(d_mean),
                           "delta_mean", None, method, ["num"],
                           title=f"mean of (ours − published) over {len(deltas)} task(s)"))
         rows.append(Row(method, cells, method=method))
-    _mark_best(rows)
+    mark_best(rows)
     return VtabTable(
         groups=[(GROUP_TITLES[g], ts) for g, ts in groups],
         mean_groups=[GROUP_TITLES[g] for g, _ in groups],
@@ -244,7 +244,7 @@ def shared_facts(results: StudyResults, study: Mapping) -> tuple[list[Row], list
         scope = (f"all {len(runs)} runs" if counts[common] == len(runs)
                  else f"{counts[common]} of {len(runs)} runs; the others below")
         shared.append(Row(label, [
-            Cell(_fact_text(column, common), _raw(common), column,
+            Cell(_fact_text(column, common), exact_text(common), column,
                  classes=["mono" if column == "git_commit" else "wrap"],
                  title=str(common) if column == "git_commit" else None),
             Cell(scope, str(counts[common]), "num_runs", classes=["small"])]))
@@ -253,7 +253,7 @@ def shared_facts(results: StudyResults, study: Mapping) -> tuple[list[Row], list
                 exceptions.append(Row(task, [
                     Cell(method, method, "method", task, method),
                     Cell(label, column, "fact", task, method),
-                    Cell(_fact_text(column, r[column]), _raw(r[column]), column, task, method,
+                    Cell(_fact_text(column, r[column]), exact_text(r[column]), column, task, method,
                          ["wrap"])], method=method, task=task))
     return shared, exceptions
 
@@ -392,7 +392,7 @@ def _num_cell(value: Any, column: str, task: str, fmt=None, method: str | None =
               extra: Sequence[str] = ()) -> Cell:
     v = _finite_or_none(value)
     text = (fmt or fmt_acc)(v)
-    return Cell(text, _raw(v), column, task, method, ["num", *extra])
+    return Cell(text, exact_text(v), column, task, method, ["num", *extra])
 
 
 def _analysis_sections(results: StudyResults, study: Mapping) -> list[TaskAnalysis]:
@@ -426,9 +426,9 @@ def _analysis_sections(results: StudyResults, study: Mapping) -> list[TaskAnalys
                 Cell(r["best_single"] or "–", r["best_single"], "best_single", task,
                      r["best_single"]),
                 _num_cell(r["best_single_top1"], "best_single_top1", task),
-                _num_cell(gap, "oracle_gain", task, _fmt_delta),
+                _num_cell(gap, "oracle_gain", task, fmt_delta),
                 _num_cell(r["all_wrong"], "all_wrong", task),
-                Cell(str(r["n_methods"]), _raw(r["n_methods"]), "n_methods", task, None, ["num"]),
+                Cell(str(r["n_methods"]), exact_text(r["n_methods"]), "n_methods", task, None, ["num"]),
             ], task=task))
         ens_rows = []
         for r in _rows_of(results, "ensembles", task):
@@ -436,10 +436,10 @@ def _analysis_sections(results: StudyResults, study: Mapping) -> list[TaskAnalys
             for col in ("gain_over_best_member", "gain_over_best_single_by_val"):
                 v = _finite_or_none(r[col])
                 sign = [] if v is None else ["gain-pos" if v > 0 else "gain-neg" if v < 0 else ""]
-                gains.append(_num_cell(v, col, task, _fmt_delta, extra=[c for c in sign if c]))
+                gains.append(_num_cell(v, col, task, fmt_delta, extra=[c for c in sign if c]))
             ens_rows.append(Row(r["rule"], [
                 Cell(r["combiner"], r["combiner"], "combiner", task),
-                Cell(str(r["k"]), _raw(r["k"]), "k", task, None, ["num"]),
+                Cell(str(r["k"]), exact_text(r["k"]), "k", task, None, ["num"]),
                 Cell(", ".join(r["members"].split(",")) if r["members"] else "–", r["members"],
                      "members", task, None, ["small"]),
                 _num_cell(r["test_top1"], "test_top1", task),
@@ -531,13 +531,13 @@ def _ensemble_overview(results: StudyResults, study: Mapping) -> tuple[list[str]
         for t in tasks:
             v = gains.get((t, rule, combiner))
             sign = [] if v is None or v == 0 else ["gain-pos" if v > 0 else "gain-neg"]
-            cell = _num_cell(v, "gain_over_best_single_by_val", t, _fmt_delta, extra=sign)
+            cell = _num_cell(v, "gain_over_best_single_by_val", t, fmt_delta, extra=sign)
             cell.title = f"{rule} / {combiner}"
             cells.append(cell)
         values = [gains[(t, rule, combiner)] for t in tasks
                   if gains.get((t, rule, combiner)) is not None]
         mean = math.fsum(values) / len(values) if values else None
-        cells.append(Cell(_fmt_delta(mean), _raw(mean), "mean_gain", None, None,
+        cells.append(Cell(fmt_delta(mean), exact_text(mean), "mean_gain", None, None,
                           ["num", "mean-col"], title=f"mean over {len(values)} task(s)"))
         rows.append(Row(f"{rule} · {combiner}", cells))
     return tasks, rows
@@ -578,7 +578,7 @@ def _scatter_points(results: StudyResults, study: Mapping) -> list[svg.ScatterPo
 
 
 def _svg_scatter(results: StudyResults, study: Mapping) -> Markup | None:
-    return svg.scatter(_scatter_points(results, study), _fmt_params, fmt_acc)
+    return svg.scatter(_scatter_points(results, study), fmt_params, fmt_acc)
 
 
 # --------------------------------------------------------------------------------------------
@@ -693,7 +693,7 @@ def _landing_context(results: StudyResults, study: Mapping, published_csv: Path 
         published=published,
         published_parts=split_columns(published, PUBLISHED_COLUMNS) if published else [],
         published_title=PUBLISHED_TITLE,
-        provenance=[(str(k), _fmt_hparam(v)) for k, v in provenance.items() if k != "date"],
+        provenance=[(str(k), fmt_hparam(v)) for k, v in provenance.items() if k != "date"],
         shared_facts=(facts := shared_facts(results, study))[0],
         fact_exceptions=facts[1],
         input_data=_input_data_rows(study),

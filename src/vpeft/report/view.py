@@ -77,7 +77,7 @@ class VtabTable:
     footer: list[Row] = field(default_factory=list)            # e.g. the chance-level row
 
 
-def _raw(value: Any) -> str | None:
+def exact_text(value: Any) -> str | None:
     """Exact text form of a table value: repr() round-trips floats bit for bit."""
     if value is None:
         return None
@@ -86,11 +86,11 @@ def _raw(value: Any) -> str | None:
     return str(value)
 
 
-def _fmt_delta(value: float | None) -> str:
+def fmt_delta(value: float | None) -> str:
     return "–" if value is None else f"{round1(value):+.1f}".replace("-", "−")
 
 
-def _fmt_params(value: float | None) -> str:
+def fmt_params(value: float | None) -> str:
     if value is None:
         return "–"
     if value >= 1e5:  # the study's convention: millions
@@ -98,11 +98,11 @@ def _fmt_params(value: float | None) -> str:
     return f"{value / 1e3:.1f} K" if value >= 1e3 else f"{value:.0f}"
 
 
-def _fmt_pct(value: float | None) -> str:
+def fmt_pct(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f} %"
 
 
-def _fmt_seconds(value: float | None) -> str:
+def fmt_seconds(value: float | None) -> str:
     if value is None:
         return "–"
     if value < 120:
@@ -112,7 +112,7 @@ def _fmt_seconds(value: float | None) -> str:
     return f"{value / 3600:.2f} h"
 
 
-def _fmt_hparam(value: Any) -> str:
+def fmt_hparam(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, (str, int, bool)) or value is None:
@@ -120,7 +120,7 @@ def _fmt_hparam(value: Any) -> str:
     return json.dumps(value, sort_keys=True)
 
 
-def _mark_best(rows: list[Row], higher_is_better: bool = True) -> None:
+def mark_best(rows: list[Row], higher_is_better: bool = True) -> None:
     """Mark the best raw value of each column (all of them on a tie) with class ``best``."""
     if not rows:
         return
@@ -136,7 +136,7 @@ def _mark_best(rows: list[Row], higher_is_better: bool = True) -> None:
                 c.classes.append("best")
 
 
-def _acc_cell(row: Mapping[str, Any] | None, task: str, method: str) -> Cell:
+def acc_cell(row: Mapping[str, Any] | None, task: str, method: str) -> Cell:
     if row is None or row["status"] == "missing":
         return Cell("–", column="test_top1", task=task, method=method,
                     classes=["num", "missing"], title="run missing")
@@ -144,17 +144,17 @@ def _acc_cell(row: Mapping[str, Any] | None, task: str, method: str) -> Cell:
         return Cell("diverged", column="test_top1", task=task, method=method,
                     classes=["num", "diverged"])
     value = row["test_top1"]
-    return Cell(fmt_acc(value), _raw(value), "test_top1", task, method, ["num", "rankable"])
+    return Cell(fmt_acc(value), exact_text(value), "test_top1", task, method, ["num", "rankable"])
 
 
-def _mean_cell(value: float | None, column: str, method: str,
+def mean_cell(value: float | None, column: str, method: str,
                why_missing: str = "not every task of this column has a test accuracy") -> Cell:
     classes = ["num", "mean-col"] + (["rankable"] if value is not None else [])
     title = None if value is not None else why_missing
-    return Cell(fmt_acc(value), _raw(value), column, None, method, classes, title)
+    return Cell(fmt_acc(value), exact_text(value), column, None, method, classes, title)
 
 
-def _present_groups(tasks: Sequence[tuple[str, str]]) -> list[tuple[str, list[str]]]:
+def present_groups(tasks: Sequence[tuple[str, str]]) -> list[tuple[str, list[str]]]:
     return [(g, [t for t, tg in tasks if tg == g]) for g in GROUPS
             if any(tg == g for _, tg in tasks)]
 

@@ -34,7 +34,7 @@ import numpy as np
 
 from vpeft.data.folder import (LabelledFile, is_hidden, read_class_folders, read_list_file,
                                write_list_view)
-from vpeft.data.vtab import DataError, _raise_collected
+from vpeft.data.vtab import DataError, raise_collected
 
 FORMATS = ("wnid_folders", "index_folders", "list", "val_flat")
 SHIPPED_SUBSETS = {"imagenet_a": "imagenet_a_synsets.txt", "imagenet_r": "imagenet_r_synsets.txt"}
@@ -180,7 +180,7 @@ def _val_images(root: Path) -> dict[int, str]:
             images[int(m.group(1))] = p.name
     if not images and not errors:
         errors.append(f"{root}: no ILSVRC2012_val_%08d.JPEG images found")
-    _raise_collected(errors)
+    raise_collected(errors)
     return images
 
 
@@ -220,7 +220,7 @@ def _devkit_labels(devkit: Path, root: Path, images: dict[int, str],
             labels[number] = label_of[wnid_of_id[int(text)]]
     errors += [f"{root / images[n]}: no label; {truth} has {len(lines)} lines"
                for n in sorted(images) if n > len(lines)]
-    _raise_collected(errors)
+    raise_collected(errors)
     return labels
 
 
@@ -257,7 +257,7 @@ def read_devkit_synsets(meta: Path) -> dict[int, str]:
                           f"({wnid_of_id[ident]}, {wnid})")
         elif children == 0:
             wnid_of_id[ident] = wnid
-    _raise_collected(errors)
+    raise_collected(errors)
     return wnid_of_id
 
 
@@ -313,7 +313,7 @@ def _solution_labels(path: Path, root: Path, images: dict[int, str],
                     labels[number] = label_of[wnid]
     errors += [f"{root / images[n]}: no label; {path} has no row for {images[n][:-5]}"
                for n in sorted(images) if n not in first_line]
-    _raise_collected(errors)
+    raise_collected(errors)
     return labels
 
 

@@ -169,7 +169,7 @@ def id_contrast(settings) -> float:
 
 def write_shift_trees(root: Path, space, settings, seed: int = 0) -> Path:
     """Fresh renders of the source classes in the ImageNet-family formats (see the module doc)."""
-    from vpeft.data.synthetic import _render_source
+    from vpeft.data.synthetic import render_source
 
     size, per_class = int(settings.image_size), int(settings.per_class)
     contrast = id_contrast(settings)
@@ -184,7 +184,7 @@ def write_shift_trees(root: Path, space, settings, seed: int = 0) -> Path:
                 folder = tmp / tree / (str(c) if kind == "inverted" else space.ids[c])
                 folder.mkdir(parents=True)
                 for i in range(count):
-                    image = _washed_out(_render_source(rng, c, "test" if tree != "train"
+                    image = _washed_out(render_source(rng, c, "test" if tree != "train"
                                                        else "train", size), contrast)
                     if kind == "sketch":
                         image = _sketch(image)

@@ -85,7 +85,7 @@ def _read(name: str, spec: DictConfig, space: LabelSpace):
 def input_checks(cfg: DictConfig):
     """``vpeft check`` for the robustness study: (name, check) per input set, where
     ``check(decode)`` reads the set (and decodes its images) and returns (split counts, classes)."""
-    from vpeft.data.vtab import _raise_collected, undecodable
+    from vpeft.data.vtab import raise_collected, undecodable
 
     r = settings(cfg)
 
@@ -102,7 +102,7 @@ def input_checks(cfg: DictConfig):
             else:
                 counts = {"test": len(files)}
             if decode:
-                _raise_collected(undecodable((name, found.root / f.path) for f in files))
+                raise_collected(undecodable((name, found.root / f.path) for f in files))
             return counts, len(found.subset) if found.subset is not None else len(space)
         return check
 

@@ -15,8 +15,8 @@ from typing import Any, Sequence
 import numpy as np
 import pyarrow as pa
 
-from vpeft.data.vtab import (_DECODE_ERRORS, FORMAT, _load_image, _raise_collected, _schema,
-                             _ShardWriter, _strict_decoding, read_manifest)
+from vpeft.data.vtab import (DECODE_ERRORS, FORMAT, load_image, raise_collected, shard_schema,
+                             ShardWriter, strict_decoding, read_manifest)
 from vpeft.io import atomic_dir, write_json, write_parquet
 from vpeft.robustness.imagenet import EvalSet
 
@@ -45,16 +45,16 @@ def prepare_eval_set(eval_set: EvalSet, out_dir: str | Path, *, image_size: int,
                      num_classes: int, shard_rows: int = 4096) -> dict[str, Any]:
     """Decode, convert and resize every image of ``eval_set``; publish ``out_dir`` atomically."""
     errors: list[str] = []
-    with atomic_dir(Path(out_dir)) as tmp, _strict_decoding():
-        writer = _ShardWriter(tmp, "test", _schema(image_size, labelled=False), shard_rows)
+    with atomic_dir(Path(out_dir)) as tmp, strict_decoding():
+        writer = ShardWriter(tmp, "test", shard_schema(image_size, labelled=False), shard_rows)
         for index, f in enumerate(eval_set.files):
             try:
-                pixels, _ = _load_image((eval_set.root / f.path).read_bytes(), image_size)
-            except _DECODE_ERRORS as exc:
+                pixels, _ = load_image((eval_set.root / f.path).read_bytes(), image_size)
+            except DECODE_ERRORS as exc:
                 errors.append(f"{eval_set.root / f.path}: cannot decode: {type(exc).__name__}: {exc}")
                 continue
             writer.add(index=index, path=f.path, image=pixels)
-        _raise_collected(errors)
+        raise_collected(errors)
         writer.flush()
         labels = [f.label for f in eval_set.files]
         write_parquet(tmp / "test_labels.parquet", pa.table(
