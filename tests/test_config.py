@@ -76,3 +76,36 @@ def test_every_study_in_params_composes_and_plans(study):
     assert plan.name == study and plan.tasks and plan.methods
     assert all(plan.points[m] for m in plan.methods)
     assert sum(count_jobs(plan).values()) > 2 * len(plan.tasks)  # at least train + evaluate
+
+
+@pytest.mark.parametrize("override, message", [
+    ("+train.warmup_epoch=5", r"'train\.warmup_epoch' \(from the override .*Did you mean "
+                              r"'train\.warmup_epochs'\?.*Valid keys of train: .*warmup_lr"),
+    ("+train.augment.flip=[horizontal]", r"'train\.augment\.flip'.*'train\.augment\.flips'"),
+    ("+model.patch=16", r"'model\.patch'.*Valid keys of model: .*weights"),
+    ("+train.foo.bar=1", r"unknown config key 'train\.foo' "),  # the unknown parent, once
+])
+def test_an_unknown_train_or_model_key_is_refused_naming_it(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_study("smoke", [override])
+
+
+def test_timm_kwargs_and_augmentation_blocks_are_accepted():
+    plan = load_study("smoke", ["+model.kwargs.qkv_bias=false",
+                                "+train.augment={scale:[0.5,1.0],flips:[horizontal]}"])
+    assert plan.cfg.model.kwargs.qkv_bias is False and plan.cfg.train.augment.scale == [0.5, 1.0]
+
+
+def test_a_misspelled_key_in_a_study_file_names_the_file(tmp_path, monkeypatch):
+    import shutil
+
+    from vpeft.config import CONFIG_DIR_ENV
+
+    params = tmp_path / "params"
+    shutil.copytree(REPO / "params", params)
+    study = params / "study" / "smoke.yaml"
+    study.write_text(study.read_text().replace("  batch_size: 16\n", "  batchsize: 16\n"))
+    monkeypatch.setenv(CONFIG_DIR_ENV, str(params))
+    with pytest.raises(ConfigError, match=r"'train\.batchsize' \(from params/study/smoke\.yaml\)"
+                                          r"\. Did you mean 'train\.batch_size'\?"):
+        load_study("smoke")

@@ -6,11 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from safetensors.torch import load_file
 from torch import nn
 
 from conftest import tiny_vit, smoke_plan
 from vpeft import layout
+from vpeft.config import ConfigError
 from vpeft.io import write_json
 from vpeft.methods import apply
 from vpeft.protocol import best_candidate, run_point, select
@@ -43,8 +45,12 @@ def test_the_as_published_train_config_flips_every_key_and_nothing_else(tmp_path
 
 
 def test_unknown_or_mistyped_protocol_keys_are_refused(tmp_path, prepared_task, tiny_weights):
+    # refused when the study is composed, naming the key and the likely intended one ...
+    with pytest.raises(ConfigError, match=r"'train\.protocol\.drop_lats'.*'train\.protocol\.drop_last'"):
+        _plan(tmp_path, prepared_task, tiny_weights, "+train.protocol.drop_lats=true")
+    # ... and by the switches themselves, for a config built some other way
     with pytest.raises(ProtocolError, match="unknown key"):
-        switches(_plan(tmp_path, prepared_task, tiny_weights, "+train.protocol.drop_lats=true").cfg.train)
+        switches(OmegaConf.create({"protocol": {"drop_lats": True}}))
     with pytest.raises(ProtocolError, match="selection_ties.*'middle'"):
         switches(_plan(tmp_path, prepared_task, tiny_weights,
                        "train.protocol.selection_ties=middle").cfg.train)

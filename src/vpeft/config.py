@@ -134,9 +134,58 @@ class StudyPlan:
                           f"known: {[p.id for p in self.points[method]]}")
 
 
+# Keys of the train and model groups that params/train/*.yaml and params/model/*.yaml leave open:
+# a block's own keys (checked here), or free-form (timm's model kwargs: timm refuses unknown ones).
+_BLOCK_KEYS = {"train.augment": ("scale", "ratio", "flips")}   # vpeft.train.augment
+_FREE_FORM = ("model.kwargs",)
+
+
+def _key_paths(node: Any, prefix: str) -> set[str]:
+    """Dotted paths of every key under ``node`` (a plain dict)."""
+    out: set[str] = set()
+    for key, value in (node or {}).items():
+        path = f"{prefix}.{key}"
+        out.add(path)
+        if isinstance(value, dict):
+            out |= _key_paths(value, path)
+    return out
+
+
+def _check_known_keys(cfg: DictConfig, study: str, overrides: Sequence[str]) -> None:
+    """Every ``train.*`` and ``model.*`` key must be one that a file of its config group defines:
+    a misspelled key (``+train.warmup_epoch=5``, a typo in a study file) is an error naming the
+    key, where it came from and the valid keys, never silently ignored."""
+    import difflib
+
+    for group in ("train", "model"):
+        known: set[str] = set()
+        for path in sorted((params_dir() / group).glob("*.yaml")):
+            group_file = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+            group_file.pop("defaults", None)  # Hydra's defaults list, not a setting
+            known |= _key_paths(group_file, group)
+        for block, keys in _BLOCK_KEYS.items():
+            if block.startswith(group + "."):
+                known |= {block} | {f"{block}.{k}" for k in keys}
+        given = _key_paths(OmegaConf.to_container(cfg[group], resolve=False), group)
+        for key in sorted(given - known):
+            if key.startswith(tuple(f"{f}." for f in _FREE_FORM)):
+                continue
+            parent = key.rpartition(".")[0]
+            if parent in given - known:
+                continue  # the unknown parent is reported
+            siblings = sorted(k.rpartition(".")[2] for k in known if k.rpartition(".")[0] == parent)
+            where = next((f"the override {o!r}" for o in overrides if key in o),
+                         f"params/study/{study}.yaml")
+            close = difflib.get_close_matches(key.rpartition(".")[2], siblings, n=1)
+            hint = f" Did you mean '{parent}.{close[0]}'?" if close else ""
+            raise ConfigError(f"unknown config key '{key}' (from {where}).{hint} Valid keys of "
+                              f"{parent}: {', '.join(siblings)}")
+
+
 def load_study(study: str, overrides: Sequence[str] = ()) -> StudyPlan:
     """Compose a study and expand the grid of every method it lists."""
     cfg = compose(study, overrides=overrides)
+    _check_known_keys(cfg, study, overrides)
     _require(cfg, ["study.name", "study.tasks", "study.methods", "study.data.root", "model.name",
                    "model.weights"])
     if cfg.study.name != study:
