@@ -9,6 +9,8 @@ rule analyze:
                method=PLAN.methods, seed=EXTRA_SEEDS),
     output:
         [str(layout.analysis_dir(CFG, "{task}") / f"{name}.parquet") for name in layout.ANALYSIS_TABLES],
+        # the task's runs read and bootstrapped once, for the report
+        str(layout.analysis_dir(CFG, "{task}") / layout.REPORT_PART),
     group:
         "bookkeeping"
     resources:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import math
 import re
 from html.parser import HTMLParser
@@ -619,3 +620,45 @@ def test_costliest_items_start_first_and_results_keep_input_order() -> None:
     items = [-1, -7, -3, -5, -2]
     assert ordered_map(abs, items, workers=2, costs=[1, 7, 3, 5, 2]) == [1, 7, 3, 5, 2]
     assert ordered_map(abs, items, workers=2, costs=[0] * 5) == [1, 7, 3, 5, 2]
+
+
+def _report_bytes(results: StudyResults, out: Path) -> dict[str, bytes]:
+    write_study_tables(results, out)
+    render_report(results, STUDY, out / "index.html", provenance={"date": "2026-11-29 12:00 UTC"})
+    return {p.relative_to(out).as_posix(): (pq.read_table(p).to_pylist() if p.suffix == ".parquet"
+                                            else p.read_bytes())
+            for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def test_a_task_collected_by_its_analyze_job_gives_the_same_report(runs: Path, tmp_path: Path
+                                                                   ) -> None:
+    """save_task_part (the analyze job) collects a task once; the report built from the saved
+    parts is the one built by reading every file, and a part whose files changed since (or
+    that recorded an error) is not used."""
+    from vpeft.report.collect import save_task_part
+
+    fresh = _report_bytes(collect_study(runs, STUDY), tmp_path / "fresh")
+    saved = {}
+    for task in ("cifar", "dtd", "eurosat"):
+        path, error = save_task_part(runs, STUDY, task)
+        assert error is None and path == runs / "demo" / task / "analysis" / "report_part.json"
+        saved[task] = path
+    assert _report_bytes(collect_study(runs, STUDY), tmp_path / "saved") == fresh
+
+    # the part is what the report uses: a tampered part shows, while its files are unchanged
+    part = json.loads(saved["dtd"].read_text())
+    row = next(r for r in part["part"]["rows"] if r["method"] == "bitfit")
+    row["test_top1"] = 12.5
+    saved["dtd"].write_text(json.dumps(part))
+    assert _rows(collect_study(runs, STUDY))[("dtd", "bitfit")]["test_top1"] == 12.5
+    # ... and is ignored once a file of the task changed (here: a metrics file touched)
+    metrics = runs / "demo" / "dtd" / "bitfit" / "final" / "metrics.json"
+    os.utime(metrics, ns=(metrics.stat().st_atime_ns, metrics.stat().st_mtime_ns + 1_000_000))
+    assert _rows(collect_study(runs, STUDY))[("dtd", "bitfit")]["test_top1"] != 12.5
+
+    # an error while collecting is recorded, and the report reads the task (raising it there)
+    (runs / "demo" / "eurosat" / "bitfit" / "selection.json").write_text("{", encoding="utf-8")
+    path, error = save_task_part(runs, STUDY, "eurosat")
+    assert error and "selection.json" in error and json.loads(path.read_text())["key"] is None
+    with pytest.raises(RunDataError, match=r"eurosat[/\\]bitfit[/\\]selection\.json"):
+        collect_study(runs, STUDY)

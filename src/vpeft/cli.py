@@ -163,8 +163,23 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     from vpeft.analysis import run_task_analysis
 
     plan = _plan(args)
-    run_task_analysis(Path(plan.cfg.paths.runs) / plan.name, args.task, plan.methods)
+    runs = Path(plan.cfg.paths.runs) / plan.name
+    run_task_analysis(runs, args.task, plan.methods)
     log.info("analysis of %s: %s", args.task, layout.analysis_dir(plan.cfg, args.task))
+    # The report's reading and bootstrapping of this task, done here once (on this task's node)
+    from vpeft.protocol import study_metadata
+    from vpeft.report.collect import record_part_error, save_task_part
+
+    try:
+        path, error = save_task_part(runs, study_metadata(plan), args.task)
+    except Exception as err:  # the study's metadata (prepared manifests) unreadable
+        error = f"{type(err).__name__}: {err}"
+        path = record_part_error(runs, args.task, error)
+    if error:
+        log.warning("%s: not collected for the report (%s); the report will read the task "
+                    "itself", args.task, error)
+    else:
+        log.info("collected for the report: %s", path)
 
 
 def cmd_export(args: argparse.Namespace) -> None:

@@ -91,6 +91,9 @@ EVAL_OUTPUTS = (TEST_EVAL, TEST_PREDICTIONS)
 
 # Per-task analysis of the final test predictions (one Parquet each, in analysis_dir).
 ANALYSIS_TABLES = ("agreement", "accuracy", "oracle", "ensembles", "confidence", "confident_overlap")
+# Beside them: the task's collected runs and bootstrap, saved by its analyze job for the report
+# (vpeft.report.collect.save_task_part).
+REPORT_PART = "report_part.json"
 
 # The study report, in report_dir: the landing page, one page per task (vpeft.report.pages names
 # them) and the tables behind them. The report rule, dvc.yaml (checked by tests/test_layout.py),

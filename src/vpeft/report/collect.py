@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -612,6 +613,158 @@ def _collect_task(job: _TaskJob) -> _TaskPart:
                      missing=[p for c in cells for p in c.missing], statistics=statistics)
 
 
+# --- a task's part, saved by its analyze job ---------------------------------------------------
+# Reading a task's run files (~500 per task in the paper's grids) and bootstrapping its test
+# predictions is most of what `vpeft report` does at the paper's scale (docs/benchmarks.md). The
+# task's analyze job, which runs once every run of the task is done (on its own node, beside the
+# other tasks'), collects the task and saves the result; the report reuses it while the task's
+# run files are still those it was made from (path, size and mtime of each) and the settings are
+# the same, and reads the task again otherwise. JSON: floats round-trip exactly, nothing is
+# unpickled.
+_PART_VERSION = 1
+
+
+def _files_fingerprint(job: _TaskJob) -> list[list[Any]]:
+    """[relative path, size, mtime_ns] of every file under the task's method directories."""
+    out: list[list[Any]] = []
+    for method in job.methods:
+        for dirpath, dirnames, filenames in os.walk(job.study_dir / job.task / method):
+            dirnames.sort()
+            for name in sorted(filenames):
+                path = Path(dirpath) / name
+                stat = path.stat()
+                out.append([path.relative_to(job.study_dir).as_posix(), stat.st_size,
+                            stat.st_mtime_ns])
+    return out
+
+
+def _part_key(job: _TaskJob) -> dict[str, Any]:
+    from vpeft.report.uncertainty import BOOTSTRAP_SEED
+
+    return {"version": _PART_VERSION, "name": job.name, "task": job.task, "group": job.group,
+            "methods": list(job.methods), "check_predictions": job.check_predictions,
+            "seeds": None if job.seeds is None else list(job.seeds),
+            "num_classes": job.num_classes, "num_resamples": job.num_resamples,
+            "bootstrap_seed": BOOTSTRAP_SEED, "files": _files_fingerprint(job)}
+
+
+def _array(a: Any) -> dict[str, Any]:
+    import numpy as np
+
+    a = np.asarray(a)
+    return {"dtype": a.dtype.str, "values": a.tolist()}
+
+
+def _unarray(d: Mapping[str, Any]) -> Any:
+    import numpy as np
+
+    return np.array(d["values"], dtype=np.dtype(d["dtype"]))
+
+
+def _plain(value: Any) -> Any:
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"cannot save {type(value).__name__} in a task part")
+
+
+def _part_to_dict(part: _TaskPart) -> dict[str, Any]:
+    stats = part.statistics
+    saved = None
+    if stats is not None:
+        sc = stats.scores
+        saved = {"scores": {"task": sc.task, "seeds": sc.seeds,
+                            "top1": {m: _array(a) for m, a in sc.top1.items()},
+                            "boot": {m: _array(a) for m, a in sc.boot.items()},
+                            "chance": sc.chance, "uniform_chance": sc.uniform_chance,
+                            "num_test": sc.num_test},
+                 "noise_rows": stats.noise_rows, "chance_row": stats.chance_row}
+    return {"rows": part.rows, "grid_rows": part.grid_rows, "seed_rows": part.seed_rows,
+            "missing": [str(p) for p in part.missing], "statistics": saved}
+
+
+def _part_from_dict(d: Mapping[str, Any]) -> _TaskPart:
+    from vpeft.report.uncertainty import TaskScores
+
+    stats = None
+    if d["statistics"] is not None:
+        sc = d["statistics"]["scores"]
+        stats = TaskStatistics(
+            TaskScores(sc["task"], sc["seeds"], {m: _unarray(a) for m, a in sc["top1"].items()},
+                       {m: _unarray(a) for m, a in sc["boot"].items()}, sc["chance"],
+                       sc["uniform_chance"], sc["num_test"]),
+            d["statistics"]["noise_rows"], d["statistics"]["chance_row"])
+    return _TaskPart(rows=d["rows"], grid_rows=d["grid_rows"], seed_rows=d["seed_rows"],
+                     missing=[Path(p) for p in d["missing"]], statistics=stats)
+
+
+def _part_path(job: _TaskJob) -> Path:
+    return job.study_dir / job.task / layout.ANALYSIS_DIR / layout.REPORT_PART
+
+
+def _collect_task_saved(job: _TaskJob) -> _TaskPart:
+    """The task's saved part when it is still valid (:func:`save_task_part`), else
+    :func:`_collect_task`."""
+    path = _part_path(job)
+    try:
+        saved = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return _collect_task(job)
+    if saved.get("key") != _part_key(job):
+        return _collect_task(job)
+    return _part_from_dict(saved["part"])
+
+
+def save_task_part(runs_dir: Path, study: Mapping, task: str) -> tuple[Path, str | None]:
+    """Collect ``task`` as :func:`collect_study` would (run files, prediction checks, bootstrap)
+    and save it where the report looks for it: (the file, None). When collecting fails, the file
+    records the error instead (the report then reads the task itself and raises it there, in
+    context): (the file, the error). ``runs_dir`` as for :func:`collect_study`."""
+    study_dir, error = Path(runs_dir), None
+    try:
+        job = next(j for j in _task_jobs(runs_dir, study) if j.task == task)
+        study_dir = job.study_dir
+        key = _part_key(job)   # before reading: a file changed meanwhile invalidates the part
+        saved = {"key": key, "part": _part_to_dict(_collect_task(job))}
+    except Exception as err:  # noqa: BLE001  (recorded; the report raises it)
+        error = f"{type(err).__name__}: {err}"
+        saved = {"key": None, "error": error}
+    return _write_part(study_dir, task, saved), error
+
+
+def record_part_error(study_dir: Path, task: str, error: str) -> Path:
+    """Save, in place of the task's part, why it could not be collected (the report then reads
+    the task itself). ``study_dir``: the study's run directory ``runs/<study>``."""
+    return _write_part(Path(study_dir), task, {"key": None, "error": error})
+
+
+def _write_part(study_dir: Path, task: str, saved: Mapping[str, Any]) -> Path:
+    from vpeft.io import atomic_path
+
+    path = study_dir / task / layout.ANALYSIS_DIR / layout.REPORT_PART
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(saved, default=_plain, separators=(",", ":")), encoding="utf-8")
+    return path
+
+
+def _task_jobs(runs_dir: Path, study: Mapping, *, check_predictions: bool = True,
+               num_resamples: int | None = None) -> list[_TaskJob]:
+    """One :class:`_TaskJob` per task of ``study``, in study order."""
+    from vpeft.report.uncertainty import NUM_RESAMPLES
+
+    name = str(study["name"])
+    tasks, methods = study_tasks(study), study_methods(study)
+    study_dir = _study_dir(Path(runs_dir), name, tasks)
+    seeds = study.get("seeds")
+    classes = {str(t["name"]): t.get("num_classes") for t in study.get("tasks") or []}
+    return [_TaskJob(study_dir, name, task, group, tuple(methods), check_predictions,
+                     None if seeds is None else tuple(int(s) for s in seeds),
+                     _opt_int(classes.get(task)),
+                     NUM_RESAMPLES if num_resamples is None else num_resamples)
+            for task, group in tasks]
+
+
 def _predictions_bytes(job: _TaskJob) -> int:
     """Size of the task's first-seed test predictions on disk: what reading and bootstrapping
     the task costs, roughly (test images x methods)."""
@@ -645,19 +798,12 @@ def collect_study(runs_dir: Path, study: Mapping, *, allow_missing: bool = False
     prediction checks).
     """
     from vpeft.report.parallel import ordered_map
-    from vpeft.report.uncertainty import NUM_RESAMPLES
 
-    name = str(study["name"])
     tasks, methods = study_tasks(study), study_methods(study)
-    study_dir = _study_dir(Path(runs_dir), name, tasks)
-    seeds = study.get("seeds")
-    classes = {str(t["name"]): t.get("num_classes") for t in study.get("tasks") or []}
-    jobs = [_TaskJob(study_dir, name, task, group, tuple(methods), check_predictions,
-                     None if seeds is None else tuple(int(s) for s in seeds),
-                     _opt_int(classes.get(task)),
-                     NUM_RESAMPLES if num_resamples is None else num_resamples)
-            for task, group in tasks]
-    parts = ordered_map(_collect_task, jobs, workers, cells=len(tasks) * len(methods),
+    jobs = _task_jobs(runs_dir, study, check_predictions=check_predictions,
+                      num_resamples=num_resamples)
+    study_dir = jobs[0].study_dir if jobs else _study_dir(Path(runs_dir), str(study["name"]), tasks)
+    parts = ordered_map(_collect_task_saved, jobs, workers, cells=len(tasks) * len(methods),
                         costs=[_predictions_bytes(job) for job in jobs])
     missing = [p for part in parts for p in part.missing]
     if missing and not allow_missing:
