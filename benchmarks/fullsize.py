@@ -323,7 +323,7 @@ def write_wise(plan, task: str, method: str, seed: int) -> None:
     """wise/wise.parquet + wise.json as ``robustness.pipeline.run_wise`` writes them: a concave
     ID-vs-OOD curve from the zero-shot model (alpha 0) to the fine-tuned one (alpha 1)."""
     from vpeft.io import write_json, write_parquet
-    from vpeft.robustness.pipeline import ID_SET, WISE_SUMMARY, WISE_TABLE, wise_dir
+    from vpeft.layout import WISE_ID_SET as ID_SET, WISE_SUMMARY, WISE_TABLE, wise_dir
 
     rng = random.Random(f"wise/{method}")
     ft = 100 * method_accuracy(task, method, seed, 1000)

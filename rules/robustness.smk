@@ -11,7 +11,7 @@ if CFG.study.get("robustness") is not None:
     CLIP_DIR = str(ROBUST.clip.model).removeprefix("local-dir:")
 
     # one WiSE-FT curve per seed's final run (wise/ for the first seed, wise-seed<s>/ for others)
-    WISE_TABLES = [str(robust.wise_dir(CFG, t, m, s) / robust.WISE_TABLE) for t in PLAN.tasks
+    WISE_TABLES = [str(layout.wise_dir(CFG, t, m, s) / layout.WISE_TABLE) for t in PLAN.tasks
                    for m in PLAN.methods for s in layout.seeds(CFG)]
     REPORT_EXTRA_INPUTS.extend(WISE_TABLES)  # the report shows the WiSE-FT curves
 
@@ -86,8 +86,8 @@ if CFG.study.get("robustness") is not None:
             [SHIFT_DIR.format(shift=s) for s in SHIFTS],
             str(CFG.model.init_head),
         output:
-            str(robust.wise_dir(CFG, "{task}", "{method}") / robust.WISE_TABLE),
-            str(robust.wise_dir(CFG, "{task}", "{method}") / robust.WISE_SUMMARY),
+            str(layout.wise_dir(CFG, "{task}", "{method}") / layout.WISE_TABLE),
+            str(layout.wise_dir(CFG, "{task}", "{method}") / layout.WISE_SUMMARY),
         threads: config["threads"]
         resources:
             **GPU_JOB,
@@ -108,8 +108,8 @@ if CFG.study.get("robustness") is not None:
                 [SHIFT_DIR.format(shift=s) for s in SHIFTS],
                 str(CFG.model.init_head),
             output:
-                f"{RUNS}/{{task}}/{{method}}/wise-seed{{seed}}/{robust.WISE_TABLE}",
-                f"{RUNS}/{{task}}/{{method}}/wise-seed{{seed}}/{robust.WISE_SUMMARY}",
+                f"{RUNS}/{{task}}/{{method}}/wise-seed{{seed}}/{layout.WISE_TABLE}",
+                f"{RUNS}/{{task}}/{{method}}/wise-seed{{seed}}/{layout.WISE_SUMMARY}",
             wildcard_constraints:
                 seed="|".join(str(s) for s in layout.seeds(CFG)[1:]),
             threads: config["threads"]

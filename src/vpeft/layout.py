@@ -89,6 +89,20 @@ GRID_OUTPUTS = (METRICS, PREDICTIONS, ADAPTER, ADAPTER_CONFIG)
 FINAL_OUTPUTS = (METRICS, TEST_LOGITS, ADAPTER, ADAPTER_CONFIG)
 EVAL_OUTPUTS = (TEST_EVAL, TEST_PREDICTIONS)
 
+# WiSE-FT of a final run (the robustness study), in the method directory beside that run.
+WISE_DIR = "wise"
+WISE_TABLE = "wise.parquet"     # top-1 per (alpha, evaluation set)
+WISE_SUMMARY = "wise.json"
+WISE_ID_SET = "id"              # the in-distribution test set's name in WISE_TABLE (ImageNet val)
+
+
+def wise_dir(cfg: DictConfig, task: str, method: str, seed: int | None = None) -> Path:
+    """WiSE-FT of one seed's final run: ``wise/`` for the first seed (``final/``), else
+    ``wise-seed<s>/`` beside ``final-seed<s>/``."""
+    final = final_dir(cfg, task, method, seed)
+    return method_dir(cfg, task, method) / (WISE_DIR + final.name.removeprefix("final"))
+
+
 # Per-task analysis of the final test predictions (one Parquet each, in analysis_dir).
 ANALYSIS_TABLES = ("agreement", "accuracy", "oracle", "ensembles", "confidence", "confident_overlap")
 # Beside them: the task's collected runs and bootstrap, saved by its analyze job for the report

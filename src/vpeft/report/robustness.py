@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from markupsafe import Markup
 
+from vpeft import layout
 from vpeft.report.numbers import fmt_acc
 from vpeft.report.svg import DASHES, MARKERS, PALETTE, esc, marker, place_end_labels, spread_labels
 
@@ -28,19 +29,18 @@ __all__ = ["WISE_SCHEMA", "RobustnessView", "collect_wise", "robustness_view"]
 WISE_SCHEMA = pa.schema([("task", pa.string()), ("method", pa.string()), ("alpha", pa.float64()),
                          ("eval_set", pa.string()), ("top1", pa.float64()),
                          ("num_images", pa.int64()), ("num_classes_scored", pa.int64())])
-ID_SET = "id"
+ID_SET = layout.WISE_ID_SET
 LEFT, RIGHT, TOP, BOTTOM, PLOT_W, PLOT_H = 56, 120, 14, 44, 420, 300
 
 
 def collect_wise(results: Any, runs_dir: Path, study: Mapping[str, Any]) -> pa.Table | None:
     """Concatenate every ``<task>/<method>/wise/wise.parquet`` of the study (None if there is none)
     and keep it as ``results.analysis["wise"]``."""
-    from vpeft.robustness.pipeline import WISE_DIR, WISE_TABLE
 
     tables = []
     for task in [str(t["name"]) for t in study.get("tasks") or []]:
         for method in study.get("methods") or []:
-            path = Path(runs_dir) / task / method / WISE_DIR / WISE_TABLE
+            path = Path(runs_dir) / task / method / layout.WISE_DIR / layout.WISE_TABLE
             if path.is_file():
                 t = pq.read_table(path)
                 n = t.num_rows

@@ -25,8 +25,6 @@ from vpeft.robustness.imagenet import (LabelSpace, few_shot_split, imagenet_labe
 
 log = logging.getLogger("vpeft.robustness")
 
-WISE_DIR, WISE_TABLE, WISE_SUMMARY = "wise", "wise.parquet", "wise.json"
-ID_SET = "id"  # the in-distribution test set's name in the WiSE table (ImageNet val)
 
 
 def settings(cfg: DictConfig) -> DictConfig:
@@ -67,13 +65,6 @@ def required(cfg: DictConfig, key: str) -> str:
 
 def shift_dir(cfg: DictConfig, name: str) -> Path:
     return layout.prepared_task(cfg, "shifts") / name
-
-
-def wise_dir(cfg: DictConfig, task: str, method: str, seed: int | None = None) -> Path:
-    """WiSE-FT of one seed's final run: ``wise/`` for the first seed (``final/``), else
-    ``wise-seed<s>/`` beside ``final-seed<s>/``."""
-    final = layout.final_dir(cfg, task, method, seed)
-    return layout.method_dir(cfg, task, method) / (WISE_DIR + final.name.removeprefix("final"))
 
 
 def _read(name: str, spec: DictConfig, space: LabelSpace):
@@ -158,7 +149,7 @@ def zero_shot_model(cfg: DictConfig, num_classes: int):
 def _eval_sets(cfg: DictConfig, task: str) -> dict[str, tuple[Path, list[int] | None]]:
     from vpeft.robustness.shifts import class_subset
 
-    sets = {ID_SET: (layout.prepared_task(cfg, task), None)}
+    sets = {layout.WISE_ID_SET: (layout.prepared_task(cfg, task), None)}
     for name in settings(cfg).shifts:
         sets[str(name)] = (shift_dir(cfg, name), class_subset(shift_dir(cfg, name)))
     return sets
@@ -206,12 +197,12 @@ def run_wise(plan: StudyPlan, task: str, method: str, seed: int | None = None) -
     table = pa.Table.from_pylist(rows, schema=pa.schema([
         ("alpha", pa.float64()), ("eval_set", pa.string()), ("top1", pa.float64()),
         ("num_images", pa.int64()), ("num_classes_scored", pa.int64())]))
-    out = wise_dir(cfg, task, method, seed)
-    write_parquet(out / WISE_TABLE, table)
+    out = layout.wise_dir(cfg, task, method, seed)
+    write_parquet(out / layout.WISE_TABLE, table)
     summary = {"task": task, "method": method, "seed": seed, "status": status, "alphas": alphas,
-               "eval_sets": list(sets), "id_set": ID_SET,
+               "eval_sets": list(sets), "id_set": layout.WISE_ID_SET,
                "wall_time_s": time.perf_counter() - started}
-    write_json(out / WISE_SUMMARY, summary)
+    write_json(out / layout.WISE_SUMMARY, summary)
     log.info("%s/%s: WiSE-FT over %d alphas x %d sets", task, method, len(alphas), len(sets))
     return summary
 
