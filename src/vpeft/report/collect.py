@@ -699,16 +699,15 @@ def _part_from_dict(d: Mapping[str, Any]) -> _TaskPart:
                      missing=[Path(p) for p in d["missing"]], statistics=stats)
 
 
-def _part_path(job: _TaskJob) -> Path:
-    return job.study_dir / job.task / layout.ANALYSIS_DIR / layout.REPORT_PART
+def _part_path(study_dir: Path, task: str) -> Path:
+    return Path(study_dir) / task / layout.ANALYSIS_DIR / layout.REPORT_PART
 
 
 def _collect_task_saved(job: _TaskJob) -> _TaskPart:
     """The task's saved part when it is still valid (:func:`save_task_part`), else
     :func:`_collect_task`."""
-    path = _part_path(job)
     try:
-        saved = json.loads(path.read_bytes())
+        saved = json.loads(_part_path(job.study_dir, job.task).read_bytes())
     except (OSError, ValueError):
         return _collect_task(job)
     if saved.get("key") != _part_key(job):
@@ -721,7 +720,7 @@ def save_task_part(runs_dir: Path, study: Mapping, task: str) -> tuple[Path, str
     and save it where the report looks for it: (the file, None). When collecting fails, the file
     records the error instead (the report then reads the task itself and raises it there, in
     context): (the file, the error). ``runs_dir`` as for :func:`collect_study`."""
-    study_dir, error = Path(runs_dir), None
+    study_dir = Path(runs_dir)
     try:
         job = next(j for j in _task_jobs(runs_dir, study) if j.task == task)
         study_dir = job.study_dir
@@ -729,20 +728,19 @@ def save_task_part(runs_dir: Path, study: Mapping, task: str) -> tuple[Path, str
         saved = {"key": key, "part": _part_to_dict(_collect_task(job))}
     except Exception as err:  # noqa: BLE001  (recorded; the report raises it)
         error = f"{type(err).__name__}: {err}"
-        saved = {"key": None, "error": error}
-    return _write_part(study_dir, task, saved), error
+        return record_part_error(study_dir, task, error), error
+    return _write_part(_part_path(study_dir, task), saved), None
 
 
 def record_part_error(study_dir: Path, task: str, error: str) -> Path:
     """Save, in place of the task's part, why it could not be collected (the report then reads
     the task itself). ``study_dir``: the study's run directory ``runs/<study>``."""
-    return _write_part(Path(study_dir), task, {"key": None, "error": error})
+    return _write_part(_part_path(study_dir, task), {"key": None, "error": error})
 
 
-def _write_part(study_dir: Path, task: str, saved: Mapping[str, Any]) -> Path:
+def _write_part(path: Path, saved: Mapping[str, Any]) -> Path:
     from vpeft.io import atomic_path
 
-    path = study_dir / task / layout.ANALYSIS_DIR / layout.REPORT_PART
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(saved, default=_plain, separators=(",", ":")), encoding="utf-8")
     return path
