@@ -138,7 +138,8 @@ def module_cmd(module_file: Path, study_dir: Path, task: str, methods: list[str]
             "mod = importlib.util.module_from_spec(spec)\n"
             "sys.modules['old_analysis'] = mod  # dataclasses look their module up\n"
             "spec.loader.exec_module(mod)\n"
-            f"mod.run_task_analysis({str(study_dir)!r}, {task!r}, {methods!r})\n")
+            f"mod.run_task_analysis({str(study_dir)!r}, {task!r}, {methods!r}, top_ks=(2, 3, 5), "
+            "confidence_threshold=0.9)\n")
     return [sys.executable, "-c", code]
 
 

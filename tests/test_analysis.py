@@ -25,6 +25,8 @@ from vpeft.analysis import (
 from vpeft.io import write_json
 
 TASK = "cifar"
+# The pipeline's analysis settings (params/config.yaml: analysis), which these tests were built on.
+SETTINGS = {"top_ks": (2, 3, 5), "confidence_threshold": 0.9}
 C = 4
 N = 20
 LABELS = np.arange(N) % C
@@ -94,7 +96,7 @@ def test_agreement_and_error_overlap(crafted: Path) -> None:
     preds = load_task_predictions(crafted, TASK, ["A", "B", "Cm", "D"])
     assert preds.methods == ["A", "B", "Cm", "D"] and preds.excluded == []
     assert preds.val_top1 == {"A": 70.0, "B": 80.0, "Cm": 60.0, "D": None}
-    agr = analyze_task(preds)["agreement"]
+    agr = analyze_task(preds, **SETTINGS)["agreement"]
     assert agr.num_rows == 16 and set(agr.column("task").to_pylist()) == {TASK}
     for m in preds.methods:
         row = _one(agr, method_a=m, method_b=m)
@@ -125,7 +127,7 @@ def test_oracle_is_any_right(tmp_path: Path) -> None:
     _write(study, "A", _onehot(_preds(set(range(10)), 1)))
     _write(study, "B", _onehot(_preds(set(range(5, 15)), 2)))
     _write(study, "Cm", _onehot(_preds({0, 1, 2}, 3)))
-    oracle = analyze_task(load_task_predictions(study, TASK, ["A", "B", "Cm"]))["oracle"]
+    oracle = analyze_task(load_task_predictions(study, TASK, ["A", "B", "Cm"]), **SETTINGS)["oracle"]
     row = _one(oracle)
     assert row["oracle_top1"] == pytest.approx(75.0) and row["all_wrong"] == pytest.approx(25.0)
     # A and B tie at 50 %: the first in the given order is reported.
@@ -156,7 +158,7 @@ def test_ensemble_combiners_by_hand(tmp_path: Path) -> None:
     for m, lg in _ensemble_logits().items():
         _write(study, m, lg, val=vals[m])
     preds = load_task_predictions(study, TASK, ["m1", "m2", "m3"])
-    tables = analyze_task(preds)
+    tables = analyze_task(preds, **SETTINGS)
     acc = {r["method"]: r["test_top1"] for r in tables["accuracy"].to_pylist()}
     assert acc == pytest.approx({"m1": 95.0, "m2": 90.0, "m3": 95.0})
     ens = tables["ensembles"]
@@ -206,7 +208,7 @@ def test_top_k_follows_validation_not_test(tmp_path: Path) -> None:
     study = tmp_path / "demo"
     _val_vs_test_study(study, LABELS)
     preds = load_task_predictions(study, TASK, ["a", "b", "c", "d"])
-    tables = analyze_task(preds, top_ks=(1, 2, 3, 4))
+    tables = analyze_task(preds, top_ks=(1, 2, 3, 4), confidence_threshold=0.9)
     ens = tables["ensembles"]
     members = {r["rule"]: r["members"] for r in ens.to_pylist()}
     # Best by test is b, but top1/top2 by val are a / a,c; d (no val) is never chosen and top4
@@ -221,7 +223,7 @@ def test_top_k_follows_validation_not_test(tmp_path: Path) -> None:
     other = tmp_path / "other"
     _val_vs_test_study(other, (LABELS + 1) % C)
     ens2 = analyze_task(load_task_predictions(other, TASK, ["a", "b", "c", "d"]),
-                        top_ks=(1, 2, 3, 4))["ensembles"]
+                        top_ks=(1, 2, 3, 4), confidence_threshold=0.9)["ensembles"]
     key = ["rule", "combiner", "k", "members", "best_single_by_val"]
     assert ens2.select(key).to_pylist() == ens.select(key).to_pylist()
     assert ens2.column("test_top1").to_pylist() != ens.column("test_top1").to_pylist()
@@ -245,7 +247,7 @@ def test_diverged_method_excluded_and_reported(crafted: Path) -> None:
     assert [m for m, _ in preds.excluded] == ["E", "F"]
     assert "non-finite" in preds.excluded[0][1] and "no test predictions" in preds.excluded[1][1]
     assert preds.logits.shape == (3, N, C)
-    tables = analyze_task(preds)
+    tables = analyze_task(preds, **SETTINGS)
     for name, table in tables.items():
         for col in ("method", "method_a", "method_b", "best_single", "members"):
             if col in table.column_names:
@@ -286,7 +288,7 @@ def test_ece_and_histogram(tmp_path: Path) -> None:
     labels[8:11] = 0
     _write(study, "cal", logits, labels=labels)
     _write(study, "bad", _onehot(np.zeros(N, np.int64), 10.0), labels=labels)
-    tables = analyze_task(load_task_predictions(study, TASK, ["cal", "bad"]))
+    tables = analyze_task(load_task_predictions(study, TASK, ["cal", "bad"]), **SETTINGS)
     cal = _one(tables["accuracy"], method="cal")
     assert cal["test_top1"] == pytest.approx(45.0)
     assert cal["mean_confidence"] == pytest.approx(0.45, abs=1e-6)
@@ -312,7 +314,7 @@ def test_ece_and_histogram(tmp_path: Path) -> None:
 
 def test_confidence_and_confident_overlap(crafted: Path) -> None:
     tables = analyze_task(load_task_predictions(crafted, TASK, ["A", "B", "Cm", "D"]),
-                          confidence_threshold=0.9)
+                          top_ks=(2, 3, 5), confidence_threshold=0.9)
     c = _one(tables["confidence"], method="Cm")
     assert (c["n_confident"], c["confident_right"], c["confident_wrong"]) == (15, 10, 5)
     assert c["confident_precision"] == pytest.approx(200 / 3)
@@ -337,7 +339,7 @@ def test_confidence_and_confident_overlap(crafted: Path) -> None:
 
 
 def test_write_task_analysis_atomic_and_overwrites(crafted: Path) -> None:
-    tables = run_task_analysis(crafted, TASK, ["A", "B", "Cm", "D"])
+    tables = run_task_analysis(crafted, TASK, ["A", "B", "Cm", "D"], **SETTINGS)
     out = crafted / TASK / "analysis"
     assert analysis.analysis_dir(crafted, TASK) == out
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{n}.parquet" for n in TABLES)
@@ -346,7 +348,7 @@ def test_write_task_analysis_atomic_and_overwrites(crafted: Path) -> None:
         assert back.equals(tables[name])
         assert table_metadata(back)["methods"] == ["A", "B", "Cm", "D"]
     # Re-running with other tables replaces the files and leaves no temp files behind.
-    tables2 = analyze_task(load_task_predictions(crafted, TASK, ["A", "B"]))
+    tables2 = analyze_task(load_task_predictions(crafted, TASK, ["A", "B"]), **SETTINGS)
     write_task_analysis(tables2, out)
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{n}.parquet" for n in TABLES)
     assert pq.read_table(out / "agreement.parquet").num_rows == 4
@@ -359,7 +361,7 @@ def test_all_methods_excluded_gives_typed_empty_tables(tmp_path: Path) -> None:
     nan = np.full((N, C), np.nan, np.float32)
     _write(study, "A", nan, pred=np.zeros(N, np.int64))
     preds = load_task_predictions(study, TASK, ["A"])
-    tables = analyze_task(preds)
+    tables = analyze_task(preds, **SETTINGS)
     assert all(t.num_rows == 0 for t in tables.values())
     assert tables["ensembles"].schema.field("test_top1").type == pa.float64()
     assert table_metadata(tables["oracle"])["excluded"][0]["method"] == "A"
@@ -377,7 +379,7 @@ def test_task_predictions_in_memory_default_preds() -> None:
     preds = TaskPredictions(task=TASK, methods=["x", "y"], excluded=[], index=np.arange(N),
                             labels=LABELS, logits=logits, val_top1={"x": 1.0, "y": 2.0})
     assert preds.preds.tolist() == [LABELS.tolist(), ((LABELS + 1) % C).tolist()]
-    row = _one(analyze_task(preds, top_ks=(1,))["ensembles"], rule="top1_by_val",
+    row = _one(analyze_task(preds, top_ks=(1,), confidence_threshold=0.9)["ensembles"], rule="top1_by_val",
                combiner="prob_avg")
     assert row["members"] == "y" and row["test_top1"] == 0.0
     with pytest.raises(ValueError, match="logits shape"):

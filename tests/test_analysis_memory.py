@@ -275,7 +275,8 @@ def test_streamed_errors_name_the_file(random_task: dict) -> None:
     pq.write_table(table.set_column(2, "pred", pa.array(pred, pa.int64())), bad,
                    row_group_size=37)
     with pytest.raises(analysis.AnalysisInputError, match="argmax") as err:
-        analyze_files(t["study"], TASK, t["methods"], work_bytes=1)
+        analyze_files(t["study"], TASK, t["methods"], top_ks=TOP_KS,
+                      confidence_threshold=THRESHOLD, work_bytes=1)
     assert str(bad) in str(err.value)
 
 

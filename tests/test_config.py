@@ -109,3 +109,62 @@ def test_a_misspelled_key_in_a_study_file_names_the_file(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match=r"'train\.batchsize' \(from params/study/smoke\.yaml\)"
                                           r"\. Did you mean 'train\.batch_size'\?"):
         load_study("smoke")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.epochs=1.5", r"'train\.epochs' \(from the override 'train\.epochs=1\.5'\): expected a "
+                         r"value of type int, got 1\.5"),
+    ("train.seeds=[1,a]", r"'train\.seeds\[1\]' \(from the override .*\): expected a value of type int"),
+    ("train.compile=1", r"'train\.compile'.*expected a value of type bool, got 1"),
+    ("+study.grid.lora.optim.lrr=[1]", r"'study\.grid\.lora\.optim\.lrr'.*Did you mean "
+                                       r"'study\.grid\.lora\.optim\.lr'\?.*Valid keys of "
+                                       r"study\.grid\.lora\.optim: lr, weight_decay, drop_path"),
+    ("+study.grid.lorra.optim.lr=[1]", r"study\.grid\.lorra .*no such method; known methods: .*lora"),
+    ("+study.data.splitsizes.x=1", r"'study\.data\.splitsizes'.*'study\.data\.split_sizes'"),
+    ("+analysis.topk=[1]", r"'analysis\.topk'.*Valid keys of analysis: top_ks, confidence_threshold"),
+    ("~train.epochs", r"'train\.epochs' is required and no file sets it"),
+])
+def test_the_schema_refuses_wrong_types_unknown_grid_keys_and_missing_keys(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_study("smoke", [override])
+
+
+def _params_copy(tmp_path, monkeypatch):
+    import shutil
+
+    from vpeft.config import CONFIG_DIR_ENV
+
+    params = tmp_path / "params"
+    shutil.copytree(REPO / "params", params)
+    monkeypatch.setenv(CONFIG_DIR_ENV, str(params))
+    return params
+
+
+def test_a_misspelled_key_in_a_method_file_names_the_file(tmp_path, monkeypatch):
+    lora = _params_copy(tmp_path, monkeypatch) / "method" / "lora.yaml"
+    lora.write_text(lora.read_text().replace("optim:", "optimiser:"))
+    with pytest.raises(ConfigError, match=r"'optimiser' \(from .*params/method/lora\.yaml\)\. "
+                                          r"Did you mean 'optim'\? Valid top-level keys: name, "
+                                          r"hparams, optim"):
+        load_study("smoke")
+
+
+def test_a_misspelled_hyper_parameter_is_refused_by_check_naming_the_method_file(tmp_path,
+                                                                               monkeypatch):
+    """hparams are typed by each method's own dataclass (torch-side): `vpeft check` and the jobs
+    refuse an unknown one, naming the file and the allowed keys."""
+    from vpeft.config import check_method_hparams
+
+    lora = _params_copy(tmp_path, monkeypatch) / "method" / "lora.yaml"
+    lora.write_text(lora.read_text().replace("dropout:", "dropuot:"))
+    plan = load_study("smoke")
+    with pytest.raises(ConfigError, match=r"params/method/lora\.yaml with study\.grid\.lora of "
+                                          r"params/study/smoke\.yaml: .*\['dropuot'\].*dropout"):
+        check_method_hparams(plan)
+
+
+def test_every_shipped_grid_point_is_valid_for_its_method():
+    from vpeft.config import check_method_hparams
+
+    for study in sorted(p.stem for p in (REPO / "params" / "study").glob("*.yaml")):
+        check_method_hparams(load_study(study, _USER_KEYS.get(study, [])))

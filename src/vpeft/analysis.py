@@ -776,8 +776,8 @@ def table_metadata(table: pa.Table) -> dict[str, Any]:
     return json.loads(raw)
 
 
-def analyze_task(preds: TaskPredictions, *, top_ks: Iterable[int] = (2, 3, 5),
-                 confidence_threshold: float = 0.9,
+def analyze_task(preds: TaskPredictions, *, top_ks: Iterable[int],
+                 confidence_threshold: float,
                  work_bytes: int | None = None) -> dict[str, pa.Table]:
     """All six analysis tables of one task (see the module docstring), keyed by :data:`TABLES`.
 
@@ -800,7 +800,7 @@ def analyze_task(preds: TaskPredictions, *, top_ks: Iterable[int] = (2, 3, 5),
 
 
 def analyze_files(runs_dir: Path, task: str, methods: Sequence[str], *,
-                  top_ks: Iterable[int] = (2, 3, 5), confidence_threshold: float = 0.9,
+                  top_ks: Iterable[int], confidence_threshold: float,
                   work_bytes: int | None = None) -> dict[str, pa.Table]:
     """The tables of :func:`analyze_task` for the final runs under ``runs/<study>`` (``runs_dir``),
     streamed from the files: peak memory stays near :func:`memory_mb` whatever the test set.
@@ -920,8 +920,7 @@ def write_task_analysis(tables: Mapping[str, pa.Table], out_dir: Path) -> None:
 
 
 def run_task_analysis(runs_dir: Path, task: str, methods: Sequence[str], *,
-                      top_ks: Iterable[int] = (2, 3, 5),
-                      confidence_threshold: float = 0.9) -> dict[str, pa.Table]:
+                      top_ks: Iterable[int], confidence_threshold: float) -> dict[str, pa.Table]:
     """Analyse one task from its files (streamed: :func:`analyze_files`) and write the tables to
     ``runs/<study>/<task>/analysis/``; returns the tables."""
     tables = analyze_files(runs_dir, task, methods, top_ks=top_ks,

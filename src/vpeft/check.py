@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 from vpeft import jobs as jobs_of
 from vpeft import layout
-from vpeft.config import StudyPlan
+from vpeft.config import StudyPlan, check_method_hparams
 from vpeft.errors import UserError
 
 log = logging.getLogger("vpeft.check")
@@ -244,6 +244,7 @@ def estimate_disk(plan: StudyPlan, tasks: list[TaskCheck]) -> dict[str, int]:
 
 
 def check_study(plan: StudyPlan, *, decode: bool = True) -> StudyCheck:
+    check_method_hparams(plan)
     tasks = _check_tasks(plan, decode)
     weights = _check_weights(plan)
     return StudyCheck(plan.name, tasks, weights, count_jobs(plan), estimate_disk(plan, tasks))

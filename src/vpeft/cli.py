@@ -164,7 +164,8 @@ def cmd_analyze(args: argparse.Namespace) -> None:
 
     plan = _plan(args)
     runs = Path(plan.cfg.paths.runs) / plan.name
-    run_task_analysis(runs, args.task, plan.methods)
+    run_task_analysis(runs, args.task, plan.methods, top_ks=list(plan.cfg.analysis.top_ks),
+                      confidence_threshold=float(plan.cfg.analysis.confidence_threshold))
     log.info("analysis of %s: %s", args.task, layout.analysis_dir(plan.cfg, args.task))
     # The report's reading and bootstrapping of this task, done here once (on this task's node)
     from vpeft.protocol import study_metadata
