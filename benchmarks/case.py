@@ -297,9 +297,10 @@ def _measure_cached_linear(spec: CaseSpec, model, sync) -> dict[str, Any]:
     images = torch.randint(0, 256, (n, size, size, 3), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, spec.model.num_classes, (n,), generator=g)
     normaliser = Normaliser(torch.full((1, 3, 1, 1), 0.5), torch.full((1, 3, 1, 1), 0.5), size)
-    settings = TrainSettings(epochs=spec.cached_epochs, lr=spec.lr, weight_decay=spec.weight_decay,
-                             batch_size=spec.batch_size, warmup_epochs=min(10, spec.cached_epochs),
-                             eval_batch_size=spec.eval_batch_size, log_every_s=1e9)
+    settings = TrainSettings.from_params(
+        epochs=spec.cached_epochs, lr=spec.lr, weight_decay=spec.weight_decay,
+        batch_size=spec.batch_size, warmup_epochs=min(10, spec.cached_epochs),
+        eval_batch_size=spec.eval_batch_size, log_every_s=1e9)
     timings: dict[str, list[float]] = {"extract": [], "train": []}
 
     def whole_run() -> None:

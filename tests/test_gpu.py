@@ -114,9 +114,9 @@ def loss_curve(method: str, arch: Arch, device: str, *, precision: str = "fp32",
     model = build(method, arch, seed).to(device)
     set_fused_attention(model, fused)
     images, labels = class_coded_images(arch.batch, arch, seed)
-    settings = TrainSettings(epochs=steps, lr=1e-4 if method == "full" else 1e-3,
-                             weight_decay=1e-4, batch_size=arch.batch, warmup_epochs=0,
-                             log_every_s=1e9, precision=precision, compile=compile)
+    settings = TrainSettings.from_params(epochs=steps, lr=1e-4 if method == "full" else 1e-3,
+                                         weight_decay=1e-4, batch_size=arch.batch, warmup_epochs=0,
+                                         log_every_s=1e9, precision=precision, compile=compile)
     result = train(model, normaliser(arch), images.to(device), labels.to(device), settings,
                    seed=seed, desc=f"{method}/{precision}")
     assert result.status == "ok" and len(result.loss_curve) == steps, result

@@ -244,7 +244,8 @@ def test_training_loop_applies_augmentation_reproducibly_and_eval_crops(tmp_path
 
     images = _batch(n=12, size=18)
     labels = torch.arange(12) % 5
-    settings = TrainSettings(epochs=2, lr=1e-3, weight_decay=1e-4, batch_size=4, warmup_epochs=1)
+    settings = TrainSettings.from_params(epochs=2, lr=1e-3, weight_decay=1e-4, batch_size=4,
+                                         warmup_epochs=1)
     seen = []
 
     def spy(batch):

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 from torch import nn
 
-from conftest import tiny_vit, smoke_plan
+from conftest import REPO, smoke_plan, tiny_vit
 from vpeft import layout
 from vpeft.config import ConfigError
 from vpeft.io import write_json
@@ -54,9 +54,11 @@ def test_unknown_or_mistyped_protocol_keys_are_refused(tmp_path, prepared_task, 
     with pytest.raises(ProtocolError, match="selection_ties.*'middle'"):
         switches(_plan(tmp_path, prepared_task, tiny_weights,
                        "train.protocol.selection_ties=middle").cfg.train)
+    # a value of the wrong type: by the schema when composed, by the switches otherwise
+    with pytest.raises(ConfigError, match=r"'train\.protocol\.drop_last'.*type bool.*'yes please'"):
+        _plan(tmp_path, prepared_task, tiny_weights, "train.protocol.drop_last=yes please")
     with pytest.raises(ProtocolError, match="drop_last.*true or false"):
-        switches(_plan(tmp_path, prepared_task, tiny_weights,
-                       "train.protocol.drop_last=yes please").cfg.train)
+        switches(OmegaConf.create({"protocol": {"drop_last": "yes please"}}))
 
 
 # --- the training loop: drop_last and the LR schedule -------------------------------------------
@@ -68,8 +70,16 @@ def _probe_run(n: int, settings: TrainSettings) -> Run:
     return Run(nn.Linear(4, 3), nn.Identity(), x, y, settings, seed=0)
 
 
+def _from_config(train: dict, optim: dict) -> TrainSettings:
+    """``train`` over params/train/vtab.yaml (which holds every loop setting's value)."""
+    from omegaconf import OmegaConf
+
+    vtab = OmegaConf.to_container(OmegaConf.load(REPO / "params" / "train" / "vtab.yaml"))
+    return TrainSettings.from_config({**vtab, **train}, optim)
+
+
 def _settings(**switch) -> TrainSettings:
-    return TrainSettings.from_config({"epochs": 1, "batch_size": 64, "warmup_epochs": 0,
+    return _from_config({"epochs": 1, "batch_size": 64, "warmup_epochs": 0,
                                       "protocol": switch}, {"lr": 0.01, "weight_decay": 0.0})
 
 
@@ -83,7 +93,7 @@ def test_drop_last_gives_12_steps_of_64_on_800_images(drop_last, steps):
 
 def test_lr_stepped_at_the_epoch_end_runs_epochs_0_and_1_at_warmup_lr():
     def lrs(at_end: bool) -> list[float]:
-        settings = TrainSettings.from_config(
+        settings = _from_config(
             {"epochs": 5, "batch_size": 8, "warmup_epochs": 2, "warmup_lr": 1e-6, "lr_min": 1e-5,
              "protocol": {"lr_step_at_epoch_end": at_end}}, {"lr": 0.1, "weight_decay": 0.0})
         run, seen = _probe_run(16, settings), []
@@ -234,7 +244,7 @@ def test_linear_probing_back_propagates_when_features_are_not_cached(tmp_path, p
 def test_a_run_resumed_with_the_end_of_epoch_schedule_ends_where_it_would_have(tmp_path):
     """The lr of a resumed epoch comes back with the optimiser state (the epoch-end step is not
     replayed at resume), so resuming changes nothing."""
-    settings = TrainSettings.from_config(
+    settings = _from_config(
         {"epochs": 4, "batch_size": 8, "warmup_epochs": 2, "checkpoint_every": 2,
          "protocol": {"lr_step_at_epoch_end": True}}, {"lr": 0.1, "weight_decay": 0.0})
     checkpoint = tmp_path / "resume.pt"

@@ -50,8 +50,8 @@ def test_a_file_of_another_width_is_rejected(tiny_weights):
 def test_a_few_steps_lower_the_loss():
     images, labels = toy_images()
     model = methods.apply(tiny_vit(num_classes=4), "full")
-    settings = TrainSettings(epochs=8, lr=1e-3, weight_decay=1e-4, batch_size=16, warmup_epochs=1,
-                             log_every_s=1e9)
+    settings = TrainSettings.from_params(epochs=8, lr=1e-3, weight_decay=1e-4, batch_size=16,
+                                         warmup_epochs=1, log_every_s=1e9)
     result = train(model, half_normaliser(), images, labels, settings, seed=0)
     assert result.status == "ok"
     assert result.steps == 8 * 4
@@ -61,7 +61,8 @@ def test_a_few_steps_lower_the_loss():
 
 def test_training_is_seeded():
     images, labels = toy_images()
-    settings = TrainSettings(epochs=2, lr=1e-3, weight_decay=1e-4, batch_size=16, warmup_epochs=1)
+    settings = TrainSettings.from_params(epochs=2, lr=1e-3, weight_decay=1e-4, batch_size=16,
+                                         warmup_epochs=1)
     curves = []
     for _ in range(2):
         model = methods.apply(tiny_vit(num_classes=4), "lora", rank=2)
@@ -72,7 +73,8 @@ def test_training_is_seeded():
 def test_divergence_is_recorded_not_raised():
     images, labels = toy_images()
     model = methods.apply(tiny_vit(num_classes=4), "full")
-    settings = TrainSettings(epochs=3, lr=1e12, weight_decay=0.0, batch_size=16, warmup_epochs=0)
+    settings = TrainSettings.from_params(epochs=3, lr=1e12, weight_decay=0.0, batch_size=16,
+                                         warmup_epochs=0)
     result = train(model, half_normaliser(), images, labels, settings, seed=0)
     assert result.status == "diverged"
     assert result.diverged_at is not None and result.diverged_at["step"] >= 1

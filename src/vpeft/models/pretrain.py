@@ -40,11 +40,14 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     model.to(resolve_device(cfg.train.get("device", "auto")))
     mean, std = normalisation(model, cfg.model.mean, cfg.model.std)
     normaliser = Normaliser(mean, std, int(cfg.model.img_size))
-    settings = TrainSettings(epochs=int(settings_cfg.epochs), lr=float(settings_cfg.lr),
-                             weight_decay=float(settings_cfg.weight_decay),
-                             batch_size=int(settings_cfg.batch_size),
-                             warmup_epochs=max(1, int(settings_cfg.epochs) // 10),
-                             log_every_s=float(cfg.train.log_every_s))
+    # params/train/vtab.yaml with study.pretrain's values, whatever the study's train group and
+    # overrides say: the backbone stands in for downloaded weights, so changing how the methods
+    # are fine-tuned (train=vtab_as_published, train.label_smoothing=...) must not change it.
+    settings = TrainSettings.from_params(
+        epochs=int(settings_cfg.epochs), lr=float(settings_cfg.lr),
+        weight_decay=float(settings_cfg.weight_decay), batch_size=int(settings_cfg.batch_size),
+        warmup_epochs=max(1, int(settings_cfg.epochs) // 10),
+        log_every_s=float(cfg.train.log_every_s))
     data = read_split(prepared, "train800")
     result = train(model, normaliser, torch.from_numpy(data.images), torch.from_numpy(data.labels),
                    settings, seed=seed, desc="pretrain/source")

@@ -47,25 +47,29 @@ PRECISIONS = ("bf16", "fp32")
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """Loop settings (``params/train/*.yaml``) plus the grid point's optimiser values."""
+    """Loop settings (``params/train/*.yaml``) plus the grid point's optimiser values.
+
+    No defaults here: the values are written once, in ``params/train/vtab.yaml``
+    (:meth:`from_config` for a composed config, :meth:`from_params` to start from that file).
+    """
 
     epochs: int
     lr: float
     weight_decay: float
-    batch_size: int = 64
-    warmup_epochs: int = 10
-    warmup_lr: float = 1e-6
-    lr_min: float = 1e-5
-    label_smoothing: float = 0.0
-    grad_clip: float | None = None
-    eval_batch_size: int = 256
-    log_every_s: float = 15.0
-    checkpoint_every: int = 10  # epochs between resumable checkpoints (when a path is given)
-    precision: str = "fp32"     # bf16: autocast on CUDA (ignored elsewhere); fp32
-    compile: bool = False       # torch.compile the training forward
-    # Protocol switches (train.protocol.*, vpeft.train.published); defaults: vpeft's protocol.
-    drop_last: bool = False             # drop each epoch's last short batch (as published)
-    lr_step_at_epoch_end: bool = False  # scheduler.step(epoch) after the epoch (as published)
+    batch_size: int
+    warmup_epochs: int
+    warmup_lr: float
+    lr_min: float
+    label_smoothing: float
+    grad_clip: float | None
+    eval_batch_size: int
+    log_every_s: float
+    checkpoint_every: int  # epochs between resumable checkpoints (when a path is given)
+    precision: str         # bf16: autocast on CUDA (ignored elsewhere); fp32
+    compile: bool          # torch.compile the training forward
+    # Protocol switches (train.protocol.*, vpeft.train.published).
+    drop_last: bool             # drop each epoch's last short batch (as published)
+    lr_step_at_epoch_end: bool  # scheduler.step(epoch) after the epoch (as published)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -80,6 +84,20 @@ class TrainSettings:
         values.update({k: v for k, v in switches(train).items() if k in names})
         values.update(lr=float(optim["lr"]), weight_decay=float(optim["weight_decay"]))
         return cls(**values)
+
+    @classmethod
+    def from_params(cls, **values: Any) -> "TrainSettings":
+        """``params/train/vtab.yaml`` (the VTAB-1K protocol) with ``values`` replacing some of it;
+        ``lr`` and ``weight_decay`` must be given (they belong to a method's grid point)."""
+        import dataclasses
+
+        from omegaconf import OmegaConf
+
+        from vpeft.config import params_dir
+
+        train = OmegaConf.to_container(OmegaConf.load(params_dir() / "train" / "vtab.yaml"))
+        base = cls.from_config(train, {"lr": values["lr"], "weight_decay": values["weight_decay"]})
+        return dataclasses.replace(base, **values)
 
 
 @dataclass
