@@ -35,6 +35,7 @@ if CFG.study.get("robustness") is not None:
                 WEIGHTS,
             output:
                 directory(CLIP_DIR),
+                str(layout.weights_info(CLIP_DIR)),  # the fit's record, beside the folder
             log:
                 f"{LOGS}/fit_clip.log",
             shell:
@@ -74,6 +75,7 @@ if CFG.study.get("robustness") is not None:
             WEIGHTS,
         output:
             str(CFG.model.init_head),
+            str(layout.weights_info(CFG.model.init_head)),  # the head's record, beside it
         log:
             f"{LOGS}/zeroshot_head.log",
         shell:

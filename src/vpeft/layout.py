@@ -37,7 +37,9 @@ def prepared_task(cfg: DictConfig, task: str) -> Path:
 
 
 def weights_info(weights: str | Path) -> Path:
-    """What `vpeft pretrain` records beside the backbone it writes (``<weights>.json``)."""
+    """The JSON record beside a file or folder of weights (``<weights>.json``): written by
+    `vpeft pretrain` (the backbone), `vpeft zeroshot-head` (the head) and `vpeft fit-clip` (the
+    miniature's CLIP folder)."""
     return Path(weights).with_suffix(".json")
 
 
