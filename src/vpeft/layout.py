@@ -94,8 +94,11 @@ def seeds(cfg: DictConfig) -> list[int]:
 FINAL_DIR = "final"  # the first seed's final run; final-seed<s>/ for every further seed
 
 
+SEED_SUFFIX = "-seed"  # final-seed<s>/, wise-seed<s>/
+
+
 def _seed_suffix(seed: int | str | None) -> str:
-    return "" if seed is None else f"-seed{seed}"
+    return "" if seed is None else f"{SEED_SUFFIX}{seed}"
 
 
 def final_dir_in(runs: str | Path, task: str, method: str, seed: int | str | None = None) -> Path:
