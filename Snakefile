@@ -31,19 +31,19 @@ rule check:  # preflight, before anything is queued: `snakemake --cores 1 check 
 
 rule data:  # every task prepared (and, for the demo, the backbone pretrained)
     input:
-        expand(f"{PREPARED}/{{task}}", task=PLAN.tasks),
+        [str(layout.prepared_task(CFG, task)) for task in PLAN.tasks],
         WEIGHTS,
 
 
 rule train:  # every final run evaluated, and each task's mistake analysis (all of runs/<study>/)
     input:
-        expand(f"{RUNS}/{{task}}/{{method}}/final/{layout.TEST_EVAL}", task=PLAN.tasks,
-               method=PLAN.methods),
+        [str(layout.final_dir(CFG, task, method) / layout.TEST_EVAL) for task in PLAN.tasks
+         for method in PLAN.methods],
         # further seeds of train.seeds: final-seed<s>/ (none when seeds has one element)
-        expand(f"{RUNS}/{{task}}/{{method}}/final-seed{{seed}}/{layout.TEST_EVAL}",
-               task=PLAN.tasks, method=PLAN.methods, seed=layout.seeds(CFG)[1:]),
-        [str(layout.analysis_dir(CFG, task) / f"{name}.parquet") for task in PLAN.tasks
-         for name in layout.ANALYSIS_TABLES],
+        [str(layout.final_dir(CFG, task, method, seed) / layout.TEST_EVAL) for task in PLAN.tasks
+         for method in PLAN.methods for seed in layout.seeds(CFG)[1:]],
+        [f for task in PLAN.tasks
+         for f in run_files(layout.analysis_dir(CFG, task), layout.analysis_files())],
 
 
 include: "rules/data.smk"

@@ -2,13 +2,13 @@
 # (members of top-k ensembles are chosen by validation accuracy only).
 rule analyze:
     input:
-        expand(f"{RUNS}/{{{{task}}}}/{{method}}/final/{layout.TEST_PREDICTIONS}", method=PLAN.methods),
-        expand(f"{RUNS}/{{{{task}}}}/{{method}}/selection.json", method=PLAN.methods),
+        [str(layout.final_dir(CFG, "{task}", m) / layout.TEST_PREDICTIONS) for m in PLAN.methods],
+        [str(layout.selection_file(CFG, "{task}", m)) for m in PLAN.methods],
         # every seed's predictions (the analysis reads the first seed's; the report all of them)
-        expand(f"{RUNS}/{{{{task}}}}/{{method}}/final-seed{{seed}}/{layout.TEST_PREDICTIONS}",
-               method=PLAN.methods, seed=EXTRA_SEEDS),
+        [str(layout.final_dir(CFG, "{task}", m, s) / layout.TEST_PREDICTIONS)
+         for m in PLAN.methods for s in EXTRA_SEEDS],
     output:
-        [str(layout.analysis_dir(CFG, "{task}") / f"{name}.parquet") for name in layout.ANALYSIS_TABLES],
+        run_files(layout.analysis_dir(CFG, "{task}"), layout.analysis_files()),
         # the task's runs read and bootstrapped once, for the report
         str(layout.analysis_dir(CFG, "{task}") / layout.REPORT_PART),
     group:

@@ -2,6 +2,7 @@
 import os
 import shlex
 import sys
+from pathlib import Path
 
 from vpeft import layout
 from vpeft.config import load_study
@@ -15,8 +16,10 @@ if config.get("weights"):
 PLAN = load_study(config["study"], OVERRIDES)
 CFG = PLAN.cfg
 STUDY = PLAN.name
-RUNS = f"{CFG.paths.runs}/{STUDY}"
-PREPARED = f"{CFG.paths.data}/prepared/{STUDY}"
+# Every artefact path comes from vpeft.layout (wildcards as patterns: "{task}"); only the logs and
+# benchmarks, which no verb reads, are named here (under LOGS).
+RUNS = str(layout.runs_dir(CFG))
+PREPARED_TASK = str(layout.prepared_task(CFG, "{task}"))
 LOGS = f"logs/{STUDY}"
 WEIGHTS = str(CFG.model.weights)
 REPORT = str(layout.report_dir(CFG) / layout.REPORT_INDEX)
@@ -104,7 +107,7 @@ def manyshot_sources(wildcards):
 
     ds = resolve_task(CFG, wildcards.task).dataset
     if OmegaConf.select(CFG, f"study.data.datasets.{ds.name}.synthetic") is not None:
-        return [f"{CFG.study.data.root}/{ds.name}"]
+        return [str(layout.data_root_dir(CFG, ds.name))]
     parts = [ds.train] + ([ds.test] if ds.test is not None else [])
     return [str(path) for p in parts for path in p.inputs]
 
@@ -136,6 +139,11 @@ def vpeft(verb):
     return " ".join(shlex.quote(a) for a in args)
 
 
+def run_files(directory, names):
+    """``<directory>/<name>`` for every name (the files of a run directory), as strings."""
+    return [str(Path(directory) / name) for name in names]
+
+
 def grid_metrics(wildcards):
-    return [f"{RUNS}/{wildcards.task}/{wildcards.method}/grid/{p.id}/{layout.METRICS}"
+    return [str(layout.grid_dir(CFG, wildcards.task, wildcards.method, p.id) / layout.METRICS)
             for p in PLAN.points[wildcards.method]]

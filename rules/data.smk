@@ -4,7 +4,7 @@ if CFG.study.data.kind == "synthetic":
 
     rule synth:
         output:
-            directory(f"{CFG.study.data.root}/{{task}}"),
+            directory(str(layout.data_root_dir(CFG, "{task}"))),
         priority: source_first
         log:
             f"{LOGS}/synth/{{task}}.log",
@@ -16,7 +16,7 @@ rule prepare:
     input:
         lambda w: str(layout.raw_task(CFG, w.task)),
     output:
-        directory(f"{PREPARED}/{{task}}"),
+        directory(PREPARED_TASK),
     priority: source_first
     log:
         f"{LOGS}/prepare/{{task}}.log",

@@ -12,7 +12,7 @@ if CFG.study.data.kind == "manyshot":
         input:
             manyshot_sources,
         output:
-            directory(f"{CFG.study.data.views}/{{task}}"),
+            directory(str(layout.view_dir(CFG, "{task}"))),
         log:
             f"{LOGS}/subsets/{{task}}.log",
         shell:
@@ -28,7 +28,7 @@ if CFG.study.data.kind == "manyshot" and MANYSHOT_GENERATED:
 
     rule synth:
         output:
-            directory(f"{CFG.study.data.root}/{{task}}"),
+            directory(str(layout.data_root_dir(CFG, "{task}"))),
         log:
             f"{LOGS}/synth/{{task}}.log",
         shell:

@@ -4,10 +4,10 @@ if CFG.study.get("pretrain") is not None:
 
     rule pretrain:
         input:
-            f"{PREPARED}/{layout.SOURCE_TASK}",
+            str(layout.prepared_task(CFG, layout.SOURCE_TASK)),
         output:
             weights=WEIGHTS,
-            info=str(layout.Path(WEIGHTS).with_suffix(".json")),
+            info=str(layout.weights_info(WEIGHTS)),
         threads: max(config["threads"], 8)  # runs alone; Snakemake caps it at --cores
         log:
             f"{LOGS}/pretrain.log",

@@ -8,8 +8,8 @@ rule report:
         # read each seed's test_predictions.parquet, written by the same job
         [str(d / layout.TEST_EVAL) for task in PLAN.tasks for method in PLAN.methods
          for _, d in layout.seed_final_dirs(CFG, task, method)],
-        [str(layout.analysis_dir(CFG, task) / name) for task in PLAN.tasks
-         for name in (*(f"{t}.parquet" for t in layout.ANALYSIS_TABLES), layout.REPORT_PART)],
+        [f for task in PLAN.tasks for f in
+         run_files(layout.analysis_dir(CFG, task), [*layout.analysis_files(), layout.REPORT_PART])],
         REPORT_EXTRA_INPUTS,  # e.g. the robustness study's WiSE-FT tables
     output:
         report(REPORT, caption="report-caption.rst", category="Study report"),

@@ -31,10 +31,11 @@ if CFG.study.get("robustness") is not None:
 
         rule fit_clip:
             input:
-                f"{PREPARED}/{layout.SOURCE_TASK}",
+                str(layout.prepared_task(CFG, layout.SOURCE_TASK)),
                 WEIGHTS,
             output:
                 directory(CLIP_DIR),
+                str(layout.weights_info(CLIP_DIR)),  # the fit's record, beside the folder
             log:
                 f"{LOGS}/fit_clip.log",
             shell:
@@ -74,6 +75,7 @@ if CFG.study.get("robustness") is not None:
             WEIGHTS,
         output:
             str(CFG.model.init_head),
+            str(layout.weights_info(CFG.model.init_head)),  # the head's record, beside it
         log:
             f"{LOGS}/zeroshot_head.log",
         shell:
@@ -81,13 +83,12 @@ if CFG.study.get("robustness") is not None:
 
     rule wise:
         input:
-            f"{RUNS}/{{task}}/{{method}}/final/{layout.METRICS}",
-            f"{PREPARED}/{{task}}",
+            str(layout.final_dir(CFG, "{task}", "{method}") / layout.METRICS),
+            PREPARED_TASK,
             [SHIFT_DIR.format(shift=s) for s in SHIFTS],
             str(CFG.model.init_head),
         output:
-            str(layout.wise_dir(CFG, "{task}", "{method}") / layout.WISE_TABLE),
-            str(layout.wise_dir(CFG, "{task}", "{method}") / layout.WISE_SUMMARY),
+            run_files(layout.wise_dir(CFG, "{task}", "{method}"), layout.WISE_OUTPUTS),
         threads: config["threads"]
         resources:
             **GPU_JOB,
@@ -103,13 +104,13 @@ if CFG.study.get("robustness") is not None:
 
         rule wise_seed:  # WiSE-FT of another seed's final run (final-seed<s>/)
             input:
-                f"{RUNS}/{{task}}/{{method}}/final-seed{{seed}}/{layout.METRICS}",
-                f"{PREPARED}/{{task}}",
+                str(layout.final_dir_in(RUNS, "{task}", "{method}", "{seed}") / layout.METRICS),
+                PREPARED_TASK,
                 [SHIFT_DIR.format(shift=s) for s in SHIFTS],
                 str(CFG.model.init_head),
             output:
-                f"{RUNS}/{{task}}/{{method}}/wise-seed{{seed}}/{layout.WISE_TABLE}",
-                f"{RUNS}/{{task}}/{{method}}/wise-seed{{seed}}/{layout.WISE_SUMMARY}",
+                run_files(layout.wise_dir_in(RUNS, "{task}", "{method}", "{seed}"),
+                          layout.WISE_OUTPUTS),
             wildcard_constraints:
                 seed="|".join(str(s) for s in layout.seeds(CFG)[1:]),
             threads: config["threads"]

@@ -9,9 +9,10 @@ def _methods_args(methods):
     return " ".join(f"--method {shlex.quote(m)}" for m in methods)
 
 
-def _run_files(methods, run_dir, names):
-    """``runs/<study>/{task}/<method>/<run_dir>/<name>`` for every method and name."""
-    return [f"{RUNS}/{{task}}/{m}/{run_dir}/{name}" for m in methods for name in names]
+def _final_files(methods, seed, names):
+    """``<final run of seed>/<name>`` (layout.final_dir) of task {task}, for every method and
+    name."""
+    return [f for m in methods for f in run_files(layout.final_dir(CFG, "{task}", m, seed), names)]
 
 
 for _g, _methods in enumerate(jobs.method_groups(PLAN), start=1):
@@ -21,12 +22,12 @@ for _g, _methods in enumerate(jobs.method_groups(PLAN), start=1):
         name:
             f"train_grid_group{_g}"
         input:
-            data=f"{PREPARED}/{{task}}",
+            data=PREPARED_TASK,
             weights=WEIGHTS,
             init_head=INIT_HEAD,
         output:
-            [f"{RUNS}/{{task}}/{m}/grid/{p.id}/{name}" for m in _methods for p in PLAN.points[m]
-             for name in layout.GRID_OUTPUTS],
+            [f for m in _methods for p in PLAN.points[m]
+             for f in run_files(layout.grid_dir(CFG, "{task}", m, p.id), layout.GRID_OUTPUTS)],
         priority: GRID_PRIORITY
         threads: config["threads"]
         resources:
@@ -46,10 +47,10 @@ for _g, _methods in enumerate(jobs.method_groups(PLAN), start=1):
         name:
             f"select_group{_g}"
         input:
-            [f"{RUNS}/{{task}}/{m}/grid/{p.id}/{layout.METRICS}" for m in _methods
+            [str(layout.grid_dir(CFG, "{task}", m, p.id) / layout.METRICS) for m in _methods
              for p in PLAN.points[m]],
         output:
-            [f"{RUNS}/{{task}}/{m}/selection.json" for m in _methods],
+            [str(layout.selection_file(CFG, "{task}", m)) for m in _methods],
         resources:
             **SELECT_JOB,
         log:
@@ -63,19 +64,19 @@ for _g, _methods in enumerate(jobs.method_groups(PLAN), start=1):
     # final-seed<s>/ for the others (the seed wildcard; empty for the first).
     for _seed in layout.seeds(CFG):
         _first = _seed == layout.seeds(CFG)[0]
-        _dir = "final" if _first else f"final-seed{_seed}"
+        _dir = layout.final_dir(CFG, "{task}", _methods[0], _seed).name  # names the logs
         _suffix = "" if _first else f"_seed{_seed}"
 
         rule:
             name:
                 f"train_final{_suffix}_group{_g}"
             input:
-                selection=[f"{RUNS}/{{task}}/{m}/selection.json" for m in _methods],
-                data=f"{PREPARED}/{{task}}",
+                selection=[str(layout.selection_file(CFG, "{task}", m)) for m in _methods],
+                data=PREPARED_TASK,
                 weights=WEIGHTS,
                 init_head=INIT_HEAD,
             output:
-                _run_files(_methods, _dir, layout.FINAL_OUTPUTS),
+                _final_files(_methods, _seed, layout.FINAL_OUTPUTS),
             threads: config["threads"]
             resources:
                 **{**GPU_JOB, "runtime": lambda wildcards, attempt, n=len(_methods):
@@ -94,10 +95,10 @@ for _g, _methods in enumerate(jobs.method_groups(PLAN), start=1):
             name:
                 f"evaluate{_suffix}_group{_g}"
             input:
-                final=_run_files(_methods, _dir, layout.FINAL_OUTPUTS),
-                data=f"{PREPARED}/{{task}}",
+                final=_final_files(_methods, _seed, layout.FINAL_OUTPUTS),
+                data=PREPARED_TASK,
             output:
-                _run_files(_methods, _dir, layout.EVAL_OUTPUTS),
+                _final_files(_methods, _seed, layout.EVAL_OUTPUTS),
             group:
                 "bookkeeping"
             resources:

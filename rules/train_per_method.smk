@@ -5,11 +5,11 @@ if jobs.points_per_job(CFG.train) == 1:
 
     rule train_grid:  # one job per grid point
         input:
-            data=f"{PREPARED}/{{task}}",
+            data=PREPARED_TASK,
             weights=WEIGHTS,
             init_head=INIT_HEAD,
         output:
-            [f"{RUNS}/{{task}}/{{method}}/grid/{{point}}/{name}" for name in layout.GRID_OUTPUTS],
+            run_files(layout.grid_dir(CFG, "{task}", "{method}", "{point}"), layout.GRID_OUTPUTS),
         priority: GRID_PRIORITY
         threads: config["threads"]
         resources:
@@ -34,12 +34,12 @@ else:
                 name:
                     f"{_stem}_{_k}"
                 input:
-                    data=f"{PREPARED}/{{task}}",
+                    data=PREPARED_TASK,
                     weights=WEIGHTS,
                     init_head=INIT_HEAD,
                 output:
-                    [f"{RUNS}/{{task}}/{_method}/grid/{point}/{name}" for point in _ids
-                     for name in layout.GRID_OUTPUTS],
+                    [f for point in _ids for f in
+                     run_files(layout.grid_dir(CFG, "{task}", _method, point), layout.GRID_OUTPUTS)],
                 priority: GRID_PRIORITY
                 threads: config["threads"]
                 resources:
@@ -61,7 +61,7 @@ rule select:
     input:
         grid_metrics,
     output:
-        f"{RUNS}/{{task}}/{{method}}/selection.json",
+        str(layout.selection_file(CFG, "{task}", "{method}")),
     resources:
         **SELECT_JOB,
     log:
@@ -73,11 +73,11 @@ rule select:
 rule train_final:
     input:
         selection=rules.select.output[0],
-        data=f"{PREPARED}/{{task}}",
+        data=PREPARED_TASK,
         weights=WEIGHTS,
         init_head=INIT_HEAD,
     output:
-        [f"{RUNS}/{{task}}/{{method}}/final/{name}" for name in layout.FINAL_OUTPUTS],
+        run_files(layout.final_dir(CFG, "{task}", "{method}"), layout.FINAL_OUTPUTS),
     threads: config["threads"]
     resources:
         **GPU_JOB,
@@ -93,9 +93,9 @@ rule train_final:
 rule evaluate:
     input:
         final=rules.train_final.output,
-        data=f"{PREPARED}/{{task}}",
+        data=PREPARED_TASK,
     output:
-        [f"{RUNS}/{{task}}/{{method}}/final/{name}" for name in layout.EVAL_OUTPUTS],
+        run_files(layout.final_dir(CFG, "{task}", "{method}"), layout.EVAL_OUTPUTS),
     group:
         "bookkeeping"
     resources:
@@ -111,11 +111,12 @@ if EXTRA_SEEDS:
     rule train_final_seed:  # the chosen point retrained with another seed of train.seeds
         input:
             selection=rules.select.output[0],
-            data=f"{PREPARED}/{{task}}",
+            data=PREPARED_TASK,
             weights=WEIGHTS,
             init_head=INIT_HEAD,
         output:
-            [f"{RUNS}/{{task}}/{{method}}/final-seed{{seed}}/{name}" for name in layout.FINAL_OUTPUTS],
+            run_files(layout.final_dir_in(RUNS, "{task}", "{method}", "{seed}"),
+                      layout.FINAL_OUTPUTS),
         wildcard_constraints:
             seed="|".join(str(s) for s in EXTRA_SEEDS),
         threads: config["threads"]
@@ -132,9 +133,10 @@ if EXTRA_SEEDS:
     rule evaluate_seed:
         input:
             final=rules.train_final_seed.output,
-            data=f"{PREPARED}/{{task}}",
+            data=PREPARED_TASK,
         output:
-            [f"{RUNS}/{{task}}/{{method}}/final-seed{{seed}}/{name}" for name in layout.EVAL_OUTPUTS],
+            run_files(layout.final_dir_in(RUNS, "{task}", "{method}", "{seed}"),
+                      layout.EVAL_OUTPUTS),
         wildcard_constraints:
             seed="|".join(str(s) for s in EXTRA_SEEDS),
         group:

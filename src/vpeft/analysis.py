@@ -200,20 +200,9 @@ class TaskPredictions:
 # loading
 
 
-def _layout_cfg(runs_dir: Path) -> Any:
-    """A minimal config for :mod:`vpeft.layout`, so run paths here are the pipeline's own paths.
-
-    ``runs_dir`` is the study's run directory ``runs/<study>``.
-    """
-    from omegaconf import OmegaConf
-
-    return OmegaConf.create({"paths": {"runs": str(runs_dir.parent)},
-                             "study": {"name": runs_dir.name}})
-
-
 def analysis_dir(runs_dir: Path, task: str) -> Path:
     """``runs/<study>/<task>/analysis/`` for the study run directory ``runs_dir``."""
-    return layout.analysis_dir(_layout_cfg(Path(runs_dir)), task)
+    return layout.analysis_dir_in(runs_dir, task)
 
 
 def _read_val_top1(path: Path, task: str, method: str) -> float | None:
@@ -456,14 +445,14 @@ def _scan_task(runs_dir: Path, task: str, methods: Sequence[str], work_bytes: in
         raise ValueError(f"task {task}: duplicate methods in {methods}")
     if layout.ANALYSIS_DIR in methods:
         raise ValueError(f"method name {layout.ANALYSIS_DIR!r} collides with the analysis directory")
-    cfg = _layout_cfg(runs_dir)
     val: dict[str, float | None] = {}
     ref: _FileScan | None = None  # the first file with rows: every other must match it
     scans: list[_FileScan] = []
     try:
         for method in methods:
-            val[method] = _read_val_top1(layout.selection_file(cfg, task, method), task, method)
-            path = layout.final_dir(cfg, task, method) / layout.TEST_PREDICTIONS
+            val[method] = _read_val_top1(layout.selection_file_in(runs_dir, task, method), task,
+                                         method)
+            path = layout.final_dir_in(runs_dir, task, method) / layout.TEST_PREDICTIONS
             ref_row = ref.order if ref is not None and lockstep else None
             scan = _scan_file(path, method, ref, ref_row, work_bytes, spill_dir)
             scans.append(scan)

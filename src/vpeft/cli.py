@@ -50,7 +50,7 @@ def cmd_synth(args: argparse.Namespace) -> None:
 
     plan = _plan(args)
     data = plan.cfg.study.data
-    target = Path(data.root) / args.task
+    target = layout.data_root_dir(plan.cfg, args.task)
     if args.task == layout.SOURCE_TASK:
         synthetic.generate_source(Path(data.root), image_size=int(data.image_size), seed=args.seed)
     elif data.kind == "manyshot":  # a miniature dataset written as class folders or list files
@@ -157,13 +157,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_analyze(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
     from vpeft import layout
     from vpeft.analysis import run_task_analysis
 
     plan = _plan(args)
-    runs = Path(plan.cfg.paths.runs) / plan.name
+    runs = layout.runs_dir(plan.cfg)
     run_task_analysis(runs, args.task, plan.methods, top_ks=list(plan.cfg.analysis.top_ks),
                       confidence_threshold=float(plan.cfg.analysis.confidence_threshold))
     log.info("analysis of %s: %s", args.task, layout.analysis_dir(plan.cfg, args.task))
@@ -245,10 +243,10 @@ def cmd_report(args: argparse.Namespace) -> None:
 
     plan = _plan(args)
     study = study_metadata(plan)
-    results = collect_study(Path(plan.cfg.paths.runs) / plan.name, study)
+    results = collect_study(layout.runs_dir(plan.cfg), study)
     from vpeft.report.robustness import collect_wise  # robustness study: WiSE-FT curves
 
-    collect_wise(results, Path(plan.cfg.paths.runs) / plan.name, study)
+    collect_wise(results, layout.runs_dir(plan.cfg), study)
     out = layout.report_dir(plan.cfg)
     write_study_tables(results, out)
     # DVC reads metrics and plots from JSON, not Parquet (dvc.yaml: metrics, plots).

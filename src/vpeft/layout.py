@@ -9,22 +9,65 @@ from omegaconf import DictConfig
 SOURCE_TASK = "source"  # the demo's pretraining set, prepared like any task
 
 
+def data_root_dir(cfg: DictConfig, name: str) -> Path:
+    """``study.data.root/<name>``: a task's files (VTAB-1K, the demo's generated tasks) or a
+    many-shot dataset's."""
+    return Path(cfg.study.data.root) / name
+
+
+def view_dir(cfg: DictConfig, task: str) -> Path:
+    """``study.data.views/<task>``: a many-shot task's VTAB-layout view (vpeft.data.manyshot)."""
+    return Path(cfg.study.data.views) / task
+
+
 def raw_task(cfg: DictConfig, task: str) -> Path:
-    if cfg.study.data.kind == "manyshot" and task != SOURCE_TASK:  # a VTAB-layout view (vpeft.data.manyshot)
-        return Path(cfg.study.data.views) / task
-    return Path(cfg.study.data.root) / task
+    """What `vpeft prepare` reads for ``task``."""
+    if cfg.study.data.kind == "manyshot" and task != SOURCE_TASK:
+        return view_dir(cfg, task)
+    return data_root_dir(cfg, task)
+
+
+def prepared_dir(cfg: DictConfig) -> Path:
+    """``data/prepared/<study>``: every prepared task of the study (dvc.yaml's data stage)."""
+    return Path(cfg.paths.data) / "prepared" / cfg.study.name
 
 
 def prepared_task(cfg: DictConfig, task: str) -> Path:
-    return Path(cfg.paths.data) / "prepared" / cfg.study.name / task
+    return prepared_dir(cfg) / task
+
+
+def weights_info(weights: str | Path) -> Path:
+    """The JSON record beside a file or folder of weights (``<weights>.json``): written by
+    `vpeft pretrain` (the backbone), `vpeft zeroshot-head` (the head) and `vpeft fit-clip` (the
+    miniature's CLIP folder)."""
+    return Path(weights).with_suffix(".json")
+
+
+# The run directory of a study, ``runs/<study>``, and everything under it. The ``*_in`` functions
+# take that directory (readers of a finished study: vpeft.analysis, vpeft.report); the others
+# take the study's config and call them. Every argument may be a Snakemake wildcard pattern such
+# as "{task}": the rules declare the very paths the verbs write.
+def runs_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.runs) / cfg.study.name
+
+
+def method_dir_in(runs: str | Path, task: str, method: str) -> Path:
+    return Path(runs) / task / method
 
 
 def method_dir(cfg: DictConfig, task: str, method: str) -> Path:
-    return Path(cfg.paths.runs) / cfg.study.name / task / method
+    return method_dir_in(runs_dir(cfg), task, method)
+
+
+GRID_DIR = "grid"  # grid/<point id>/ in a method directory
+
+
+def grid_dir_in(runs: str | Path, task: str, method: str, point: str) -> Path:
+    return method_dir_in(runs, task, method) / GRID_DIR / point
 
 
 def grid_dir(cfg: DictConfig, task: str, method: str, point: str) -> Path:
-    return method_dir(cfg, task, method) / "grid" / point
+    return grid_dir_in(runs_dir(cfg), task, method, point)
 
 
 def seeds(cfg: DictConfig) -> list[int]:
@@ -48,12 +91,31 @@ def seeds(cfg: DictConfig) -> list[int]:
     return [int(s) for s in values]
 
 
+FINAL_DIR = "final"  # the first seed's final run; final-seed<s>/ for every further seed
+
+
+SEED_SUFFIX = "-seed"  # final-seed<s>/, wise-seed<s>/
+
+
+def _seed_suffix(seed: int | str | None) -> str:
+    return "" if seed is None else f"{SEED_SUFFIX}{seed}"
+
+
+def final_dir_in(runs: str | Path, task: str, method: str, seed: int | str | None = None) -> Path:
+    """``final/`` when ``seed`` is None (the first seed), else ``final-seed<seed>/`` (``seed``
+    may be the pattern "{seed}")."""
+    return method_dir_in(runs, task, method) / (FINAL_DIR + _seed_suffix(seed))
+
+
+def _further_seed(cfg: DictConfig, seed: int | None) -> int | None:
+    """None for the first seed of train.seeds (or None), else the seed."""
+    return None if seed is None or int(seed) == seeds(cfg)[0] else int(seed)
+
+
 def final_dir(cfg: DictConfig, task: str, method: str, seed: int | None = None) -> Path:
     """The final run of ``seed``: ``final/`` for the first seed (or None), where single-seed
     studies have always written it, else ``final-seed<seed>/``."""
-    if seed is None or int(seed) == seeds(cfg)[0]:
-        return method_dir(cfg, task, method) / "final"
-    return method_dir(cfg, task, method) / f"final-seed{int(seed)}"
+    return final_dir_in(runs_dir(cfg), task, method, _further_seed(cfg, seed))
 
 
 def seed_final_dirs(cfg: DictConfig, task: str, method: str) -> list[tuple[int, Path]]:
@@ -61,15 +123,26 @@ def seed_final_dirs(cfg: DictConfig, task: str, method: str) -> list[tuple[int, 
     return [(s, final_dir(cfg, task, method, s)) for s in seeds(cfg)]
 
 
+SELECTION = "selection.json"  # the chosen grid point, in the method directory
+
+
+def selection_file_in(runs: str | Path, task: str, method: str) -> Path:
+    return method_dir_in(runs, task, method) / SELECTION
+
+
 def selection_file(cfg: DictConfig, task: str, method: str) -> Path:
-    return method_dir(cfg, task, method) / "selection.json"
+    return selection_file_in(runs_dir(cfg), task, method)
 
 
 ANALYSIS_DIR = "analysis"  # beside the method directories of a task
 
 
+def analysis_dir_in(runs: str | Path, task: str) -> Path:
+    return Path(runs) / task / ANALYSIS_DIR
+
+
 def analysis_dir(cfg: DictConfig, task: str) -> Path:
-    return Path(cfg.paths.runs) / cfg.study.name / task / ANALYSIS_DIR
+    return analysis_dir_in(runs_dir(cfg), task)
 
 
 def report_dir(cfg: DictConfig) -> Path:
@@ -94,17 +167,30 @@ WISE_DIR = "wise"
 WISE_TABLE = "wise.parquet"     # top-1 per (alpha, evaluation set)
 WISE_SUMMARY = "wise.json"
 WISE_ID_SET = "id"              # the in-distribution test set's name in WISE_TABLE (ImageNet val)
+WISE_OUTPUTS = (WISE_TABLE, WISE_SUMMARY)
+
+
+def wise_dir_in(runs: str | Path, task: str, method: str, seed: int | str | None = None) -> Path:
+    """``wise/`` when ``seed`` is None (the first seed), else ``wise-seed<seed>/`` (``seed`` may
+    be the pattern "{seed}")."""
+    return method_dir_in(runs, task, method) / (WISE_DIR + _seed_suffix(seed))
 
 
 def wise_dir(cfg: DictConfig, task: str, method: str, seed: int | None = None) -> Path:
     """WiSE-FT of one seed's final run: ``wise/`` for the first seed (``final/``), else
     ``wise-seed<s>/`` beside ``final-seed<s>/``."""
-    final = final_dir(cfg, task, method, seed)
-    return method_dir(cfg, task, method) / (WISE_DIR + final.name.removeprefix("final"))
+    return wise_dir_in(runs_dir(cfg), task, method, _further_seed(cfg, seed))
 
 
 # Per-task analysis of the final test predictions (one Parquet each, in analysis_dir).
 ANALYSIS_TABLES = ("agreement", "accuracy", "oracle", "ensembles", "confidence", "confident_overlap")
+
+
+def analysis_files() -> list[str]:
+    """The analysis tables' files, relative to analysis_dir (REPORT_PART not among them)."""
+    return [f"{name}.parquet" for name in ANALYSIS_TABLES]
+
+
 # Beside them: the task's collected runs and bootstrap, saved by its analyze job for the report
 # (vpeft.report.collect.save_task_part).
 REPORT_PART = "report_part.json"

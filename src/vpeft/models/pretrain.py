@@ -63,7 +63,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
             "source_classes": int(manifest["num_classes"]), "source_val_top1": val_top1,
             "epochs": settings.epochs, "loss_curve": result.loss_curve, "seed": seed,
             "wall_time_s": time.perf_counter() - started}
-    write_json(out.with_suffix(".json"), info)
+    write_json(layout.weights_info(out), info)
     log.info("pretrained %s on the source set: val top-1 %.1f%% in %.0fs -> %s",
              cfg.model.name, val_top1, info["wall_time_s"], out)
     return info

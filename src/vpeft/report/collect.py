@@ -326,7 +326,7 @@ def _collect_cell(run_dir: Path, study_name: str, task: str, group: str, method:
     missing: list[Path] = []
     grid_rows: list[dict[str, Any]] = []
 
-    selection_path = run_dir / "selection.json"  # layout.selection_file needs a cfg
+    selection_path = run_dir / layout.SELECTION
     if not selection_path.is_file():
         row["status"] = "missing"
         return _Cell(row, grid_rows, [selection_path])
@@ -344,7 +344,7 @@ def _collect_cell(run_dir: Path, study_name: str, task: str, group: str, method:
     # directory left over from an older grid definition is not counted.
     grid_metrics: dict[str, dict[str, Any]] = {}
     for point in points:
-        path = run_dir / "grid" / point / layout.METRICS
+        path = run_dir / layout.GRID_DIR / point / layout.METRICS
         if not path.is_file():
             missing.append(path)
             continue
@@ -370,8 +370,8 @@ def _collect_cell(run_dir: Path, study_name: str, task: str, group: str, method:
             "wall_time_s": _opt_float(m.get("wall_time_s")),
         } | _cost(m))
 
-    final_path = run_dir / "final" / layout.METRICS
-    test_path = run_dir / "final" / layout.TEST_EVAL
+    final_path = run_dir / layout.FINAL_DIR / layout.METRICS
+    test_path = run_dir / layout.FINAL_DIR / layout.TEST_EVAL
     # With no selectable point there may legitimately be no final run at all.
     final_required = best_point is not None
     for path in (final_path, test_path):
@@ -446,13 +446,13 @@ def _collect_cell(run_dir: Path, study_name: str, task: str, group: str, method:
         row["status"] = "diverged"
     cell = _Cell(row, grid_rows, [])
     if check_predictions and row["status"] == "ok":
-        cell.checks[run_dir / "final" / layout.TEST_PREDICTIONS] = (
+        cell.checks[run_dir / layout.FINAL_DIR / layout.TEST_PREDICTIONS] = (
             test_path, row["test_top1"], row["num_test"])
     _collect_seeds(cell, run_dir, base, best_point, seeds, check_predictions)
     return cell
 
 
-SEED_DIR_PREFIX = "final-seed"   # runs/<study>/<task>/<method>/final-seed<s>/ (seeds after the first)
+SEED_DIR_PREFIX = layout.FINAL_DIR + layout.SEED_SUFFIX  # final-seed<s>/ (seeds after the first)
 
 
 def seed_dirs(run_dir: Path, seeds: Sequence[int] | None) -> list[tuple[int | None, Path]]:
@@ -484,7 +484,7 @@ def _collect_seeds(cell: _Cell, run_dir: Path, base: Mapping[str, Any], best_poi
                    seeds: Sequence[int] | None, check_predictions: bool) -> None:
     """Add the seed rows (primary first), the prediction files and the mean/std over seeds."""
     row = cell.row
-    primary_preds = run_dir / "final" / layout.TEST_PREDICTIONS
+    primary_preds = run_dir / layout.FINAL_DIR / layout.TEST_PREDICTIONS
     final_metrics = {k: row[k] for k in ("wall_time_s", "train_images_per_s",
                                          "peak_memory_bytes", "device", "protocol")}
     cell.seed_rows.append(_seed_row(base, row["seed"], True, "final", row["status"],
@@ -769,7 +769,8 @@ def _predictions_bytes(job: _TaskJob) -> int:
     total = 0
     for method in job.methods:
         try:
-            total += (job.study_dir / job.task / method / "final" / layout.TEST_PREDICTIONS).stat().st_size
+            total += (layout.final_dir_in(job.study_dir, job.task, method)
+                      / layout.TEST_PREDICTIONS).stat().st_size
         except OSError:
             pass
     return total

@@ -40,7 +40,7 @@ def collect_wise(results: Any, runs_dir: Path, study: Mapping[str, Any]) -> pa.T
     tables = []
     for task in [str(t["name"]) for t in study.get("tasks") or []]:
         for method in study.get("methods") or []:
-            path = Path(runs_dir) / task / method / layout.WISE_DIR / layout.WISE_TABLE
+            path = layout.wise_dir_in(runs_dir, task, method) / layout.WISE_TABLE
             if path.is_file():
                 t = pq.read_table(path)
                 n = t.num_rows
