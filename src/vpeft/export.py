@@ -112,7 +112,7 @@ def export_merged(plan: StudyPlan, task: str, method: str, out: Path | None = No
                             "point": metrics["point"], "merged_from": str(final / layout.ADAPTER)}
     if cfg.model.get("init_head"):
         # Trained from the zero-shot head (robustness study): a timm backbone plus that head, which
-        # is not a linear layer; vpeft.robustness.zeroshot.install_head rebuilds it.
+        # is not a linear layer; vpeft.models.zeroshot_head.install_head rebuilds it.
         info["head"] = "zero-shot: head.proj -> L2 norm -> head.classifier"
     write_json(out.with_suffix(".json"), info)
     log.info("exported %s/%s with the method folded in: %s", task, method, out)
