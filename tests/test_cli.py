@@ -60,7 +60,8 @@ def test_verbs_import_only_what_they_use():
 
 def test_every_verb_is_one_entry_of_the_verb_table():
     """One table owns the verbs, the robustness study's included: each entry's function is the
-    one its parser calls, and the module loads no vpeft module at import time."""
+    one its parser calls and serves no other verb (nothing dispatches on the verb's name a
+    second time), and the module loads no vpeft module at import time."""
     import ast
 
     from vpeft import cli
@@ -70,6 +71,7 @@ def test_every_verb_is_one_entry_of_the_verb_table():
     assert list(sub.choices) == list(cli.VERBS)
     for name, verb in cli.VERBS.items():
         assert sub.choices[name].get_default("func") is verb.run, name
+    assert len({verb.run for verb in cli.VERBS.values()}) == len(cli.VERBS)
     assert {"imagenet-split", "prepare-shift", "zeroshot-head", "wise", "robust-synth",
             "fit-clip"} <= set(cli.VERBS)
     tree = ast.parse((REPO / "src" / "vpeft" / "cli.py").read_text())

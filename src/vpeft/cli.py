@@ -185,15 +185,44 @@ def cmd_params(args: argparse.Namespace) -> None:
     print(json.dumps(trainable_on_timm(args.model, args.method, hparams, args.classes), indent=2))
 
 
-def cmd_robustness(args: argparse.Namespace) -> None:
-    from vpeft.robustness.pipeline import run_verb
+# the robustness study (vpeft.robustness.pipeline)
+
+def cmd_imagenet_split(args: argparse.Namespace) -> None:
+    from vpeft.robustness.pipeline import imagenet_split
+
+    imagenet_split(_plan(args).cfg, args.task)
+
+
+def cmd_prepare_shift(args: argparse.Namespace) -> None:
+    from vpeft.robustness.pipeline import prepare_shift
+
+    prepare_shift(_plan(args).cfg, args.shift)
+
+
+def cmd_zeroshot_head(args: argparse.Namespace) -> None:
+    from vpeft.robustness.pipeline import zeroshot_head
+
+    zeroshot_head(_plan(args).cfg)
+
+
+def cmd_wise(args: argparse.Namespace) -> None:
+    from vpeft.robustness.pipeline import run_wise
 
     plan = _plan(args)
-    if args.verb == "wise":  # model forward passes on the job's GPU (its rule asks for one)
-        _claim_gpu(plan)
-    run_verb(args.verb, plan, task=getattr(args, "task", None),
-             method=getattr(args, "method", None), shift=getattr(args, "shift", None),
-             seed=getattr(args, "seed", None))
+    _claim_gpu(plan)  # model forward passes on the job's GPU (its rule asks for one)
+    run_wise(plan, args.task, args.method, args.seed)
+
+
+def cmd_robust_synth(args: argparse.Namespace) -> None:
+    from vpeft.robustness.pipeline import robust_synth
+
+    robust_synth(_plan(args).cfg)
+
+
+def cmd_fit_clip(args: argparse.Namespace) -> None:
+    from vpeft.robustness.pipeline import fit_clip
+
+    fit_clip(_plan(args).cfg)
 
 
 # --- arguments -----------------------------------------------------------------------------------
@@ -302,18 +331,18 @@ VERBS: dict[str, Verb] = {
     "export": Verb(cmd_export, "fold a final run's method into a plain timm checkpoint",
                    (_study, _task, _method, _export)),
     # the robustness study (vpeft.robustness.pipeline)
-    "imagenet-split": Verb(cmd_robustness,
+    "imagenet-split": Verb(cmd_imagenet_split,
                            "robustness: seeded few-shot train/val split as a task view",
                            (_study, _task)),
-    "prepare-shift": Verb(cmd_robustness, "robustness: prepare one distribution-shift test set",
+    "prepare-shift": Verb(cmd_prepare_shift, "robustness: prepare one distribution-shift test set",
                           (_study, _shift)),
-    "zeroshot-head": Verb(cmd_robustness,
+    "zeroshot-head": Verb(cmd_zeroshot_head,
                           "robustness: the CLIP zero-shot head (model.init_head)", (_study,)),
-    "wise": Verb(cmd_robustness, "robustness: WiSE-FT curve of a final run on ID and shift sets",
+    "wise": Verb(cmd_wise, "robustness: WiSE-FT curve of a final run on ID and shift sets",
                  (_study, _task, _method, _final_seed)),
-    "robust-synth": Verb(cmd_robustness, "robustness miniature: write its shifted image trees",
+    "robust-synth": Verb(cmd_robust_synth, "robustness miniature: write its shifted image trees",
                          (_study,)),
-    "fit-clip": Verb(cmd_robustness, "robustness miniature: fit its tiny CLIP text tower",
+    "fit-clip": Verb(cmd_fit_clip, "robustness miniature: fit its tiny CLIP text tower",
                      (_study,)),
 }
 
