@@ -41,3 +41,39 @@ def test_a_study_without_its_data_root_names_the_key():
                           text=True, timeout=120)
     assert proc.returncode == 2
     assert "study.data.root" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_verbs_import_only_what_they_use():
+    """cli.py imports vpeft modules inside its verbs: `vpeft plan` (and `--help`) never load torch
+    (python start-up is paid by every Snakemake job)."""
+    code = ("import sys; from vpeft.cli import main; main(['plan', '--study', 'demo']); "
+            "print(sorted(m for m in ('torch', 'timm', 'numpy', 'vpeft.protocol') "
+            "if m in sys.modules), file=sys.stderr)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["study"] == "demo"
+    assert proc.stderr.strip().splitlines()[-1] == "[]"
+
+
+def test_every_verb_is_one_entry_of_the_verb_table():
+    """One table owns the verbs, the robustness study's included: each entry's function is the
+    one its parser calls and serves no other verb (nothing dispatches on the verb's name a
+    second time), and the module loads no vpeft module at import time."""
+    import ast
+
+    from vpeft import cli
+
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if a.dest == "verb")
+    assert list(sub.choices) == list(cli.VERBS)
+    for name, verb in cli.VERBS.items():
+        assert sub.choices[name].get_default("func") is verb.run, name
+    assert len({verb.run for verb in cli.VERBS.values()}) == len(cli.VERBS)
+    assert {"imagenet-split", "prepare-shift", "zeroshot-head", "wise", "robust-synth",
+            "fit-clip"} <= set(cli.VERBS)
+    tree = ast.parse((REPO / "src" / "vpeft" / "cli.py").read_text())
+    top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    assert not [ast.unparse(n) for n in top if "vpeft" in ast.unparse(n)]

@@ -275,7 +275,7 @@ def test_a_final_run_exports_with_its_zero_shot_head(miniature_run):
     from conftest import REPO
     from vpeft.data.vtab import read_split
     from vpeft.models.backbone import create_backbone, normalisation
-    from vpeft.robustness.zeroshot import ZeroShotHead, install_head
+    from vpeft.models.zeroshot_head import ZeroShotHead, install_head
     from vpeft.train.loop import Normaliser, predict
 
     env = {"PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}

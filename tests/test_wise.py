@@ -9,7 +9,7 @@ from torch import nn
 
 from vpeft import methods
 from vpeft.robustness.wise import ALPHAS, AlphaMix, WiseError, prepare_wise
-from vpeft.robustness.zeroshot import ZeroShotHead, install_head
+from vpeft.models.zeroshot_head import ZeroShotHead, install_head
 
 from conftest import DIM, perturb_trainable, tiny_vit
 from test_method_contract import SMALL_HPARAMS

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from vpeft.models import zeroshot_head
 from vpeft.robustness import zeroshot
 from vpeft.robustness.imagenet import shipped_wnids
 from vpeft.robustness.miniature import TEMPLATES, make_clip, save_clip_dir, tiny_clip_config
@@ -31,7 +32,7 @@ def test_head_equals_clip_zero_shot_scoring(clip_dir, tmp_path):
     out = tmp_path / "head.safetensors"
     meta = zeroshot.write_zeroshot_head(model_name, None, CLASSNAMES, out, templates=TEMPLATES)
     assert meta["num_classes"] == 3 and meta["num_templates"] == len(TEMPLATES)
-    head = zeroshot.load_head(out)
+    head = zeroshot_head.load_head(out)
 
     # Direct computation with open_clip's own API
     import open_clip
@@ -57,12 +58,12 @@ def test_installed_head_is_the_vits_trainable_classifier(clip_dir, tmp_path):
     out = tmp_path / "head.safetensors"
     zeroshot.write_zeroshot_head(f"{zeroshot.LOCAL_DIR}{clip_dir}", None, CLASSNAMES, out,
                                  templates=TEMPLATES)
-    model = zeroshot.install_head(tiny_vit(num_classes=7), out)
-    assert model.get_classifier() is model.head and isinstance(model.head, zeroshot.ZeroShotHead)
+    model = zeroshot_head.install_head(tiny_vit(num_classes=7), out)
+    assert model.get_classifier() is model.head and isinstance(model.head, zeroshot_head.ZeroShotHead)
     with torch.no_grad():
         images = torch.randn(2, 3, 16, 16)
         features = model.forward_head(model.forward_features(images), pre_logits=True)
-        torch.testing.assert_close(model(images), zeroshot.load_head(out)(features))
+        torch.testing.assert_close(model(images), zeroshot_head.load_head(out)(features))
     methods.apply(model, "linear")
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"head.proj.weight", "head.classifier.weight", "head.classifier.bias"}
@@ -72,12 +73,12 @@ def test_width_mismatch_and_missing_files_are_clear_errors(clip_dir, tmp_path):
     out = tmp_path / "head.safetensors"
     zeroshot.write_zeroshot_head(f"{zeroshot.LOCAL_DIR}{clip_dir}", None, CLASSNAMES, out,
                                  templates=TEMPLATES)
-    with pytest.raises(zeroshot.ZeroShotError, match="32-wide features"):
-        zeroshot.install_head(tiny_vit(num_classes=3, embed_dim=48, num_heads=2), out)
+    with pytest.raises(zeroshot_head.ZeroShotError, match="32-wide features"):
+        zeroshot_head.install_head(tiny_vit(num_classes=3, embed_dim=48, num_heads=2), out)
     with pytest.raises(zeroshot.ZeroShotError, match="never downloads"):
         zeroshot.load_clip("ViT-B-16", tmp_path / "missing.bin")
-    with pytest.raises(zeroshot.ZeroShotError, match="not found"):
-        zeroshot.load_head(tmp_path / "nope.safetensors")
+    with pytest.raises(zeroshot_head.ZeroShotError, match="not found"):
+        zeroshot_head.load_head(tmp_path / "nope.safetensors")
 
 
 def test_shipped_wnid_lists_equal_timms():
@@ -119,7 +120,7 @@ def test_timm_clip_tower_with_the_head_reproduces_clip_zero_shot_logits(tmp_path
     meta = zeroshot.write_zeroshot_head(f"{zeroshot.LOCAL_DIR}{folder}", None, CLASSNAMES, head_file,
                                         backbone_weights=timm_file, templates=TEMPLATES)
     assert meta["projection_matches_backbone"] is True
-    zeroshot.install_head(tower.eval(), head_file)
+    zeroshot_head.install_head(tower.eval(), head_file)
 
     import open_clip
 

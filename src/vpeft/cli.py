@@ -3,6 +3,10 @@
 Every verb takes ``--study NAME`` and any number of Hydra overrides (``-o train.epochs=5``); it
 reads the paths it works on from the composed config (``vpeft.layout``), the same paths the
 Snakefile declares.
+
+This module is only the verb table (:data:`VERBS`): each verb is its arguments and one call into
+the module that owns the work, imported inside the verb so that a verb loads only what it uses
+(``vpeft plan`` never imports torch).
 """
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 log = logging.getLogger("vpeft")
@@ -21,16 +26,20 @@ def _plan(args: argparse.Namespace):
     return load_study(args.study, args.override)
 
 
-def cmd_plan(args: argparse.Namespace) -> None:
-    plan = _plan(args)
-    points = {m: [p.id for p in plan.points[m]] for m in plan.methods}
-    n_grid = len(plan.tasks) * sum(len(v) for v in points.values())
-    from vpeft.layout import seeds
+def _claim_gpu(plan) -> None:
+    """A local job's own GPU (vpeft.gpu_slots) for the verbs whose rule asks for one, before
+    anything touches CUDA."""
+    from vpeft.gpu_slots import claim_for_training
 
-    print(json.dumps({"study": plan.name, "tasks": plan.tasks, "methods": plan.methods,
-                      "grid_points": points, "grid_runs": n_grid, "seeds": seeds(plan.cfg),
-                      "final_runs": len(plan.tasks) * len(plan.methods) * len(seeds(plan.cfg))},
-                     indent=2))
+    claim_for_training(plan.cfg.train.get("device", "auto"))
+
+
+# --- the verbs -----------------------------------------------------------------------------------
+
+def cmd_plan(args: argparse.Namespace) -> None:
+    from vpeft.jobs import plan_summary
+
+    print(json.dumps(plan_summary(_plan(args)), indent=2))
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -65,23 +74,10 @@ def cmd_synth(args: argparse.Namespace) -> None:
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
-    from vpeft import layout
-    from vpeft.data.catalog import split_sizes, task_entry
-    from vpeft.data.vtab import prepare_task
+    from vpeft.data.catalog import prepare_study_task
 
-    plan = _plan(args)
-    cfg = plan.cfg
-    entry = task_entry(cfg, args.task)
-    manyshot = cfg.study.data.kind == "manyshot" and args.task != layout.SOURCE_TASK
-    sizes = split_sizes(cfg, args.task)
-    # Many-shot images are stored larger than the model input (crops happen per batch).
-    size = int(cfg.study.data.stored_size) if manyshot else int(cfg.model.img_size)
-    manifest = prepare_task(layout.raw_task(cfg, args.task), layout.prepared_task(cfg, args.task),
-                            task=args.task, image_size=size,
-                            num_classes=entry.num_classes, group=entry.group, split_sizes=sizes,
-                            allow_duplicates=bool(cfg.study.data.get("allow_duplicates", False)))
-    counts = {k: v["count"] for k, v in manifest["splits"].items()}
-    log.info("prepared %s: %s", args.task, counts)
+    manifest = prepare_study_task(_plan(args).cfg, args.task)
+    log.info("prepared %s: %s", args.task, {k: v["count"] for k, v in manifest["splits"].items()})
 
 
 def cmd_subsets(args: argparse.Namespace) -> None:
@@ -98,61 +94,29 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     pretrain(_plan(args).cfg)
 
 
-def _methods(plan, args: argparse.Namespace) -> list[str]:
-    """The --method values (repeatable: one process for several methods, train.methods_per_job),
-    each a method of the study, none twice."""
-    from vpeft.errors import UserError
-
-    for method in args.method:
-        if method not in plan.points:
-            raise UserError(f"--method {method!r}: not in study.methods {plan.methods}")
-    if len(set(args.method)) != len(args.method):
-        raise UserError(f"--method: a method is named twice in {args.method}")
-    return list(args.method)
-
-
 def cmd_train(args: argparse.Namespace) -> None:
-    from vpeft.errors import UserError
-    from vpeft.gpu_slots import claim_for_training
-    from vpeft.protocol import run_final, run_points
+    from vpeft.protocol import job_methods, train_job
 
     plan = _plan(args)
-    methods = _methods(plan, args)
-    claim_for_training(plan.cfg.train.get("device", "auto"))  # local multi-GPU: a GPU of its own
-    if args.phase == "final":
-        for method in methods:  # one after another, each as its own job would run it
-            run_final(plan, args.task, method, seed=args.seed)
-        return
-    if args.seed is not None:
-        raise UserError("vpeft train --phase grid: no --seed; the grid is searched once, "
-                        "with the first of train.seeds")
-    if bool(args.point) == bool(args.points):
-        raise UserError("vpeft train --phase grid needs --point ID (repeatable) or --points all")
-    if args.point and len(methods) > 1:
-        raise UserError("vpeft train --phase grid: --point names points of one --method; "
-                        "with several methods use --points all")
-    for method in methods:
-        points = plan.points[method] if args.points == "all" else \
-            [plan.point(method, point) for point in args.point]
-        if len({p.id for p in points}) != len(points):
-            raise UserError(f"--point: a grid point is named twice in {args.point}")
-        # several points: trained together in one process, each written as its solo run would be
-        run_points(plan, args.task, method, points, "grid")
+    methods = job_methods(plan, args.method)
+    _claim_gpu(plan)  # local multi-GPU: a GPU of its own
+    train_job(plan, args.task, methods, args.phase, seed=args.seed, point_ids=args.point,
+              all_points=args.points == "all")
 
 
 def cmd_select(args: argparse.Namespace) -> None:
-    from vpeft.protocol import select
+    from vpeft.protocol import job_methods, select
 
     plan = _plan(args)
-    for method in _methods(plan, args):
+    for method in job_methods(plan, args.method):
         select(plan, args.task, method)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from vpeft.protocol import evaluate
+    from vpeft.protocol import evaluate, job_methods
 
     plan = _plan(args)
-    for method in _methods(plan, args):
+    for method in job_methods(plan, args.method):
         evaluate(plan, args.task, method, seed=args.seed)
 
 
@@ -161,19 +125,14 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     from vpeft.analysis import run_task_analysis
 
     plan = _plan(args)
-    runs = layout.runs_dir(plan.cfg)
-    run_task_analysis(runs, args.task, plan.methods, top_ks=list(plan.cfg.analysis.top_ks),
+    run_task_analysis(layout.runs_dir(plan.cfg), args.task, plan.methods,
+                      top_ks=list(plan.cfg.analysis.top_ks),
                       confidence_threshold=float(plan.cfg.analysis.confidence_threshold))
     log.info("analysis of %s: %s", args.task, layout.analysis_dir(plan.cfg, args.task))
     # The report's reading and bootstrapping of this task, done here once (on this task's node)
-    from vpeft.protocol import study_metadata
-    from vpeft.report.collect import record_part_error, save_task_part
+    from vpeft.report.build import save_report_part
 
-    try:
-        path, error = save_task_part(runs, study_metadata(plan), args.task)
-    except Exception as err:  # the study's metadata (prepared manifests) unreadable
-        error = f"{type(err).__name__}: {err}"
-        path = record_part_error(runs, args.task, error)
+    path, error = save_report_part(plan, args.task)
     if error:
         log.warning("%s: not collected for the report (%s); the report will read the task "
                     "itself", args.task, error)
@@ -181,54 +140,8 @@ def cmd_analyze(args: argparse.Namespace) -> None:
         log.info("collected for the report: %s", path)
 
 
-def cmd_export(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
-    from vpeft import layout
-    from vpeft.export import export_merged, export_peft_adapter, final_model
-
-    plan = _plan(args)
-    out = Path(args.out) if args.out else None
-    if args.format == "peft":
-        model, _ = final_model(plan, args.task, args.method)
-        out = out or layout.final_dir(plan.cfg, args.task, args.method) / "peft_adapter"
-        print(export_peft_adapter(model, out))
-    else:
-        print(export_merged(plan, args.task, args.method, out))
-
-
-def cmd_robustness(args: argparse.Namespace) -> None:
-    from vpeft.robustness.pipeline import run_verb
-
-    plan = _plan(args)
-    if args.verb == "wise":  # model forward passes on the job's GPU (its rule asks for one)
-        from vpeft.gpu_slots import claim_for_training
-
-        claim_for_training(plan.cfg.train.get("device", "auto"))
-    run_verb(args.verb, plan, task=getattr(args, "task", None),
-             method=getattr(args, "method", None), shift=getattr(args, "shift", None),
-             seed=getattr(args, "seed", None))
-
-
-def _published_csv(name: str | None):
-    """``study.published``: a CSV path, or the name of one shipped in vpeft/report/reference."""
-    from pathlib import Path
-
-    from vpeft.errors import UserError
-
-    if not name:
-        return None
-    path = Path(name)
-    if not path.is_file():
-        path = Path(__file__).parent / "report" / "reference" / name
-    if not path.is_file():
-        raise UserError(f"study.published: {name!r} is neither a file nor a CSV shipped with vpeft")
-    return path
-
-
 def cmd_report(args: argparse.Namespace) -> None:
     import os
-    from pathlib import Path
 
     # One BLAS thread, set before numpy loads: the bootstrap's small matrix products gain nothing
     # from more, and OpenBLAS's spinning threads made the report 3x slower on a busy machine
@@ -236,28 +149,18 @@ def cmd_report(args: argparse.Namespace) -> None:
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
 
-    from vpeft import layout
-    from vpeft.io import write_json
-    from vpeft.protocol import study_metadata, versions, git_commit
-    from vpeft.report import collect_study, render_report, write_study_tables
+    from vpeft.report.build import write_report
 
-    plan = _plan(args)
-    study = study_metadata(plan)
-    results = collect_study(layout.runs_dir(plan.cfg), study)
-    from vpeft.report.robustness import collect_wise  # robustness study: WiSE-FT curves
+    log.info("report: %s", write_report(_plan(args)))
 
-    collect_wise(results, layout.runs_dir(plan.cfg), study)
-    out = layout.report_dir(plan.cfg)
-    write_study_tables(results, out)
-    # DVC reads metrics and plots from JSON, not Parquet (dvc.yaml: metrics, plots).
-    summary = results.summary.to_pylist()
-    write_json(out / layout.REPORT_SUMMARY_JSON, summary)
-    write_json(out / layout.REPORT_METRICS_JSON,
-               {r["method"]: {k: v for k, v in r.items() if k != "method"} for r in summary})
-    render_report(results, study, out / layout.REPORT_INDEX,
-                  published_csv=_published_csv(plan.cfg.study.get("published")),
-                  provenance={"versions": versions(), "git_commit": git_commit()})
-    log.info("report: %s", out / layout.REPORT_INDEX)
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from vpeft.export import export
+
+    print(export(_plan(args), args.task, args.method, args.format,
+                 Path(args.out) if args.out else None))
 
 
 def _parse_value(text: str):
@@ -269,14 +172,7 @@ def _parse_value(text: str):
 
 def cmd_params(args: argparse.Namespace) -> None:
     """Trainable parameters of a method on a timm model, built on the meta device (no weights)."""
-    import torch
-
-    from vpeft._compat import ensure_torchvision_importable
     from vpeft.errors import UserError
-    from vpeft.methods import apply, count_trainable
-
-    ensure_torchvision_importable()
-    import timm
 
     hparams = {}
     for item in args.param:
@@ -284,106 +180,181 @@ def cmd_params(args: argparse.Namespace) -> None:
         if not sep:
             raise UserError(f"--param {item!r}: expected KEY=VALUE")
         hparams[key] = _parse_value(value)
-    try:
-        with torch.device("meta"):
-            model = timm.create_model(args.model, pretrained=False, num_classes=args.classes)
-    except RuntimeError as err:
-        raise UserError(f"--model {args.model!r}: {err}") from err
-    apply(model, args.method, **hparams)
-    counts = count_trainable(model)
-    head = counts["trainable_params_with_head"] - counts["trainable_params"]
-    backbone = counts["total_params"] - head
-    print(json.dumps({"model": args.model, "method": args.method, "hparams": hparams,
-                      "num_classes": args.classes, **counts,
-                      "trainable_pct_of_backbone": 100.0 * counts["trainable_params"] / backbone},
-                     indent=2))
+    from vpeft.methods import trainable_on_timm
+
+    print(json.dumps(trainable_on_timm(args.model, args.method, hparams, args.classes), indent=2))
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+# the robustness study (vpeft.robustness.pipeline)
+
+def cmd_imagenet_split(args: argparse.Namespace) -> None:
+    from vpeft.robustness.pipeline import imagenet_split
+
+    imagenet_split(_plan(args).cfg, args.task)
+
+
+def cmd_prepare_shift(args: argparse.Namespace) -> None:
+    from vpeft.robustness.pipeline import prepare_shift
+
+    prepare_shift(_plan(args).cfg, args.shift)
+
+
+def cmd_zeroshot_head(args: argparse.Namespace) -> None:
+    from vpeft.robustness.pipeline import zeroshot_head
+
+    zeroshot_head(_plan(args).cfg)
+
+
+def cmd_wise(args: argparse.Namespace) -> None:
+    from vpeft.robustness.pipeline import run_wise
+
+    plan = _plan(args)
+    _claim_gpu(plan)  # model forward passes on the job's GPU (its rule asks for one)
+    run_wise(plan, args.task, args.method, args.seed)
+
+
+def cmd_robust_synth(args: argparse.Namespace) -> None:
+    from vpeft.robustness.pipeline import robust_synth
+
+    robust_synth(_plan(args).cfg)
+
+
+def cmd_fit_clip(args: argparse.Namespace) -> None:
+    from vpeft.robustness.pipeline import fit_clip
+
+    fit_clip(_plan(args).cfg)
+
+
+# --- arguments -----------------------------------------------------------------------------------
+
+Arguments = Callable[[argparse.ArgumentParser], None]
+
+
+def _study(p: argparse.ArgumentParser) -> None:
     p.add_argument("--study", default="demo", help="params/study/<name>.yaml (default: demo)")
     p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
                    help="Hydra override, repeatable (e.g. -o train.epochs=5)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
 
-def _task_method(p: argparse.ArgumentParser, method: bool = True, several: bool = False) -> None:
+def _task(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", required=True)
-    if several:
-        p.add_argument("--method", required=True, action="append",
-                       help="repeat to run several methods one after another in one process")
-    elif method:
-        p.add_argument("--method", required=True)
+
+
+def _method(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", required=True)
+
+
+def _methods(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", required=True, action="append",
+                   help="repeat to run several methods one after another in one process")
+
+
+def _final_seed(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=int, default=None,
+                   help="final run of this seed of train.seeds (default: the first; "
+                        "its run is final/, another seed's final-seed<S>/)")
+
+
+def _synth_seed(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _no_decode(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-decode", action="store_true",
+                   help="check list files and that images exist, without decoding them")
+
+
+def _shift(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--shift", required=True, help="a key of study.robustness.shifts")
+
+
+def _export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=["merged", "peft"], default="merged",
+                   help="merged: plain timm checkpoint; peft: Hugging Face peft adapter "
+                        "directory (lora only)")
+    p.add_argument("--out", help="output file or directory (default: inside final/)")
+
+
+def _grid(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--phase", choices=["grid", "final"], default="grid")
+    p.add_argument("--point", action="append", default=[],
+                   help="grid point id (see `vpeft plan`); repeat to train several "
+                        "points of the method together in one process")
+    p.add_argument("--points", choices=["all"], help="all: every grid point of each --method")
+
+
+def _params(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="vit_base_patch16_224", help="timm model name")
+    p.add_argument("--method", required=True)
+    p.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="method hyper-parameter, repeatable (e.g. -p rank=8)")
+    p.add_argument("--classes", type=int, default=100, help="head size")
+    p.add_argument("--threads", type=int, default=None)
+
+
+# --- the table -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Verb:
+    run: Callable[[argparse.Namespace], int | None]  # its exit status (None: 0)
+    help: str
+    arguments: tuple[Arguments, ...] = ()
+    description: str | None = None  # `vpeft <verb> --help` (default: help)
+
+
+VERBS: dict[str, Verb] = {
+    "params": Verb(cmd_params, "trainable parameters of a method on a timm model (JSON)",
+                   (_params,), description=cmd_params.__doc__),
+    "plan": Verb(cmd_plan, "print the study's tasks, methods and grid points as JSON", (_study,)),
+    "check": Verb(cmd_check, "preflight: validate every task's data and the weights, count the "
+                             "study's jobs and disk, before anything is queued",
+                  (_study, _no_decode)),
+    "synth": Verb(cmd_synth, "generate one synthetic demo task in the VTAB-1K on-disk format",
+                  (_study, _task, _synth_seed)),
+    "prepare": Verb(cmd_prepare, "validate a VTAB-1K task and write its Parquet shards",
+                    (_study, _task)),
+    "subsets": Verb(cmd_subsets, "many-shot: draw (once) or read a task's saved subset index and "
+                                 "write its VTAB-layout view", (_study, _task)),
+    "pretrain": Verb(cmd_pretrain, "pretrain the demo backbone on the synthetic source set",
+                     (_study,)),
+    "train": Verb(cmd_train, "train grid points (train800 -> val200) or the final run",
+                  (_study, _task, _methods, _final_seed, _grid)),
+    "select": Verb(cmd_select, "choose the grid point with the best val200 top-1",
+                   (_study, _task, _methods)),
+    "evaluate": Verb(cmd_evaluate, "score the final run on test (reads test labels, once)",
+                     (_study, _task, _methods, _final_seed)),
+    "analyze": Verb(cmd_analyze, "agreement, mistakes, oracle and ensembles of a task's final runs",
+                    (_study, _task)),
+    "report": Verb(cmd_report, "collect results into Parquet tables and render the HTML report",
+                   (_study,)),
+    "export": Verb(cmd_export, "fold a final run's method into a plain timm checkpoint",
+                   (_study, _task, _method, _export)),
+    # the robustness study (vpeft.robustness.pipeline)
+    "imagenet-split": Verb(cmd_imagenet_split,
+                           "robustness: seeded few-shot train/val split as a task view",
+                           (_study, _task)),
+    "prepare-shift": Verb(cmd_prepare_shift, "robustness: prepare one distribution-shift test set",
+                          (_study, _shift)),
+    "zeroshot-head": Verb(cmd_zeroshot_head,
+                          "robustness: the CLIP zero-shot head (model.init_head)", (_study,)),
+    "wise": Verb(cmd_wise, "robustness: WiSE-FT curve of a final run on ID and shift sets",
+                 (_study, _task, _method, _final_seed)),
+    "robust-synth": Verb(cmd_robust_synth, "robustness miniature: write its shifted image trees",
+                         (_study,)),
+    "fit-clip": Verb(cmd_fit_clip, "robustness miniature: fit its tiny CLIP text tower",
+                     (_study,)),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vpeft", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="verb", required=True)
-    verbs: dict[str, tuple[Callable, str]] = {
-        "plan": (cmd_plan, "print the study's tasks, methods and grid points as JSON"),
-        "check": (cmd_check, "preflight: validate every task's data and the weights, count the "
-                             "study's jobs and disk, before anything is queued"),
-        "synth": (cmd_synth, "generate one synthetic demo task in the VTAB-1K on-disk format"),
-        "prepare": (cmd_prepare, "validate a VTAB-1K task and write its Parquet shards"),
-        "subsets": (cmd_subsets, "many-shot: draw (once) or read a task's saved subset index and "
-                                 "write its VTAB-layout view"),
-        "pretrain": (cmd_pretrain, "pretrain the demo backbone on the synthetic source set"),
-        "train": (cmd_train, "train grid points (train800 -> val200) or the final run"),
-        "select": (cmd_select, "choose the grid point with the best val200 top-1"),
-        "evaluate": (cmd_evaluate, "score the final run on test (reads test labels, once)"),
-        "analyze": (cmd_analyze, "agreement, mistakes, oracle and ensembles of a task's final runs"),
-        "report": (cmd_report, "collect results into Parquet tables and render the HTML report"),
-        "export": (cmd_export, "fold a final run's method into a plain timm checkpoint"),
-        # the robustness study (vpeft.robustness.pipeline)
-        "imagenet-split": (cmd_robustness, "robustness: seeded few-shot train/val split as a task view"),
-        "prepare-shift": (cmd_robustness, "robustness: prepare one distribution-shift test set"),
-        "zeroshot-head": (cmd_robustness, "robustness: the CLIP zero-shot head (model.init_head)"),
-        "wise": (cmd_robustness, "robustness: WiSE-FT curve of a final run on ID and shift sets"),
-        "robust-synth": (cmd_robustness, "robustness miniature: write its shifted image trees"),
-        "fit-clip": (cmd_robustness, "robustness miniature: fit its tiny CLIP text tower"),
-    }
-    params = sub.add_parser("params", help="trainable parameters of a method on a timm model (JSON)",
-                            description=cmd_params.__doc__)
-    params.add_argument("--model", default="vit_base_patch16_224", help="timm model name")
-    params.add_argument("--method", required=True)
-    params.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
-                        help="method hyper-parameter, repeatable (e.g. -p rank=8)")
-    params.add_argument("--classes", type=int, default=100, help="head size")
-    params.add_argument("--threads", type=int, default=None)
-    params.set_defaults(func=cmd_params)
-    for name, (fn, help_text) in verbs.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        _common(p)
-        if name in ("synth", "prepare", "analyze", "subsets"):
-            _task_method(p, method=False)
-        if name == "synth":
-            p.add_argument("--seed", type=int, default=0)
-        if name == "check":
-            p.add_argument("--no-decode", action="store_true",
-                           help="check list files and that images exist, without decoding them")
-        if name in ("imagenet-split", "wise"):
-            _task_method(p, method=name == "wise")
-        if name == "prepare-shift":
-            p.add_argument("--shift", required=True, help="a key of study.robustness.shifts")
-        if name in ("train", "select", "evaluate"):
-            _task_method(p, several=True)
-        if name == "export":
-            _task_method(p)
-        if name in ("train", "evaluate", "wise"):
-            p.add_argument("--seed", type=int, default=None,
-                           help="final run of this seed of train.seeds (default: the first; "
-                                "its run is final/, another seed's final-seed<S>/)")
-        if name == "export":
-            p.add_argument("--format", choices=["merged", "peft"], default="merged",
-                           help="merged: plain timm checkpoint; peft: Hugging Face peft adapter "
-                                "directory (lora only)")
-            p.add_argument("--out", help="output file or directory (default: inside final/)")
-        if name == "train":
-            p.add_argument("--phase", choices=["grid", "final"], default="grid")
-            p.add_argument("--point", action="append", default=[],
-                           help="grid point id (see `vpeft plan`); repeat to train several "
-                                "points of the method together in one process")
-            p.add_argument("--points", choices=["all"], help="all: every grid point of each --method")
-        p.set_defaults(func=fn)
+    for name, verb in VERBS.items():
+        p = sub.add_parser(name, help=verb.help, description=verb.description or verb.help)
+        for arguments in verb.arguments:
+            arguments(p)
+        p.set_defaults(func=verb.run)
     return parser
 
 

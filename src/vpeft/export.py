@@ -112,8 +112,26 @@ def export_merged(plan: StudyPlan, task: str, method: str, out: Path | None = No
                             "point": metrics["point"], "merged_from": str(final / layout.ADAPTER)}
     if cfg.model.get("init_head"):
         # Trained from the zero-shot head (robustness study): a timm backbone plus that head, which
-        # is not a linear layer; vpeft.robustness.zeroshot.install_head rebuilds it.
+        # is not a linear layer; vpeft.models.zeroshot_head.install_head rebuilds it.
         info["head"] = "zero-shot: head.proj -> L2 norm -> head.classifier"
     write_json(out.with_suffix(".json"), info)
     log.info("exported %s/%s with the method folded in: %s", task, method, out)
     return out
+
+
+EXPORT_FORMATS = ("merged", "peft")
+
+
+def export(plan: StudyPlan, task: str, method: str, kind: str = "merged",
+           out: Path | None = None) -> Path:
+    """``vpeft export``: the final run of ``task``/``method`` as a plain timm checkpoint
+    (``kind="merged"``: :func:`export_merged`) or as a Hugging Face peft adapter directory
+    (``"peft"``: :func:`export_peft_adapter`, by default ``final/peft_adapter``); returns what it
+    wrote."""
+    if kind == "peft":
+        model, _ = final_model(plan, task, method)
+        out = out or layout.final_dir(plan.cfg, task, method) / "peft_adapter"
+        return export_peft_adapter(model, out)
+    if kind != "merged":
+        raise UserError(f"export format {kind!r}: expected one of {EXPORT_FORMATS}")
+    return export_merged(plan, task, method, out)

@@ -66,3 +66,16 @@ def grid_job_count(plan: StudyPlan) -> int:
     if groups_methods(plan.cfg.train):
         return len(method_groups(plan))
     return sum(len(grid_chunks(plan, m)) for m in plan.methods)
+
+
+def plan_summary(plan: StudyPlan) -> dict[str, Any]:
+    """``vpeft plan``: the study's tasks, methods and grid points, and how many grid and final
+    runs they make (one grid search per task and method; one final run per seed)."""
+    from vpeft.layout import seeds
+
+    points = {m: [p.id for p in plan.points[m]] for m in plan.methods}
+    return {"study": plan.name, "tasks": plan.tasks, "methods": plan.methods,
+            "grid_points": points,
+            "grid_runs": len(plan.tasks) * sum(len(v) for v in points.values()),
+            "seeds": seeds(plan.cfg),
+            "final_runs": len(plan.tasks) * len(plan.methods) * len(seeds(plan.cfg))}

@@ -425,3 +425,41 @@ def study_metadata(plan: StudyPlan) -> dict[str, Any]:
         meta["manyshot"] = report_metadata(plan.cfg, plan.tasks)
     return meta
 
+
+
+def job_methods(plan: StudyPlan, methods: Sequence[str]) -> list[str]:
+    """A job's methods (``--method``, repeatable: one process for several methods,
+    train.methods_per_job), each a method of the study, none twice."""
+    for method in methods:
+        if method not in plan.points:
+            raise UserError(f"--method {method!r}: not in study.methods {plan.methods}")
+    if len(set(methods)) != len(methods):
+        raise UserError(f"--method: a method is named twice in {list(methods)}")
+    return list(methods)
+
+
+def train_job(plan: StudyPlan, task: str, methods: Sequence[str], phase: str, *,
+              seed: int | None = None, point_ids: Sequence[str] = (),
+              all_points: bool = False) -> None:
+    """``vpeft train``: the final runs (``phase='final'``, of ``seed``) of ``methods`` one after
+    another, each as its own job would run it; or their grid points (``phase='grid'``):
+    ``point_ids`` of one method, or ``all_points`` of each, a method's points trained together
+    in one process (:func:`run_points`), each written as its solo run would be."""
+    if phase == "final":
+        for method in methods:
+            run_final(plan, task, method, seed=seed)
+        return
+    if seed is not None:
+        raise UserError("vpeft train --phase grid: no --seed; the grid is searched once, "
+                        "with the first of train.seeds")
+    if bool(point_ids) == bool(all_points):
+        raise UserError("vpeft train --phase grid needs --point ID (repeatable) or --points all")
+    if point_ids and len(methods) > 1:
+        raise UserError("vpeft train --phase grid: --point names points of one --method; "
+                        "with several methods use --points all")
+    for method in methods:
+        points = plan.points[method] if all_points else \
+            [plan.point(method, point) for point in point_ids]
+        if len({p.id for p in points}) != len(points):
+            raise UserError(f"--point: a grid point is named twice in {list(point_ids)}")
+        run_points(plan, task, method, points, "grid")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from omegaconf import DictConfig
 
@@ -60,3 +61,21 @@ def split_sizes(cfg: DictConfig, task: str) -> dict[str, int | None]:
     if task == SOURCE_TASK or cfg.study.data.kind == "manyshot":
         return dict.fromkeys(("train800", "val200", "train800val200", "test"))
     return dict(cfg.study.data.split_sizes)
+
+
+def prepare_study_task(cfg: DictConfig, task: str) -> dict[str, Any]:
+    """``vpeft prepare``: validate the study's raw ``task`` and write its Parquet shards, with the
+    class count and group of :func:`task_entry`, the split sizes of :func:`split_sizes` and the
+    study's image size; returns the manifest."""
+    from vpeft import layout
+    from vpeft.data.vtab import prepare_task
+
+    entry = task_entry(cfg, task)
+    manyshot = cfg.study.data.kind == "manyshot" and task != SOURCE_TASK
+    sizes = split_sizes(cfg, task)
+    # Many-shot images are stored larger than the model input (crops happen per batch).
+    size = int(cfg.study.data.stored_size) if manyshot else int(cfg.model.img_size)
+    return prepare_task(layout.raw_task(cfg, task), layout.prepared_task(cfg, task), task=task,
+                        image_size=size, num_classes=entry.num_classes, group=entry.group,
+                        split_sizes=sizes,
+                        allow_duplicates=bool(cfg.study.data.get("allow_duplicates", False)))

@@ -7,7 +7,7 @@ import importlib
 import pkgutil
 
 from vpeft.methods.base import (MethodError, apply, count_trainable, head_parameters, make_config,
-                                names, spec)
+                                names, spec, trainable_on_timm)
 from vpeft.methods.checkpoint import load_adapter, save_adapter, trainable_state
 
 _INFRASTRUCTURE = {"base", "checkpoint", "layers"}
@@ -26,4 +26,4 @@ for _module in _method_modules():
     importlib.import_module(f"{__name__}.{_module}")
 
 __all__ = ["MethodError", "apply", "count_trainable", "head_parameters", "load_adapter",
-           "make_config", "names", "save_adapter", "spec", "trainable_state"]
+           "make_config", "names", "save_adapter", "spec", "trainable_on_timm", "trainable_state"]

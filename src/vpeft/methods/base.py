@@ -123,3 +123,29 @@ def count_trainable(model: nn.Module) -> dict[str, int]:
     without_head = sum(p.numel() for p in trainable if id(p) not in head)
     return {"trainable_params": without_head, "trainable_params_with_head": with_head,
             "total_params": sum(p.numel() for p in model.parameters())}
+
+
+def trainable_on_timm(model_name: str, method: str, hparams: dict[str, Any],
+                      num_classes: int) -> dict[str, Any]:
+    """``vpeft params``: ``method`` (with ``hparams``) attached to the timm model ``model_name``
+    with a ``num_classes`` head, built on the meta device (no weights, no memory): the counts of
+    :func:`count_trainable` and the method's share of the backbone (the model without its head)."""
+    import torch
+
+    from vpeft._compat import ensure_torchvision_importable
+
+    ensure_torchvision_importable()
+    import timm
+
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(model_name, pretrained=False, num_classes=num_classes)
+    except RuntimeError as err:
+        raise UserError(f"--model {model_name!r}: {err}") from err
+    apply(model, method, **hparams)
+    counts = count_trainable(model)
+    head = counts["trainable_params_with_head"] - counts["trainable_params"]
+    backbone = counts["total_params"] - head
+    return {"model": model_name, "method": method, "hparams": hparams,
+            "num_classes": num_classes, **counts,
+            "trainable_pct_of_backbone": 100.0 * counts["trainable_params"] / backbone}

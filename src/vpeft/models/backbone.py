@@ -389,7 +389,7 @@ def study_backbone(model_cfg: Any, num_classes: int, *, drop_path: float = 0.0,
     model = create_backbone(model_cfg.name, model_cfg.weights, num_classes,
                             kwargs=model_cfg.kwargs, drop_path=drop_path, seed=seed)
     if model_cfg.get("init_head"):
-        from vpeft.robustness.zeroshot import install_head
+        from vpeft.models.zeroshot_head import install_head
 
         install_head(model, model_cfg.init_head)
     return model

@@ -1,10 +1,11 @@
-"""The robustness study's steps (each one CLI verb and one Snakemake rule, see rules/robustness.smk).
+"""The robustness study's steps (each one CLI verb and one Snakemake rule, see rules/robustness.smk;
+``vpeft.cli``'s verb table calls each one here).
 
 imagenet-split   few-shot train / held-out val / ID test as a VTAB-layout task (saved list files)
 prepare-shift    one shift set (V2, Sketch, A, R, ...) into a prepared test-only set
 zeroshot-head    the zero-shot head from the CLIP text tower, once per study (model.init_head)
 wise             WiSE-FT curve of one method's final run on the ID test set and every shift
-robust-synth     the offline miniature's image trees; fit-clip: its tiny CLIP
+robust-synth     the offline miniature's image trees (robust_synth); fit-clip: its tiny CLIP
 """
 from __future__ import annotations
 
@@ -233,23 +234,9 @@ def fit_clip(cfg: DictConfig) -> dict[str, Any]:
                          seed=int(cfg.train.seeds[0]))
 
 
-def run_verb(verb: str, plan: StudyPlan, *, task: str | None = None, method: str | None = None,
-             shift: str | None = None, seed: int | None = None) -> None:
-    cfg = plan.cfg
-    if verb == "imagenet-split":
-        imagenet_split(cfg, task)
-    elif verb == "prepare-shift":
-        prepare_shift(cfg, shift)
-    elif verb == "zeroshot-head":
-        zeroshot_head(cfg)
-    elif verb == "wise":
-        run_wise(plan, task, method, seed)
-    elif verb == "robust-synth":
-        from vpeft.robustness.miniature import write_shift_trees
+def robust_synth(cfg: DictConfig) -> None:
+    """Miniature: write the shifted image trees of its evaluation sets (study.robustness.miniature)."""
+    from vpeft.robustness.miniature import write_shift_trees
 
-        write_shift_trees(Path(settings(cfg).miniature.root), label_space(cfg),
-                          settings(cfg).miniature, seed=int(cfg.train.seeds[0]))
-    elif verb == "fit-clip":
-        fit_clip(cfg)
-    else:
-        raise UserError(f"unknown robustness verb {verb!r}")
+    write_shift_trees(Path(settings(cfg).miniature.root), label_space(cfg),
+                      settings(cfg).miniature, seed=int(cfg.train.seeds[0]))

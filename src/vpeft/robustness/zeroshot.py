@@ -2,20 +2,13 @@
 
 CLIP scores an image against class ``c`` as ``exp(logit_scale) · <ẑ, t̂_c>`` where
 ``ẑ = normalise(visual_proj(features))`` and ``t̂_c`` is the L2-normalised mean, over the 80 OpenAI
-ImageNet templates, of the L2-normalised text embeddings of ``template(classname)``. timm's CLIP
-ViTs (``vit_base_patch16_clip_224.*``) keep ``visual.proj`` as their ``head`` (768→512, zero
-bias) and have no normalisation after it, so the classifier cannot be a single ``nn.Linear``.
-:class:`ZeroShotHead` is that whole function — projection, L2 normalisation, linear classifier
-(weights ``exp(logit_scale)·t̂``, bias zero) — installed as the ViT's ``head``: it is what
-``get_classifier()`` returns, so every method trains all of it (the head is always trainable)
-and WiSE-FT interpolates it.
-
-The head file (safetensors) holds ``proj.weight`` and ``classifier.{weight,bias}``; its metadata
-records the CLIP model, the number of templates and the class names.
+ImageNet templates, of the L2-normalised text embeddings of ``template(classname)``. The head
+itself (:class:`~vpeft.models.zeroshot_head.ZeroShotHead`), its file and its installation on a
+backbone belong to the model (:mod:`vpeft.models.zeroshot_head`); this module computes it from
+local CLIP files and writes that file (``vpeft zeroshot-head``).
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -24,44 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vpeft.errors import UserError
-from vpeft.io import atomic_path, write_json
+from vpeft.models.zeroshot_head import ZeroShotError, ZeroShotHead, save_head
 
 log = logging.getLogger("vpeft.robustness")
 
-METADATA_KEY = "vpeft_zeroshot_head"
 LOCAL_DIR = "local-dir:"  # open_clip's schema for a folder with open_clip_config.json + weights
 # The checkpoint names open_clip looks for in such a folder, in its order of preference.
 OPEN_CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
                    "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth")
-
-
-class ZeroShotError(UserError):
-    """The CLIP text tower or the head file cannot be used."""
-
-
-class ZeroShotHead(nn.Module):
-    """``classifier(normalise(proj(x)))``: CLIP's visual projection and zero-shot classifier."""
-
-    def __init__(self, width: int, embed_dim: int, num_classes: int) -> None:
-        super().__init__()
-        self.proj = nn.Linear(width, embed_dim, bias=False)
-        self.classifier = nn.Linear(embed_dim, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(F.normalize(self.proj(x), dim=-1))
-
-    @classmethod
-    def from_tensors(cls, proj_weight: torch.Tensor, class_weight: torch.Tensor,
-                     class_bias: torch.Tensor | None = None) -> "ZeroShotHead":
-        embed_dim, width = proj_weight.shape
-        head = cls(width, embed_dim, class_weight.shape[0])
-        with torch.no_grad():
-            head.proj.weight.copy_(proj_weight)
-            head.classifier.weight.copy_(class_weight)
-            head.classifier.bias.copy_(torch.zeros(class_weight.shape[0]) if class_bias is None
-                                       else class_bias)
-        return head
 
 
 def imagenet_metadata() -> tuple[list[str], list[Callable[[str], str]]]:
@@ -188,46 +151,6 @@ def build_zeroshot_head(clip: nn.Module, tokenize: Callable[[Sequence[str]], tor
     text = class_text_embeddings(clip, tokenize, classnames, templates)
     return ZeroShotHead.from_tensors(visual_projection(clip),
                                      text * clip.logit_scale.detach().float().exp())
-
-
-def save_head(head: ZeroShotHead, path: str | Path, meta: dict[str, Any]) -> None:
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={METADATA_KEY: json.dumps(meta)})
-    write_json(path.with_suffix(".json"), {**meta, "tensors": {k: list(v.shape)
-                                                               for k, v in state.items()}})
-
-
-def load_head(path: str | Path) -> ZeroShotHead:
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise ZeroShotError(f"model.init_head: zero-shot head file not found: {path}")
-    state = load_file(str(path))
-    expected = {"proj.weight", "classifier.weight", "classifier.bias"}
-    if set(state) != expected:
-        raise ZeroShotError(f"{path}: tensors {sorted(state)}; expected {sorted(expected)} "
-                            "(a head written by `vpeft zeroshot-head`)")
-    return ZeroShotHead.from_tensors(state["proj.weight"], state["classifier.weight"],
-                                     state["classifier.bias"])
-
-
-def install_head(model: nn.Module, head: ZeroShotHead | str | Path) -> nn.Module:
-    """Make ``head`` (or the head file) the classification head of a timm ViT, in place."""
-    if not isinstance(head, ZeroShotHead):
-        head = load_head(head)
-    width = int(model.num_features)
-    if head.proj.in_features != width:
-        raise ZeroShotError(f"zero-shot head expects {head.proj.in_features}-wide features; the "
-                            f"backbone {type(model).__name__} has {width}")
-    ref = next(model.parameters())
-    model.head = head.to(device=ref.device, dtype=ref.dtype)
-    model.num_classes = head.classifier.out_features
-    return model
 
 
 def check_projection(weights: str | Path, proj_weight: torch.Tensor) -> bool | None:
