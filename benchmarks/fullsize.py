@@ -166,7 +166,7 @@ def write_prepared(root: Path, task: str, group: str, num_classes: int, split_si
                    test_labels: np.ndarray, image_size: int) -> dict[str, Any]:
     """A prepared task as ``vpeft prepare`` leaves it: manifest.json (written last) and
     test_labels.parquet; the image shards are left out (no bookkeeping step reads them)."""
-    from vpeft.data.vtab import FORMAT
+    from vpeft.data.shards import FORMAT
     from vpeft.io import write_json, write_parquet
 
     write_parquet(root / "test_labels.parquet", pa.table({

@@ -134,7 +134,7 @@ def test_epochs_decode_nothing_and_evaluate_once_at_the_end_with_a_large_batch(
         tmp_path, prepared_task, tiny_weights, monkeypatch):
     import PIL.Image
 
-    import vpeft.data.vtab as vtab
+    import vpeft.data.decode as decode
 
     plan = _plan(tmp_path, prepared_task, tiny_weights, "runs", "train.eval_batch_size=256")
 
@@ -142,7 +142,7 @@ def test_epochs_decode_nothing_and_evaluate_once_at_the_end_with_a_large_batch(
         raise AssertionError("an image was decoded during training")
 
     monkeypatch.setattr(PIL.Image, "open", no_decoding)
-    monkeypatch.setattr(vtab, "load_image", no_decoding)
+    monkeypatch.setattr(decode, "load_image", no_decoding)
     inputs = []
     original = Normaliser.forward
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from vpeft.data.folder import IMAGE_EXTENSIONS, LabelledFile, read_class_folders, read_list_file
-from vpeft.data.vtab import DataError
+from vpeft.data.errors import DataError
 from vpeft.errors import UserError
 
 

@@ -13,7 +13,8 @@ import scipy.io
 from omegaconf import OmegaConf
 from PIL import Image
 
-from vpeft.data.vtab import DataError, read_test_labels
+from vpeft.data.errors import DataError
+from vpeft.data.shards import read_test_labels
 from vpeft.robustness.imagenet import (imagenet_label_space, read_devkit_synsets,
                                        read_eval_set, shipped_wnids)
 from vpeft.robustness.shifts import prepare_eval_set

@@ -17,7 +17,7 @@ from conftest import REPO, run_snakemake, workflow_copy
 from vpeft.config import load_study
 from vpeft.data.manyshot import draw_split, ensure_split, resolve_task
 from vpeft.data.folder import LabelledFile
-from vpeft.data.vtab import DataError
+from vpeft.data.errors import DataError
 from vpeft.train.augment import CenterCrop, RandomResizedCropFlip, build_transforms
 
 STUDY = "demo_manyshot"
@@ -140,7 +140,8 @@ def _write_folder_dataset(root: Path, per_class: int, corrupt: str | None = None
 
 def test_view_of_a_folder_dataset_prepares_like_vtab_and_rejects_bad_images(tmp_path):
     from vpeft.data.manyshot import write_view
-    from vpeft.data.vtab import prepare_task, read_split
+    from vpeft.data.shards import read_split
+    from vpeft.data.vtab import prepare_task
 
     cfg = _cfg(tmp_path, f"study.data.root={tmp_path / 'raw'}")
     _write_folder_dataset(tmp_path / "raw", per_class=10)

@@ -24,7 +24,8 @@ from vpeft.config import load_study
 from vpeft.data.cifar import read_cifar100
 from vpeft.data.manyshot import (Source, clevr_dist_label, dataset_specs, write_clevr_dist,
                                  write_view)
-from vpeft.data.vtab import DataError, read_split, read_test_labels
+from vpeft.data.errors import DataError
+from vpeft.data.shards import read_split, read_test_labels
 from vpeft.errors import UserError
 
 CLASSES = ["apple", "aquarium_fish", "baby"]

@@ -100,7 +100,7 @@ def test_export_folds_lora_into_a_plain_timm_checkpoint(tmp_path, prepared_task,
     import torch
 
     from vpeft._compat import ensure_torchvision_importable
-    from vpeft.data.vtab import read_split
+    from vpeft.data.shards import read_split
     from vpeft.export import export_merged
     from vpeft.methods import load_adapter
     from vpeft.models.backbone import create_backbone

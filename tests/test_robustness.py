@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vpeft.data.vtab import DataError, read_split, read_test_labels
+from vpeft.data.errors import DataError
+from vpeft.data.shards import read_split, read_test_labels
 from vpeft.robustness.imagenet import (LabelSpace, few_shot_split, imagenet_label_space,
                                        read_eval_set, shipped_wnids, write_task_view)
 from vpeft.robustness.shifts import class_subset, masked_argmax, prepare_eval_set, top1
@@ -273,7 +274,7 @@ def test_a_final_run_exports_with_its_zero_shot_head(miniature_run):
     from safetensors.torch import load_file
 
     from conftest import REPO
-    from vpeft.data.vtab import read_split
+    from vpeft.data.shards import read_split
     from vpeft.models.backbone import create_backbone, normalisation
     from vpeft.models.zeroshot_head import ZeroShotHead, install_head
     from vpeft.train.loop import Normaliser, predict

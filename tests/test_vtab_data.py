@@ -1,4 +1,5 @@
-"""VTAB-1K validation, preparation and reading (vpeft.data.vtab) and atomic writes (vpeft.io)."""
+"""VTAB-1K validation, preparation and reading (vpeft.data.vtab, .listfile, .decode, .shards) and
+atomic writes (vpeft.io)."""
 from __future__ import annotations
 
 import json
@@ -12,8 +13,10 @@ import pytest
 from PIL import Image
 
 from vpeft import io as vio
-from vpeft.data import vtab
-from vpeft.data.vtab import DataError, prepare_task, read_manifest, read_split, read_test_labels, validate_task
+from vpeft.data import shards, vtab
+from vpeft.data.errors import DataError
+from vpeft.data.shards import read_manifest, read_split, read_test_labels
+from vpeft.data.vtab import prepare_task, validate_task
 
 SIZES = {"train800": 8, "val200": 4, "train800val200": 12, "test": 6}
 NUM_CLASSES = 3
@@ -384,7 +387,7 @@ def test_failed_prepare_keeps_previous_output(task_dir: Path, out_dir: Path) -> 
 
 def test_atomic_on_exception_midway(task_dir: Path, out_dir: Path, monkeypatch) -> None:
     calls = {"n": 0}
-    real = vtab.write_parquet
+    real = shards.write_parquet
 
     def flaky(path, table, **kw):
         calls["n"] += 1
@@ -392,7 +395,7 @@ def test_atomic_on_exception_midway(task_dir: Path, out_dir: Path, monkeypatch) 
             raise RuntimeError("disk full")
         real(path, table, **kw)
 
-    monkeypatch.setattr(vtab, "write_parquet", flaky)
+    monkeypatch.setattr(shards, "write_parquet", flaky)
     with pytest.raises(RuntimeError, match="disk full"):
         _prepare(task_dir, out_dir, shard_rows=3)
     assert calls["n"] == 3

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vpeft.data.vtab import DataError, inspect_task, prepare_task, read_split
+from vpeft.data.errors import DataError
+from vpeft.data.shards import read_split
+from vpeft.data.vtab import inspect_task, prepare_task
 from vtab_trees import task_arrays, write_vtab_tree
 
 SIZES = {"train800": 12, "val200": 6, "train800val200": 18, "test": 8}

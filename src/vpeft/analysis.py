@@ -940,7 +940,7 @@ def planned_num_test(cfg: Any, task: str) -> int:
     ``study.data.split_sizes.test``, else the prepared task's manifest (once prepared), else
     :data:`PLANNING_NUM_TEST`."""
     from vpeft.data.catalog import split_sizes
-    from vpeft.data.vtab import read_manifest
+    from vpeft.data.shards import read_manifest
 
     declared = split_sizes(cfg, task)["test"]
     if declared is not None:

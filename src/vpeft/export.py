@@ -72,7 +72,7 @@ def export_peft_adapter(model: "torch.nn.Module", out_dir: Path) -> Path:
 
 def final_model(plan: StudyPlan, task: str, method: str) -> tuple["torch.nn.Module", dict]:
     """The final run of ``task``/``method``: its backbone with the saved adapter, and its metrics."""
-    from vpeft.data.vtab import read_manifest
+    from vpeft.data.shards import read_manifest
     from vpeft.methods import load_adapter
     from vpeft.models.backbone import study_backbone
 

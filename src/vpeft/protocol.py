@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 import vpeft
 from vpeft import layout
 from vpeft.config import GridPoint, StudyPlan, to_plain
-from vpeft.data.vtab import read_split, read_test_labels, read_manifest
+from vpeft.data.shards import read_split, read_test_labels, read_manifest
 from vpeft.errors import UserError
 from vpeft.io import atomic_path, read_json, write_json, write_parquet
 

@@ -1,1 +1,11 @@
-"""Data: validation and preparation of VTAB-1K tasks into Parquet shards (see :mod:`vpeft.data.vtab`)."""
+"""Data: reading datasets as users hold them and preparing them into Parquet shards.
+
+- :mod:`vpeft.data.vtab`: the VTAB-1K tasks; checking and preparing a task in the VTAB-1K layout.
+- :mod:`vpeft.data.listfile`: ``<relpath> <label>`` list files (parsing one, path rules).
+- :mod:`vpeft.data.decode`: strict image decoding, RGB conversion and resizing.
+- :mod:`vpeft.data.shards`: the prepared format (Parquet shards, manifest, test labels), written and read.
+- :mod:`vpeft.data.errors`: :class:`~vpeft.data.errors.DataError` and collected error reporting.
+- :mod:`vpeft.data.folder`, :mod:`vpeft.data.manyshot`, :mod:`vpeft.data.cifar`: many-shot datasets,
+  turned into VTAB-1K-layout views and prepared the same way; :mod:`vpeft.data.synthetic`: the demo data;
+  :mod:`vpeft.data.catalog`: the tasks of a study.
+"""

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from vpeft.data.vtab import DataError
+from vpeft.data.errors import DataError
 
 __all__ = ["CIFAR100_PARTS", "CifarPart", "RestrictedUnpickler", "load_restricted", "read_cifar100"]
 

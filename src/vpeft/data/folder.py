@@ -12,7 +12,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from vpeft.data.vtab import LIST_LINE_RE, DataError, check_relpath, raise_collected
+from vpeft.data.errors import DataError, raise_collected
+from vpeft.data.listfile import LIST_LINE_RE, check_relpath
 from vpeft.io import atomic_dir, write_json
 
 __all__ = ["IMAGE_EXTENSIONS", "LabelledFile", "is_hidden", "read_class_folders", "read_list_file"]

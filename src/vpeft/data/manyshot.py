@@ -43,8 +43,9 @@ from typing import Any
 import numpy as np
 
 from vpeft.data.cifar import CIFAR100_PARTS, read_cifar100
+from vpeft.data.errors import DataError, raise_collected
 from vpeft.data.folder import LabelledFile, read_class_folders, read_list_file, write_list_view
-from vpeft.data.vtab import GROUPS, DataError, raise_collected
+from vpeft.data.vtab import GROUPS
 from vpeft.errors import UserError
 from vpeft.io import atomic_dir, atomic_path, read_json, write_json
 
@@ -403,7 +404,7 @@ def check_task(cfg: Any, task_name_: str, *, decode: bool = True) -> dict[str, i
     """``vpeft check`` for a many-shot task: its parts read and checked, the images it will use
     decoded (``decode``), its split sizes counted; nothing is written (an index file not yet
     saved is drawn in memory, exactly as ``vpeft subsets`` would draw it)."""
-    from vpeft.data.vtab import undecodable
+    from vpeft.data.decode import undecodable
 
     task = resolve_task(cfg, task_name_)
     ds = task.dataset
@@ -609,7 +610,7 @@ def report_metadata(cfg: Any, tasks: Sequence[str]) -> dict[str, dict[str, Any]]
     """Per task: its dataset, subset size and image counts (from the prepared manifest), for the
     report's accuracy-vs-training-set-size section."""
     from vpeft import layout
-    from vpeft.data.vtab import read_manifest
+    from vpeft.data.shards import read_manifest
 
     out: dict[str, dict[str, Any]] = {}
     for name in tasks:

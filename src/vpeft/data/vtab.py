@@ -1,47 +1,38 @@
-"""VTAB-1K: validate a task as users bring it, prepare it into Parquet shards, read it back.
+"""VTAB-1K: the 19 tasks, and a task as users bring it, checked and prepared into Parquet shards.
 
 On-disk input (per task)::
 
     <root>/<task>/train800.txt  val200.txt  train800val200.txt  test.txt
     <root>/<task>/images/<split>/000000.jpg ...
 
-Each list line is ``<relpath> <label>``. Prepared output (per task, written atomically)::
-
-    out_dir/<split>/part-00000.parquet ...   index, path, label, image   (test: no label column)
-    out_dir/test_labels.parquet              index, label
-    out_dir/manifest.json                    written last
-
-Test labels live only in ``test_labels.parquet`` and only :func:`read_test_labels` opens it, so
-model selection can be shown never to touch them.
+:func:`validate_task` checks the four list files together (sizes, train800 / val200 disjointness,
+class coverage); :func:`prepare_task` decodes every image, compares the splits by content
+(:func:`content_report`) and writes the prepared task; :func:`inspect_task` does every check of
+``prepare_task`` without writing. The pieces live elsewhere: one list file is parsed by
+:mod:`vpeft.data.listfile`, images are decoded by :mod:`vpeft.data.decode`, and the prepared
+format (shards, manifest, test labels) is written and read by :mod:`vpeft.data.shards`.
 """
 from __future__ import annotations
 
-from vpeft.errors import UserError
-
 import hashlib
-import io
 import logging
-import posixpath
-import re
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
-from PIL import Image, ImageFile, UnidentifiedImageError
 
-from vpeft.io import atomic_dir, read_json, sha256_file, write_json, write_parquet
+from vpeft.data.decode import DECODE_ERRORS, Decoded, decode_image, strict_decoding
+from vpeft.data.errors import MAX_SHOWN_ERRORS, DataError, raise_collected
+from vpeft.data.listfile import Entry, ParsedList, parse_list
+from vpeft.data.shards import FORMAT, SPLITS, ShardWriter, shard_schema
+from vpeft.io import atomic_dir, sha256_file, write_json, write_parquet
 
 __all__ = [
-    "GROUPS", "SPLITS", "TaskInfo", "VTAB_TASKS", "DEFAULT_SPLIT_SIZES", "FORMAT", "DataError",
-    "Entry", "Decoded", "SplitData", "task_info", "validate_task", "inspect_task", "prepare_task",
-    "content_report", "content_digest", "decode_image", "undecodable", "read_split",
-    "read_test_labels", "read_manifest",
+    "GROUPS", "TaskInfo", "VTAB_TASKS", "DEFAULT_SPLIT_SIZES", "task_info", "validate_task",
+    "inspect_task", "prepare_task", "content_report",
 ]
 
 log = logging.getLogger("vpeft.data")
@@ -49,10 +40,7 @@ log = logging.getLogger("vpeft.data")
 GROUPS = ("natural", "specialized", "structured")
 # Not a VTAB group: the label space a backbone is pretrained on (the demo's source set).
 PRETRAINING_GROUP = "source"
-SPLITS = ("train800", "val200", "train800val200", "test")
 LABELLED_SPLITS = ("train800", "val200", "train800val200")
-FORMAT = "vpeft-prepared-v1"
-MAX_SHOWN_ERRORS = 20
 DEFAULT_SPLIT_SIZES: dict[str, int | None] = {
     "train800": 800, "val200": 200, "train800val200": 1000, "test": None,
 }
@@ -83,50 +71,6 @@ VTAB_TASKS: dict[str, TaskInfo] = {
 }
 
 
-class DataError(UserError):
-    """Invalid input data or prepared output.
-
-    The message starts with ``path:line: `` when a list-file line is at fault, else ``path: ``.
-    ``errors`` holds every individual message (the message itself shows at most 20).
-    """
-
-    def __init__(self, message: str, errors: Sequence[str] | None = None) -> None:
-        super().__init__(message)
-        self.errors: list[str] = list(errors) if errors is not None else [message]
-
-
-def raise_collected(errors: Sequence[str]) -> None:
-    if not errors:
-        return
-    shown = list(errors[:MAX_SHOWN_ERRORS])
-    if len(errors) > MAX_SHOWN_ERRORS:
-        shown.append(f"... and {len(errors) - MAX_SHOWN_ERRORS} more")
-    raise DataError("\n".join(shown), errors)
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One list-file line: image ``path`` relative to the task dir, ``label``, 1-based ``line``, absolute ``file``."""
-
-    path: str
-    label: int
-    line: int
-    file: Path
-
-
-@dataclass(frozen=True, eq=False)
-class SplitData:
-    """A prepared split in list-file order: images uint8 [N,H,W,3], labels int64 [N] (None for test), index int64 [N]."""
-
-    images: np.ndarray
-    labels: np.ndarray | None
-    index: np.ndarray
-    paths: list[str]
-
-    def __len__(self) -> int:
-        return int(self.index.shape[0])
-
-
 def task_info(task: str, num_classes: int | None = None, group: str | None = None) -> TaskInfo:
     """Task metadata; explicit ``num_classes``/``group`` override (or stand in for) VTAB_TASKS."""
     known = VTAB_TASKS.get(task)
@@ -147,9 +91,6 @@ def task_info(task: str, num_classes: int | None = None, group: str | None = Non
 # Validation
 # ---------------------------------------------------------------------------------------------
 
-LIST_LINE_RE = re.compile(r"^(\S+) (-?\d+)$")
-
-
 def _split_sizes(split_sizes: Mapping[str, int | None] | None) -> dict[str, int | None]:
     sizes = dict(DEFAULT_SPLIT_SIZES)
     if split_sizes is not None:
@@ -158,67 +99,6 @@ def _split_sizes(split_sizes: Mapping[str, int | None] | None) -> dict[str, int 
             raise ValueError(f"split_sizes has unknown splits {sorted(unknown)}; known: {SPLITS}")
         sizes.update(split_sizes)
     return sizes
-
-
-def check_relpath(raw: str) -> str | None:
-    """Normalised POSIX relpath, or None when it is absolute or escapes the task dir."""
-    if raw.startswith(("/", "\\")) or PureWindowsPath(raw).drive or PurePosixPath(raw).is_absolute():
-        return None
-    if ".." in re.split(r"[/\\]", raw):
-        return None
-    return posixpath.normpath(raw)
-
-
-@dataclass
-class _ParsedList:
-    entries: list[Entry]
-    records: int          # non-blank lines, malformed ones included (what the split size counts)
-    broken: bool          # a line could not be parsed: cross-file checks on it would be noise
-
-
-def _parse_list(task_dir: Path, list_file: Path, num_classes: int, errors: list[str]) -> _ParsedList:
-    raw_lines = list_file.read_bytes().decode("utf-8", errors="replace").split("\n")
-    # Blank lines are allowed only at the end of the file.
-    while raw_lines and not raw_lines[-1].strip():
-        raw_lines.pop()
-    entries: list[Entry] = []
-    seen: dict[str, int] = {}
-    records = 0
-    broken = False
-    for lineno, raw in enumerate(raw_lines, start=1):
-        line = raw[:-1] if raw.endswith("\r") else raw
-        where = f"{list_file}:{lineno}"
-        if not line.strip():
-            errors.append(f"{where}: blank line before the end of the file; expected '<relpath> <label>'")
-            broken = True
-            continue
-        records += 1
-        m = LIST_LINE_RE.match(line)
-        if m is None:
-            errors.append(f"{where}: malformed line {line!r}; expected '<relpath> <label>' "
-                          "(one space, integer label)")
-            broken = True
-            continue
-        relpath = check_relpath(m.group(1))
-        if relpath is None:
-            errors.append(f"{where}: image path {m.group(1)!r} must be relative to {task_dir} "
-                          "without '..' components")
-            broken = True
-            continue
-        label = int(m.group(2))
-        if not 0 <= label < num_classes:
-            errors.append(f"{where}: label {label} outside [0, {num_classes})")
-            broken = True
-            continue
-        if relpath in seen:
-            errors.append(f"{where}: duplicate image path {relpath} (first at line {seen[relpath]})")
-            continue
-        seen[relpath] = lineno
-        file = task_dir / relpath
-        if not file.is_file():
-            errors.append(f"{where}: image not found: {relpath} (looked for {file})")
-        entries.append(Entry(relpath, label, lineno, file))
-    return _ParsedList(entries, records, broken)
 
 
 def validate_task(task_dir: Path, task: str, num_classes: int,
@@ -240,7 +120,7 @@ def validate_task(task_dir: Path, task: str, num_classes: int,
                         f"expected all of {', '.join(s + '.txt' for s in SPLITS)}")
 
     errors: list[str] = []
-    parsed = {s: _parse_list(task_dir, task_dir / f"{s}.txt", num_classes, errors) for s in SPLITS}
+    parsed = {s: parse_list(task_dir, task_dir / f"{s}.txt", num_classes, errors) for s in SPLITS}
 
     for split, p in parsed.items():
         list_file = task_dir / f"{split}.txt"
@@ -266,7 +146,7 @@ def validate_task(task_dir: Path, task: str, num_classes: int,
     return {s: parsed[s].entries for s in SPLITS}
 
 
-def _disjoint_path_errors(task_dir: Path, parsed: Mapping[str, _ParsedList]) -> list[str]:
+def _disjoint_path_errors(task_dir: Path, parsed: Mapping[str, ParsedList]) -> list[str]:
     """train800 and val200 must not name the same image file (the cheap, path-level half of the
     disjointness rule; equal pixels under other names are caught by :func:`content_report`)."""
     val_paths = {e.path: e.line for e in parsed["val200"].entries}
@@ -278,117 +158,6 @@ def _disjoint_path_errors(task_dir: Path, parsed: Mapping[str, _ParsedList]) -> 
 # ---------------------------------------------------------------------------------------------
 # Preparation
 # ---------------------------------------------------------------------------------------------
-
-@contextmanager
-def strict_decoding() -> Iterator[None]:
-    # PIL would otherwise silently pad a truncated file with grey; we want it rejected.
-    old = ImageFile.LOAD_TRUNCATED_IMAGES
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
-    try:
-        yield
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = old
-
-
-DECODE_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError, EOFError,
-                  Image.DecompressionBombError)
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    mode = img.mode
-    if mode == "RGB":
-        return img
-    if mode.startswith("I;16"):
-        # PIL's own I;16 -> RGB clips at 255, turning most of a 16-bit image white; rescale instead.
-        arr = np.asarray(img, dtype=np.uint32)
-        return Image.fromarray(((arr * 255 + 32767) // 65535).astype(np.uint8), "L").convert("RGB")
-    if mode in ("P", "PA"):
-        # Via RGBA so palette transparency is handled without PIL's transparency warning.
-        return img.convert("RGBA").convert("RGB")
-    return img.convert("RGB")
-
-
-@dataclass(frozen=True)
-class Decoded:
-    """One decoded image: the resized HWC uint8 bytes (None when no size was asked for), the
-    source mode, and a digest of the decoded source pixels that equal images share whatever
-    their file names or encodings (how train800val200's copies are matched to their originals)."""
-
-    pixels: bytes | None
-    mode: str
-    content: str
-
-
-def content_digest(img: Image.Image) -> str:
-    """Digest of a decoded image's mode, size and pixels."""
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(f"{img.mode}:{img.width}x{img.height}:".encode("ascii"))
-    digest.update(img.tobytes())
-    return digest.hexdigest()
-
-
-def decode_image(data: bytes, size: int | None) -> Decoded:
-    """Decode fully; with ``size``, also convert to RGB and bicubic-resize to size x size."""
-    with Image.open(io.BytesIO(data)) as img:
-        img.load()
-        mode, content = img.mode, content_digest(img)
-        if size is None:
-            return Decoded(None, mode, content)
-        rgb = _to_rgb(img).resize((size, size), Image.BICUBIC)
-    arr = np.asarray(rgb, dtype=np.uint8)
-    assert arr.shape == (size, size, 3), arr.shape
-    return Decoded(arr.tobytes(), mode, content)
-
-
-def undecodable(images: Iterable[tuple[str, Path]]) -> list[str]:
-    """``"<where>: cannot decode <file>: ..."`` for every (where, file) that does not decode fully
-    (missing, truncated, not an image); what ``vpeft check`` reports without writing anything."""
-    errors: list[str] = []
-    with strict_decoding():
-        for where, file in images:
-            try:
-                decode_image(Path(file).read_bytes(), None)
-            except (*DECODE_ERRORS, OSError) as exc:
-                errors.append(f"{where}: cannot decode {file}: {type(exc).__name__}: {exc}")
-    return errors
-
-
-def load_image(data: bytes, size: int) -> tuple[bytes, str]:
-    """(HWC uint8 bytes, source mode) of ``data`` resized to size x size."""
-    decoded = decode_image(data, size)
-    return decoded.pixels, decoded.mode  # type: ignore[return-value]
-
-
-def shard_schema(image_size: int, labelled: bool) -> pa.Schema:
-    fields = [pa.field("index", pa.int64(), nullable=False), pa.field("path", pa.string(), nullable=False)]
-    if labelled:
-        fields.append(pa.field("label", pa.int64(), nullable=False))
-    fields.append(pa.field("image", pa.binary(image_size * image_size * 3), nullable=False))
-    return pa.schema(fields)
-
-
-class ShardWriter:
-    """Buffers rows of one split and writes them as part-NNNNN.parquet shards of at most ``rows`` rows."""
-
-    def __init__(self, root: Path, split: str, schema: pa.Schema, rows: int) -> None:
-        self.root, self.split, self.schema, self.rows = root, split, schema, rows
-        self.buffer: dict[str, list[Any]] = {name: [] for name in schema.names}
-        self.shards: list[str] = []
-
-    def add(self, **row: Any) -> None:
-        for name in self.schema.names:
-            self.buffer[name].append(row[name])
-        if len(self.buffer["index"]) >= self.rows:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.buffer["index"]:
-            return
-        rel = f"{self.split}/part-{len(self.shards):05d}.parquet"
-        write_parquet(self.root / rel, pa.table(self.buffer, schema=self.schema))
-        self.shards.append(rel)
-        self.buffer = {name: [] for name in self.schema.names}
-
 
 def _images_checksum(task_dir: Path, relpaths: set[str]) -> str:
     digest = hashlib.sha256()
@@ -635,106 +404,3 @@ def _build(task_dir: Path, tmp: Path, entries: Mapping[str, list[Entry]], *, tas
     }
     write_json(tmp / "manifest.json", manifest)  # last: its presence marks a complete build
     return manifest
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading
-# ---------------------------------------------------------------------------------------------
-
-def read_manifest(prepared_dir: Path) -> dict[str, Any]:
-    """Load and sanity-check ``prepared_dir/manifest.json``."""
-    path = Path(prepared_dir) / "manifest.json"
-    try:
-        manifest = read_json(path)
-    except FileNotFoundError:
-        raise DataError(f"{path}: manifest not found; is {prepared_dir} a prepared task "
-                        "(vpeft.data.vtab.prepare_task)?") from None
-    except ValueError as exc:  # read_json already names the file
-        raise DataError(str(exc)) from exc
-    if not isinstance(manifest, dict):
-        raise DataError(f"{path}: expected a JSON object, found {type(manifest).__name__}")
-    if manifest.get("format") != FORMAT:
-        raise DataError(f"{path}: unknown format {manifest.get('format')!r}; expected {FORMAT!r}")
-    for key in ("task", "num_classes", "image_size", "splits"):
-        if key not in manifest:
-            raise DataError(f"{path}: missing key {key!r}")
-    return manifest
-
-
-def _read_table(path: Path, columns: list[str]) -> pa.Table:
-    if not path.is_file():
-        raise DataError(f"{path}: shard not found")
-    # ParquetFile, not pq.read_table: the latter imports pyarrow.dataset and pandas (~0.6 s of
-    # start-up in every job that reads a shard); it also ignores unknown columns, hence the check.
-    try:
-        shard = pq.ParquetFile(path)
-        missing = [c for c in columns if c not in shard.schema_arrow.names]
-        if not missing:
-            return shard.read(columns=columns)
-    except (pa.ArrowException, OSError) as exc:
-        raise DataError(f"{path}: unreadable Parquet file or missing columns {columns}: {exc}") from exc
-    raise DataError(f"{path}: unreadable Parquet file or missing columns {columns}: no column "
-                    f"{missing}")
-
-
-def _index_order(index: np.ndarray, count: int, where: Path) -> np.ndarray:
-    order = np.argsort(index, kind="stable")
-    if index.shape[0] != count or not np.array_equal(index[order], np.arange(count)):
-        raise DataError(f"{where}: index column is not 0..{count - 1} ({index.shape[0]} rows found)")
-    return order
-
-
-def read_split(prepared_dir: Path, split: str) -> SplitData:
-    """Images/labels/index of a prepared split in list-file order. Never reads test labels."""
-    prepared_dir = Path(prepared_dir)
-    manifest = read_manifest(prepared_dir)
-    if split not in SPLITS:
-        raise DataError(f"{prepared_dir}: unknown split {split!r}; expected one of {', '.join(SPLITS)}")
-    info = manifest["splits"].get(split)
-    if not isinstance(info, dict) or "shards" not in info or "count" not in info:
-        raise DataError(f"{prepared_dir / 'manifest.json'}: no valid entry for split {split!r}")
-    size = int(manifest["image_size"])
-    width = size * size * 3
-    labelled = split != "test"
-    columns = ["index", "path", *(["label"] if labelled else []), "image"]
-    tables = []
-    for rel in info["shards"]:
-        path = prepared_dir / rel
-        table = _read_table(path, columns)
-        if table.schema.field("image").type != pa.binary(width):
-            raise DataError(f"{path}: image column is {table.schema.field('image').type}, "
-                            f"expected fixed_size_binary({width}) for image_size {size}")
-        tables.append(table)
-    if not tables:
-        raise DataError(f"{prepared_dir / 'manifest.json'}: split {split!r} lists no shards")
-    table = pa.concat_tables(tables)
-    index = table.column("index").to_numpy().astype(np.int64, copy=False)
-    order = _index_order(index, int(info["count"]), prepared_dir / split)
-    images = _fixed_binary_to_numpy(table.column("image"), width).reshape(-1, size, size, 3)
-    labels = table.column("label").to_numpy().astype(np.int64, copy=False)[order] if labelled else None
-    paths = table.column("path").to_pylist()
-    return SplitData(images=images[order], labels=labels, index=index[order],
-                     paths=[paths[i] for i in order])
-
-
-def _fixed_binary_to_numpy(column: pa.ChunkedArray, width: int) -> np.ndarray:
-    # Read the value buffers directly: going through Python bytes objects would copy every image twice.
-    parts = []
-    for chunk in column.chunks:
-        if chunk.null_count:
-            raise DataError("prepared image column contains nulls")
-        buf = chunk.buffers()[1]
-        parts.append(np.frombuffer(buf, dtype=np.uint8, offset=chunk.offset * width,
-                                   count=len(chunk) * width))
-    return np.concatenate(parts) if parts else np.zeros(0, np.uint8)
-
-
-def read_test_labels(prepared_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(index, label) of the test split in list-file order: the only reader of test labels."""
-    prepared_dir = Path(prepared_dir)
-    manifest = read_manifest(prepared_dir)
-    path = prepared_dir / "test_labels.parquet"
-    table = _read_table(path, ["index", "label"])
-    index = table.column("index").to_numpy().astype(np.int64, copy=False)
-    order = _index_order(index, int(manifest["splits"]["test"]["count"]), path)
-    return index[order], table.column("label").to_numpy().astype(np.int64, copy=False)[order]

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 from safetensors.torch import save_file
 
 from vpeft import layout
-from vpeft.data.vtab import read_manifest, read_split
+from vpeft.data.shards import read_manifest, read_split
 from vpeft.io import atomic_path, write_json
 from vpeft.methods import apply
 from vpeft.models.backbone import create_backbone, normalisation

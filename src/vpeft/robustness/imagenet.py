@@ -34,7 +34,7 @@ import numpy as np
 
 from vpeft.data.folder import (LabelledFile, is_hidden, read_class_folders, read_list_file,
                                write_list_view)
-from vpeft.data.vtab import DataError, raise_collected
+from vpeft.data.errors import DataError, raise_collected
 
 FORMATS = ("wnid_folders", "index_folders", "list", "val_flat")
 SHIPPED_SUBSETS = {"imagenet_a": "imagenet_a_synsets.txt", "imagenet_r": "imagenet_r_synsets.txt"}

@@ -77,7 +77,8 @@ def _read(name: str, spec: DictConfig, space: LabelSpace):
 def input_checks(cfg: DictConfig):
     """``vpeft check`` for the robustness study: (name, check) per input set, where
     ``check(decode)`` reads the set (and decodes its images) and returns (split counts, classes)."""
-    from vpeft.data.vtab import raise_collected, undecodable
+    from vpeft.data.decode import undecodable
+    from vpeft.data.errors import raise_collected
 
     r = settings(cfg)
 
@@ -161,7 +162,7 @@ def run_wise(plan: StudyPlan, task: str, method: str, seed: int | None = None) -
     shift, from one seed's final run (default: the first seed's)."""
     import torch
 
-    from vpeft.data.vtab import read_manifest, read_split, read_test_labels
+    from vpeft.data.shards import read_manifest, read_split, read_test_labels
     from vpeft.io import read_json
     from vpeft.methods import load_adapter
     from vpeft.protocol import check_seed
@@ -212,7 +213,7 @@ def fit_clip(cfg: DictConfig) -> dict[str, Any]:
     """Miniature: fit the tiny CLIP to the pretrained demo ViT's features of the source set."""
     import torch
 
-    from vpeft.data.vtab import read_split
+    from vpeft.data.shards import read_split
     from vpeft.models.backbone import create_backbone, normalisation
     from vpeft.robustness.miniature import fit_tiny_clip
     from vpeft.robustness.zeroshot import LOCAL_DIR

@@ -15,8 +15,9 @@ from typing import Any, Sequence
 import numpy as np
 import pyarrow as pa
 
-from vpeft.data.vtab import (DECODE_ERRORS, FORMAT, load_image, raise_collected, shard_schema,
-                             ShardWriter, strict_decoding, read_manifest)
+from vpeft.data.decode import DECODE_ERRORS, load_image, strict_decoding
+from vpeft.data.errors import raise_collected
+from vpeft.data.shards import FORMAT, shard_schema, ShardWriter, read_manifest
 from vpeft.io import atomic_dir, write_json, write_parquet
 from vpeft.robustness.imagenet import EvalSet
 
