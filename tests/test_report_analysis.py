@@ -63,7 +63,8 @@ def analysed(runs: Path) -> dict[str, dict[str, pa.Table]]:
     out = {}
     for seed, task in enumerate(("cifar", "dtd", "eurosat")):
         methods = [m for m in STUDY["methods"] if TEST_TOP1[(task, m)] is not None]
-        tables = analyze_task(synthetic(task, methods, seed), top_ks=(2,))
+        tables = analyze_task(synthetic(task, methods, seed), top_ks=(2,),
+                              confidence_threshold=0.9)
         write_task_analysis(tables, runs / "demo" / task / "analysis")
         out[task] = tables
     return out
@@ -363,7 +364,8 @@ def test_names_escaped_in_svgs(tmp_path: Path) -> None:
     evil = f"lo{EVIL}ra"
     study = {**CRAFT_STUDY, "methods": ["probe", evil, "huge"]}
     rows = {"probe": CRAFT["probe"], evil: (70.0, 90.0, 50.0, 70.0, 100.0), "huge": CRAFT["huge"]}
-    tables = analyze_task(synthetic(f"t_nat{EVIL}", ["probe", evil, "huge"], 1), top_ks=(2,))
+    tables = analyze_task(synthetic(f"t_nat{EVIL}", ["probe", evil, "huge"], 1), top_ks=(2,),
+                          confidence_threshold=0.9)
     study["tasks"] = [{"name": f"t_nat{EVIL}", "group": "natural"}] + CRAFT_STUDY["tasks"][1:]
     render(tmp_path, crafted(rows, dict(tables)), study)
     page = whole_report(tmp_path)

@@ -117,7 +117,8 @@ def full_size_results() -> StudyResults:
         stats.append(_stat("overall", "mean", method, mean, 20.0))
     analysis: dict[str, list[pa.Table]] = {}
     for i, (task, _, _) in enumerate(TASKS):
-        for name, table in analyze_task(synthetic(task, methods, i), top_ks=(3, 5)).items():
+        for name, table in analyze_task(synthetic(task, methods, i), top_ks=(3, 5),
+                                        confidence_threshold=0.9).items():
             analysis.setdefault(name, []).append(table)
     return StudyResults(
         results=pa.Table.from_pylist(results, schema=RESULTS_SCHEMA),
