@@ -46,7 +46,7 @@ def cmd_synth(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from vpeft import layout
-    from vpeft.data import synthetic
+    from vpeft.demo import synthetic
 
     plan = _plan(args)
     data = plan.cfg.study.data
@@ -54,7 +54,7 @@ def cmd_synth(args: argparse.Namespace) -> None:
     if args.task == layout.SOURCE_TASK:
         synthetic.generate_source(Path(data.root), image_size=int(data.image_size), seed=args.seed)
     elif data.kind == "manyshot":  # a miniature dataset written as class folders or list files
-        from vpeft.data.manyshot import generate_demo_dataset
+        from vpeft.demo.manyshot import generate_demo_dataset
 
         generate_demo_dataset(plan.cfg, args.task, seed=args.seed)
     else:
