@@ -88,7 +88,7 @@ def tiny_weights(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def prepared_task(tmp_path_factory) -> Path:
     """The synthetic `count` task at 16 px with tiny splits, prepared by the real loader."""
-    from vpeft.data.synthetic import DEMO_TASKS, generate_task
+    from vpeft.demo.synthetic import DEMO_TASKS, generate_task
     from vpeft.data.vtab import prepare_task
 
     root = tmp_path_factory.mktemp("raw")

@@ -172,7 +172,7 @@ def test_miniature_id_renders_are_washed_out_and_shifts_made_from_them(tmp_path)
     from omegaconf import OmegaConf
 
     from vpeft.errors import UserError
-    from vpeft.robustness.miniature import write_shift_trees
+    from vpeft.demo.robustness import write_shift_trees
 
     def trees(contrast: float) -> Path:
         settings = OmegaConf.create({"image_size": 16, "per_class": 2, "train_per_class": 1,

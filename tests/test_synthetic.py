@@ -1,4 +1,4 @@
-"""Tests for the synthetic VTAB-1K-format tasks (vpeft.data.synthetic)."""
+"""Tests for the synthetic VTAB-1K-format tasks (vpeft.demo.synthetic)."""
 from __future__ import annotations
 
 import hashlib
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vpeft.data import synthetic as S
+from vpeft.demo import synthetic as S
 
 SMALL = {"train800": 20, "val200": 10, "test": 10}
 SOURCE_SMALL = {"train800": 24, "val200": 24, "test": 12}  # 24 classes
@@ -292,3 +292,60 @@ def test_regeneration_replaces(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == [tmp_path / "faces"]
     assert len(_read_list(tmp_path / "faces", "train800")) == 4
     assert len(list((tmp_path / "faces" / "images" / "train800").iterdir())) == 4
+
+
+# The demo's generators sit outside the core (vpeft.demo)
+
+# Where the core may import vpeft.demo: inside the verbs that generate demo data. Anywhere in
+# vpeft.cli (``vpeft synth``; a module or a package), and the robustness pipeline's verb dispatch
+# (``robust-synth``, ``fit-clip``). Never at a module's top level.
+DEMO_IMPORTERS = {("cli", None), ("robustness/pipeline.py", "run_verb")}
+
+
+def _demo_imports(path: Path) -> list[tuple[str | None, int]]:
+    """(enclosing top-level function or None, line) of every import of vpeft.demo in ``path``."""
+    import ast
+
+    found = []
+
+    def visit(node, function):
+        for child in ast.iter_child_nodes(node):
+            inner = function
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) and function is None:
+                inner = child.name
+            names = []
+            if isinstance(child, ast.Import):
+                names = [a.name for a in child.names]
+            elif isinstance(child, ast.ImportFrom) and child.level == 0 and child.module:
+                names = [child.module] + [f"{child.module}.{a.name}" for a in child.names]
+            if any(n == "vpeft.demo" or n.startswith("vpeft.demo.") for n in names):
+                found.append((function, child.lineno))
+            visit(child, inner)
+
+    visit(ast.parse(path.read_text(encoding="utf-8")), None)
+    return found
+
+
+def test_only_the_demo_verbs_import_the_demo_package() -> None:
+    """No core module imports vpeft.demo, except the verbs that generate demo data (in a
+    function, so that importing them loads no generator); the workflow names none of it."""
+    import vpeft
+
+    package = Path(vpeft.__file__).parent
+    repo = package.parent.parent
+    offenders = []
+    for path in sorted(package.rglob("*.py")):
+        rel = path.relative_to(package).as_posix()
+        if rel.startswith("demo/"):
+            continue
+        for function, line in _demo_imports(path):
+            allowed = function is not None and any(
+                (rel == where or rel.startswith(f"{where}.") or rel.startswith(f"{where}/"))
+                and (only is None or function == only) for where, only in DEMO_IMPORTERS)
+            if not allowed:
+                offenders.append(f"{rel}:{line} ({function or 'module level'})")
+    for path in [repo / "Snakefile", *sorted((repo / "rules").glob("*.smk"))]:
+        if "vpeft.demo" in path.read_text(encoding="utf-8"):
+            offenders.append(path.name)
+    assert offenders == []
+    assert _demo_imports(package / "robustness" / "pipeline.py"), "the check found no import"

@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
+from vpeft.demo.robustness import TEMPLATES, make_clip, tiny_clip_config
 from vpeft.models.backbone import WeightsError, check_weights, create_backbone, study_backbone
 from vpeft.robustness import zeroshot
-from vpeft.robustness.miniature import TEMPLATES, make_clip, tiny_clip_config
 
 import timm
 

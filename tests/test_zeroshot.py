@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from vpeft.demo.robustness import TEMPLATES, make_clip, save_clip_dir, tiny_clip_config
 from vpeft.models import zeroshot_head
 from vpeft.robustness import zeroshot
 from vpeft.robustness.imagenet import shipped_wnids
-from vpeft.robustness.miniature import TEMPLATES, make_clip, save_clip_dir, tiny_clip_config
 
 from conftest import DIM, tiny_vit
 

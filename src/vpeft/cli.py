@@ -55,7 +55,7 @@ def cmd_synth(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from vpeft import layout
-    from vpeft.data import synthetic
+    from vpeft.demo import synthetic
 
     plan = _plan(args)
     data = plan.cfg.study.data
@@ -63,7 +63,7 @@ def cmd_synth(args: argparse.Namespace) -> None:
     if args.task == layout.SOURCE_TASK:
         synthetic.generate_source(Path(data.root), image_size=int(data.image_size), seed=args.seed)
     elif data.kind == "manyshot":  # a miniature dataset written as class folders or list files
-        from vpeft.data.manyshot import generate_demo_dataset
+        from vpeft.demo.manyshot import generate_demo_dataset
 
         generate_demo_dataset(plan.cfg, args.task, seed=args.seed)
     else:
@@ -214,13 +214,13 @@ def cmd_wise(args: argparse.Namespace) -> None:
 
 
 def cmd_robust_synth(args: argparse.Namespace) -> None:
-    from vpeft.robustness.pipeline import robust_synth
+    from vpeft.demo.robustness import write_miniature_trees
 
-    robust_synth(_plan(args).cfg)
+    write_miniature_trees(_plan(args).cfg)
 
 
 def cmd_fit_clip(args: argparse.Namespace) -> None:
-    from vpeft.robustness.pipeline import fit_clip
+    from vpeft.demo.robustness import fit_clip
 
     fit_clip(_plan(args).cfg)
 

@@ -6,6 +6,6 @@
 - :mod:`vpeft.data.shards`: the prepared format (Parquet shards, manifest, test labels), written and read.
 - :mod:`vpeft.data.errors`: :class:`~vpeft.data.errors.DataError` and collected error reporting.
 - :mod:`vpeft.data.folder`, :mod:`vpeft.data.manyshot`, :mod:`vpeft.data.cifar`: many-shot datasets,
-  turned into VTAB-1K-layout views and prepared the same way; :mod:`vpeft.data.synthetic`: the demo data;
-  :mod:`vpeft.data.catalog`: the tasks of a study.
+  turned into VTAB-1K-layout views and prepared the same way.
+- :mod:`vpeft.data.catalog`: the tasks of a study (the demo's generators live in :mod:`vpeft.demo`).
 """

@@ -160,7 +160,8 @@ def dataset_specs(cfg: Any) -> dict[str, DatasetSpec]:
         if not isinstance(d, Mapping):
             raise UserError(f"{where}: expected a mapping")
         unknown = set(d) - {"num_classes", "group", "train", "test", "test_fraction", "subsets",
-                            "flips", "classes", "description", "synthetic"}
+                            "flips", "classes", "description",
+                            "synthetic"}  # a miniature's generator spec (vpeft.demo.manyshot)
         if unknown:
             raise UserError(f"{where}: unknown key(s) {sorted(unknown)}")
         for key in ("num_classes", "group", "train"):
@@ -557,53 +558,6 @@ def write_clevr_dist(records: Iterable[tuple[np.ndarray, Sequence[float] | np.nd
         tmp_list.write_text("".join(lines), encoding="utf-8")
     log.info("clevr_dist %s: %d images under %s", split, len(lines), out_dir)
     return len(lines)
-
-
-# ---------------------------------------------------------------------------------------------
-# The offline miniature: synthetic datasets written in the formats users hold
-# ---------------------------------------------------------------------------------------------
-
-def generate_demo_dataset(cfg: Any, dataset: str, seed: int = 0) -> Path:
-    """Write ``<study.data.root>/<dataset>`` from its ``synthetic`` spec (demo studies only).
-
-    ``synthetic: {task, layout, train, test, image_size}``: ``task`` is a synthetic demo task
-    (``vpeft.data.synthetic``); ``layout: folders`` writes ``train/<class>/`` and ``test/<class>/``
-    trees (``test: 0``: no test part), ``layout: list`` keeps the VTAB list files
-    (``train800.txt`` as the train list, ``test.txt`` as the test list).
-    """
-    import shutil
-    import tempfile
-
-    from omegaconf import OmegaConf
-
-    from vpeft.data import synthetic
-
-    raw = OmegaConf.to_container(cfg.study.data.datasets, resolve=True).get(dataset)
-    spec = (raw or {}).get("synthetic")
-    if not spec:
-        raise UserError(f"study.data.datasets.{dataset}: no 'synthetic' spec, so vpeft cannot "
-                        f"generate it; put the dataset under {cfg.study.data.root}/{dataset}")
-    layout_kind = spec.get("layout", "folders")
-    if layout_kind not in ("folders", "list"):
-        raise UserError(f"study.data.datasets.{dataset}.synthetic.layout: expected folders or list")
-    root = Path(str(cfg.study.data.root))
-    sizes = {"train800": int(spec["train"]), "val200": 0, "test": int(spec.get("test", 0))}
-    root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=root) as scratch:
-        vtab_dir = synthetic.generate_task(spec["task"], Path(scratch), sizes=sizes,
-                                           image_size=int(spec.get("image_size", 32)), seed=seed)
-        with atomic_dir(root / dataset) as tmp:
-            if layout_kind == "list":
-                for name in ("train800.txt", "test.txt"):
-                    shutil.copy2(vtab_dir / name, tmp / name)
-                shutil.copytree(vtab_dir / "images", tmp / "images")
-            else:
-                for split, part in (("train800", "train"), ("test", "test")):
-                    for f in read_list_file(vtab_dir / f"{split}.txt", vtab_dir):
-                        target = tmp / part / f"c{f.label:02d}" / Path(f.path).name
-                        target.parent.mkdir(parents=True, exist_ok=True)
-                        shutil.copy2(vtab_dir / f.path, target)
-    return root / dataset
 
 
 def report_metadata(cfg: Any, tasks: Sequence[str]) -> dict[str, dict[str, Any]]:

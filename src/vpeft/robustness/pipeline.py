@@ -5,7 +5,8 @@ imagenet-split   few-shot train / held-out val / ID test as a VTAB-layout task (
 prepare-shift    one shift set (V2, Sketch, A, R, ...) into a prepared test-only set
 zeroshot-head    the zero-shot head from the CLIP text tower, once per study (model.init_head)
 wise             WiSE-FT curve of one method's final run on the ID test set and every shift
-robust-synth     the offline miniature's image trees (robust_synth); fit-clip: its tiny CLIP
+robust-synth     the offline miniature's image trees; fit-clip: its tiny CLIP (both in
+                 vpeft.demo.robustness, the demo's generators)
 """
 from __future__ import annotations
 
@@ -40,10 +41,10 @@ def label_space(cfg: DictConfig) -> LabelSpace:
     if kind == "imagenet":
         return imagenet_label_space()
     if kind == "synthetic_source":
-        from vpeft.data.synthetic import SOURCE_TASK
+        from vpeft.data.catalog import DEMO_SOURCE
 
-        return LabelSpace(tuple(SOURCE_TASK.class_names),
-                          tuple(n.replace("-", " ") for n in SOURCE_TASK.class_names))
+        return LabelSpace(tuple(DEMO_SOURCE.class_names),
+                          tuple(n.replace("-", " ") for n in DEMO_SOURCE.class_names))
     raise UserError(f"study.robustness.label_space: {kind!r}; expected 'imagenet' or "
                     "'synthetic_source'")
 
@@ -135,7 +136,7 @@ def zeroshot_head(cfg: DictConfig) -> dict[str, Any]:
     clip = settings(cfg).clip
     templates = None
     if settings(cfg).get("templates") == "miniature":
-        from vpeft.robustness.miniature import TEMPLATES as templates
+        templates = zeroshot.MINIATURE_TEMPLATES
     return zeroshot.write_zeroshot_head(str(clip.model), clip.get("weights"),
                                         list(label_space(cfg).names), cfg.model.init_head,
                                         backbone_weights=cfg.model.weights, templates=templates)
@@ -207,37 +208,3 @@ def run_wise(plan: StudyPlan, task: str, method: str, seed: int | None = None) -
     write_json(out / layout.WISE_SUMMARY, summary)
     log.info("%s/%s: WiSE-FT over %d alphas x %d sets", task, method, len(alphas), len(sets))
     return summary
-
-
-def fit_clip(cfg: DictConfig) -> dict[str, Any]:
-    """Miniature: fit the tiny CLIP to the pretrained demo ViT's features of the source set."""
-    import torch
-
-    from vpeft.data.shards import read_split
-    from vpeft.models.backbone import create_backbone, normalisation
-    from vpeft.robustness.miniature import fit_tiny_clip
-    from vpeft.robustness.zeroshot import LOCAL_DIR
-    from vpeft.train.loop import Normaliser
-
-    data = read_split(layout.prepared_task(cfg, layout.SOURCE_TASK), "train800")
-    model = create_backbone(cfg.model.name, cfg.model.weights, 1, kwargs=cfg.model.kwargs).eval()
-    mean, std = normalisation(model, cfg.model.mean, cfg.model.std)
-    normaliser = Normaliser(mean, std, int(cfg.model.img_size))
-    with torch.no_grad():
-        images = torch.from_numpy(data.images)
-        features = torch.cat([model.forward_head(model.forward_features(normaliser(images[i:i + 256])),
-                                                 pre_logits=True) for i in range(0, len(images), 256)])
-    folder = str(settings(cfg).clip.model)
-    if not folder.startswith(LOCAL_DIR):
-        raise UserError("study.robustness.clip.model must be 'local-dir:<folder>' to fit a tiny CLIP")
-    return fit_tiny_clip(features, torch.from_numpy(data.labels), list(label_space(cfg).names),
-                         folder[len(LOCAL_DIR):], steps=int(settings(cfg).miniature.clip_steps),
-                         seed=int(cfg.train.seeds[0]))
-
-
-def robust_synth(cfg: DictConfig) -> None:
-    """Miniature: write the shifted image trees of its evaluation sets (study.robustness.miniature)."""
-    from vpeft.robustness.miniature import write_shift_trees
-
-    write_shift_trees(Path(settings(cfg).miniature.root), label_space(cfg),
-                      settings(cfg).miniature, seed=int(cfg.train.seeds[0]))

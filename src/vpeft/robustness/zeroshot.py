@@ -25,6 +25,11 @@ LOCAL_DIR = "local-dir:"  # open_clip's schema for a folder with open_clip_confi
 # The checkpoint names open_clip looks for in such a folder, in its order of preference.
 OPEN_CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
                    "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth")
+# study.robustness.templates: miniature -- the 4 templates the miniature's tiny CLIP is fitted
+# with (vpeft.demo.robustness); the head must be built from the prompts the text tower learnt.
+MINIATURE_TEMPLATES: tuple[Callable[[str], str], ...] = (
+    lambda c: f"a photo of a {c}.", lambda c: f"a sketch of a {c}.",
+    lambda c: f"a rendering of a {c}.", lambda c: f"a bad photo of the {c}.")
 
 
 def imagenet_metadata() -> tuple[list[str], list[Callable[[str], str]]]:

@@ -1,4 +1,4 @@
-"""Synthetic VTAB-1K-style tasks for the offline demo.
+"""Synthetic VTAB-1K-style tasks for the offline demo (``vpeft synth``).
 
 Every task is written in the real VTAB-1K on-disk layout, so the ordinary VTAB loader reads it::
 
@@ -15,6 +15,10 @@ the network. ``source`` is a broader labelled set on which the demo pretrains it
 Generation is deterministic: the same arguments give byte-identical files. Each split draws from
 its own random stream (seeded by the seed, a stable per-task offset and the split), so changing
 the size of one split does not change the images of another.
+
+The tasks' registry (``DEMO_TASKS``, ``SOURCE_TASK``: names, groups, classes) lives in the core,
+:mod:`vpeft.data.catalog`, which the pipeline reads without importing this generator; it is
+re-exported here under its old names.
 """
 from __future__ import annotations
 
@@ -26,12 +30,19 @@ import math
 import shutil
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+# The registry and the constants that define the tasks' classes (vpeft.data.catalog, the core):
+from vpeft.data.catalog import (DEMO_SOURCE as SOURCE_TASK, DEMO_TASKS, SyntheticTask,
+                                POSITION_BINS as _POSITION_BINS,
+                                SOURCE_COLOURS as _SOURCE_COLOURS,
+                                SOURCE_GLYPH_COUNTS as _SOURCE_GLYPH_COUNTS,
+                                SOURCE_ORIENTATIONS as _SOURCE_ORIENTATIONS,
+                                SOURCE_PHOTOS as _SOURCE_PHOTOS, SOURCE_SHAPES as _SOURCE_SHAPES,
+                                TEXTURE_PHOTOS as _TEXTURE_PHOTOS)
 from vpeft.io import atomic_dir
 
 __all__ = [
@@ -46,18 +57,6 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class SyntheticTask:
-    """A synthetic classification task and where its pixels come from."""
-
-    name: str
-    group: str  # "natural" | "specialized" | "structured" (VTAB groups); "source" for pretraining
-    num_classes: int
-    description: str
-    source: str  # where the pixels come from, shown in the report
-    class_names: tuple[str, ...] = ()
-
-
 SPLITS: tuple[str, ...] = ("train800", "val200", "test")
 DEFAULT_SIZES: Mapping[str, int] = {"train800": 800, "val200": 200, "test": 400}
 _JPEG_QUALITY = 95
@@ -67,24 +66,13 @@ _SS = 4  # supersampling factor for rendered shapes: drawn at 4x, box-reduced (a
 # Pixel sources: photos shipped inside scikit-image / scikit-learn (no pooch download needed).
 # --------------------------------------------------------------------------------------------
 
-# Photos for the `digits` backgrounds (natural scenes).
+# Photos for the `digits` backgrounds (natural scenes). The `textures` and `source` photos define
+# those tasks' classes, so they are in vpeft.data.catalog (_TEXTURE_PHOTOS, _SOURCE_PHOTOS here).
 _DIGIT_BACKGROUNDS = ("skimage:coffee", "skimage:rocket", "skimage:astronaut", "skimage:chelsea",
                       "sklearn:china", "sklearn:flower")
-# One photo per `textures` class (texture-like / remote-sensing-like surfaces).
-_TEXTURE_PHOTOS = ("skimage:brick", "skimage:grass", "skimage:gravel", "skimage:moon",
-                   "skimage:immunohistochemistry", "skimage:hubble_deep_field",
-                   "sklearn:china", "sklearn:flower")
-# Photos for the texture classes of `source` (disjoint from `textures`).
-_SOURCE_PHOTOS = ("skimage:camera", "skimage:coins", "skimage:text", "skimage:cell",
-                  "skimage:clock", "skimage:colorwheel")
 
 _COUNT_SHAPES = ("circle", "square", "triangle")
 _SPRITES = ("square", "ellipse", "heart")  # the three dSprites shapes
-_POSITION_BINS = 8
-_SOURCE_SHAPES = ("circle", "square", "triangle", "cross")
-_SOURCE_COLOURS = {"red": 0.0, "green": 1 / 3, "blue": 2 / 3}  # hue centres of colour families
-_SOURCE_GLYPH_COUNTS = (1, 2, 3)
-_SOURCE_ORIENTATIONS = ("upright", "rot90")
 
 
 def _sklearn_file(folder: str, name: str) -> Path | None:
@@ -460,59 +448,8 @@ def render_source(rng: np.random.Generator, label: int, role: str, size: int) ->
 
 
 # --------------------------------------------------------------------------------------------
-# The task registry.
+# The renderers of the tasks in vpeft.data.catalog's registry.
 # --------------------------------------------------------------------------------------------
-
-DEMO_TASKS: dict[str, SyntheticTask] = {
-    "digits": SyntheticTask(
-        name="digits", group="natural", num_classes=10,
-        description="Handwritten digit (0-9) at a random offset and scale on a coloured "
-                    "natural-photo crop (SVHN-like).",
-        source="sklearn.datasets.load_digits (1,797 real 8x8 digits; every fifth digit of a class "
-               "held out for test) on crops of skimage.data coffee/rocket/astronaut/chelsea and "
-               "sklearn sample images china/flower",
-        class_names=tuple(str(d) for d in range(10))),
-    "faces": SyntheticTask(
-        name="faces", group="natural", num_classes=2,
-        description="Face vs non-face patch with crop, flip, brightness/contrast and tint jitter.",
-        source="skimage.data.lfw_subset (100 real LFW faces, 100 non-face patches; every fifth "
-               "held out for test)",
-        class_names=("face", "non-face")),
-    "textures": SyntheticTask(
-        name="textures", group="specialized", num_classes=len(_TEXTURE_PHOTOS),
-        description="Which surface a small random crop (random scale, 90-degree rotation, flip, "
-                    "brightness) comes from, like texture / remote-sensing tasks.",
-        source="crops of skimage.data brick/grass/gravel/moon/immunohistochemistry/"
-               "hubble_deep_field and sklearn sample images china/flower (test crops from the "
-               "bottom quarter of each photo, train/val from the rest)",
-        class_names=tuple(ref.split(":")[1] for ref in _TEXTURE_PHOTOS)),
-    "count": SyntheticTask(
-        name="count", group="structured", num_classes=6,
-        description="How many (1-6) non-overlapping circles/squares/triangles of random colours "
-                    "and sizes lie on a plain background (CLEVR-count-like); label = count - 1.",
-        source="rendered with PIL ImageDraw",
-        class_names=tuple(str(n) for n in range(1, 7))),
-    "position": SyntheticTask(
-        name="position", group="structured", num_classes=_POSITION_BINS,
-        description=f"x-position bin ({_POSITION_BINS} bins) of one white square/ellipse/heart "
-                    "sprite of random scale, rotation and y on black, stored grey-scale "
-                    "(dSprites-location-like).",
-        source="rendered with PIL ImageDraw",
-        class_names=tuple(f"x{b}" for b in range(_POSITION_BINS))),
-}
-
-SOURCE_TASK = SyntheticTask(
-    name="source", group="source",
-    num_classes=len(_SOURCE_SHAPES) * len(_SOURCE_COLOURS) + len(_SOURCE_PHOTOS)
-    + len(_SOURCE_GLYPH_COUNTS) * len(_SOURCE_ORIENTATIONS),
-    description="Pretraining set: shape x colour family (12 classes), photo crops (6), number and "
-                "orientation of digit glyphs (6).",
-    source="rendered with PIL ImageDraw; crops of skimage.data camera/coins/text/cell/clock/"
-           "colorwheel; glyphs from sklearn.datasets.load_digits",
-    class_names=tuple(f"{s}-{c}" for s in _SOURCE_SHAPES for c in _SOURCE_COLOURS)
-    + tuple(ref.split(":")[1] for ref in _SOURCE_PHOTOS)
-    + tuple(f"glyphs{n}-{o}" for n in _SOURCE_GLYPH_COUNTS for o in _SOURCE_ORIENTATIONS),
-)
 
 _RENDERERS: dict[str, Renderer] = {
     "digits": _render_digits,

@@ -1,5 +1,6 @@
 """The offline miniature of the robustness study: a tiny CLIP and shifted renditions of a source
-label space (the demo's synthetic ``source`` classes), written in the ImageNet-family formats.
+label space (the demo's synthetic ``source`` classes), written in the ImageNet-family formats
+(the ``robust-synth`` and ``fit-clip`` verbs: :func:`write_miniature_trees`, :func:`fit_clip`).
 
 - the tiny CLIP is a real open_clip ``CLIP`` (tiny text tower, a one-layer image tower that is
   never used) saved as an open_clip ``local-dir`` folder; its text tower and ``visual.proj`` are
@@ -19,27 +20,31 @@ label space (the demo's synthetic ``source`` classes), written in the ImageNet-f
   re-textured tree holding half of the classes (ImageNet-A/R's format: the logit mask's path);
   every shift is applied to an in-distribution (washed-out) render, as ImageNet's shifts are
   renditions of ImageNet's classes, not of CLIP's pretraining data.
+
+The label space (``study.robustness.label_space: synthetic_source``) and the 4 prompt templates
+(``templates: miniature``) are the core's (:mod:`vpeft.robustness.pipeline`,
+:data:`vpeft.robustness.zeroshot.MINIATURE_TEMPLATES`): the study reads them without this module.
 """
 from __future__ import annotations
 
 import json
 import logging
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 from torch import nn
 
+from vpeft import layout
 from vpeft.errors import UserError
 from vpeft.io import atomic_dir, write_json
+from vpeft.robustness.pipeline import label_space, settings
+from vpeft.robustness.zeroshot import LOCAL_DIR, MINIATURE_TEMPLATES as TEMPLATES
 
 log = logging.getLogger("vpeft.robustness")
-
-TEMPLATES: tuple[Callable[[str], str], ...] = (
-    lambda c: f"a photo of a {c}.", lambda c: f"a sketch of a {c}.",
-    lambda c: f"a rendering of a {c}.", lambda c: f"a bad photo of the {c}.")
 
 
 def tiny_clip_config(width: int, embed_dim: int = 32, text_width: int = 32) -> dict[str, Any]:
@@ -169,7 +174,7 @@ def id_contrast(settings) -> float:
 
 def write_shift_trees(root: Path, space, settings, seed: int = 0) -> Path:
     """Fresh renders of the source classes in the ImageNet-family formats (see the module doc)."""
-    from vpeft.data.synthetic import render_source
+    from vpeft.demo.synthetic import render_source
 
     size, per_class = int(settings.image_size), int(settings.per_class)
     contrast = id_contrast(settings)
@@ -194,3 +199,31 @@ def write_shift_trees(root: Path, space, settings, seed: int = 0) -> Path:
                         image = _retextured(image, rng)
                     image.save(folder / f"{i:04d}.png")
     return root
+
+
+def write_miniature_trees(cfg: DictConfig) -> Path:
+    """``robust-synth``: the miniature's trees under ``study.robustness.miniature.root``."""
+    return write_shift_trees(Path(settings(cfg).miniature.root), label_space(cfg),
+                             settings(cfg).miniature, seed=int(cfg.train.seeds[0]))
+
+
+def fit_clip(cfg: DictConfig) -> dict[str, Any]:
+    """``fit-clip``: fit the tiny CLIP to the pretrained demo ViT's features of the source set."""
+    from vpeft.data.shards import read_split
+    from vpeft.models.backbone import create_backbone, normalisation
+    from vpeft.train.loop import Normaliser
+
+    data = read_split(layout.prepared_task(cfg, layout.SOURCE_TASK), "train800")
+    model = create_backbone(cfg.model.name, cfg.model.weights, 1, kwargs=cfg.model.kwargs).eval()
+    mean, std = normalisation(model, cfg.model.mean, cfg.model.std)
+    normaliser = Normaliser(mean, std, int(cfg.model.img_size))
+    with torch.no_grad():
+        images = torch.from_numpy(data.images)
+        features = torch.cat([model.forward_head(model.forward_features(normaliser(images[i:i + 256])),
+                                                 pre_logits=True) for i in range(0, len(images), 256)])
+    folder = str(settings(cfg).clip.model)
+    if not folder.startswith(LOCAL_DIR):
+        raise UserError("study.robustness.clip.model must be 'local-dir:<folder>' to fit a tiny CLIP")
+    return fit_tiny_clip(features, torch.from_numpy(data.labels), list(label_space(cfg).names),
+                         folder[len(LOCAL_DIR):], steps=int(settings(cfg).miniature.clip_steps),
+                         seed=int(cfg.train.seeds[0]))
