@@ -169,7 +169,7 @@ def test_report_section_escapes_names():
     import pyarrow as pa
 
     from vpeft.report.manyshot import manyshot_curves
-    from vpeft.report.render import _environment
+    from vpeft.report.render import environment
 
     evil = "<script>alert(1)</script>"
     study = {"methods": [evil, "lora"], "manyshot": {
@@ -183,7 +183,7 @@ def test_report_section_escapes_names():
     curves = manyshot_curves(Results(), study)
     assert [m.value for m in curves[0].lines[0].marks] == ["12.5", "47.25"]
     assert len(curves[0].lines) == 1  # a diverged run draws no mark
-    html = _environment().get_template("_manyshot.html.j2").render(manyshot=curves)
+    html = environment().get_template("_manyshot.html.j2").render(manyshot=curves)
     assert "<script>" not in html and "&lt;script&gt;" in html and "d&lt;b&gt;" in html
     assert 'data-value="47.25"' in html and ">47.3<" in html  # the report's half-up rounding
 

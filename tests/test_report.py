@@ -22,7 +22,7 @@ from vpeft.report import (
     render_report,
     write_study_tables,
 )
-from vpeft.report import render as render_mod
+from vpeft.report import landing
 
 STUDY = {
     "name": "demo",
@@ -482,7 +482,7 @@ def test_render_failure_leaves_no_file(collected: StudyResults, tmp_path: Path,
         raise RuntimeError("boom")
 
     with monkeypatch.context() as m:
-        m.setattr(render_mod, "_svg_mean_bars", boom)
+        m.setattr(landing, "mean_bars", boom)
         with pytest.raises(RuntimeError):
             render_report(collected, STUDY, out)
     assert not out.exists()

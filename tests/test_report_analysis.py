@@ -14,8 +14,10 @@ import pytest
 from test_report import STUDY, TEST_TOP1, parse_cells, render, whole_report, write_run
 from vpeft.analysis import SCHEMAS, TaskPredictions, analyze_task, write_task_analysis
 from vpeft.report import StudyResults, collect_study, read_study_tables, write_study_tables
-from vpeft.report import render as render_mod
+from vpeft.report.advice import recommendations
 from vpeft.report.collect import GRID_SCHEMA, RESULTS_SCHEMA, SUMMARY_SCHEMA
+from vpeft.report.mistakes import PAIR_HEATMAPS
+from vpeft.report.view import pareto_front
 
 EVIL = "<script>alert(1)</script>"
 
@@ -129,8 +131,8 @@ def test_mistakes_numbers_match_tables(runs: Path, analysed: dict, tmp_path: Pat
         assert float(r["data-value"]) == pytest.approx(sum(want) / len(want))
     rects = [r for r in rects if r.get("data-column") != "mean_error_overlap"]
     assert {r["data-column"] for r in rects if "data-method-a" in r} == \
-        {column for _, column, _ in render_mod.PAIR_HEATMAPS}
-    for name, column, _ in render_mod.PAIR_HEATMAPS:
+        {column for _, column, _ in PAIR_HEATMAPS}
+    for name, column, _ in PAIR_HEATMAPS:
         pairs = results.analysis[name].to_pylist()
         heat = {(r["data-task"], r["data-method-a"], r["data-method-b"]): r
                 for r in rects if r.get("data-column") == column}
@@ -211,9 +213,9 @@ CRAFT = {
 
 def test_pareto_front_function() -> None:
     pts = {m: (v[4], v[3]) for m, v in CRAFT.items() if v[3] is not None}
-    assert render_mod.pareto_front(pts) == {"probe", "small", "twin", "tiny", "huge"}
-    assert render_mod.pareto_front({"a": (1.0, 50.0)}) == {"a"}
-    assert render_mod.pareto_front({"a": (1.0, 50.0), "b": (1.0, 51.0)}) == {"b"}
+    assert pareto_front(pts) == {"probe", "small", "twin", "tiny", "huge"}
+    assert pareto_front({"a": (1.0, 50.0)}) == {"a"}
+    assert pareto_front({"a": (1.0, 50.0), "b": (1.0, 51.0)}) == {"b"}
 
 
 def test_pareto_in_page(tmp_path: Path) -> None:
@@ -344,7 +346,7 @@ def test_all_methods_at_chance_no_recommendation(tmp_path: Path) -> None:
 def test_ties_are_explicit(tmp_path: Path) -> None:
     accs = {"probe": 10.0, "small": 79.5, "twin": 79.5, "tiny": 80.0, "huge": 80.0}
     results = outcome_results(accs, same={"twin": "small", "tiny": "huge"})
-    advice = render_mod.recommendations(results, SIG_STUDY)
+    advice = recommendations(results, SIG_STUDY)
     got = {a.scope: (a.kind, a.method, a.tied, a.best) for a in advice}
     for scope in ("natural", "specialized", "structured", "mean"):
         # tiny and huge share the best mean; small and twin are identical and cheapest
@@ -378,7 +380,7 @@ def test_names_escaped_in_svgs(tmp_path: Path) -> None:
     assert len([s for s in svgs if 'data-task="all tasks"' in s[:300]]) == 1
     scatter = [s for s in svgs if "scatter" in s]
     confhist = [s for s in svgs if "confhist" in s]
-    assert len(heat) == len(render_mod.PAIR_HEATMAPS) and scatter and confhist
+    assert len(heat) == len(PAIR_HEATMAPS) and scatter and confhist
     for chart in heat + scatter + confhist:
         assert "lo&lt;script&gt;alert(1)&lt;/script&gt;ra" in chart
     assert any(b.get("data-method") == evil and b.get("data-task") == f"t_nat{EVIL}"

@@ -128,7 +128,7 @@ def _wise_rows(methods=("linear", "lo<b>ra")):
 def test_report_section_marks_zero_shot_and_carries_raw_values():
     import pyarrow as pa
 
-    from vpeft.report.render import _environment
+    from vpeft.report.render import environment
     from vpeft.report.robustness import WISE_SCHEMA, robustness_view
 
     class Results:
@@ -140,7 +140,7 @@ def test_report_section_marks_zero_shot_and_carries_raw_values():
     v = views[0]
     assert v.zero_shot_consistent and float(v.zero_shot.id_value) == 50.0
     assert float(v.zero_shot.ood_value) == 25.0
-    html = _environment().get_template("_robustness.html.j2").render(robustness=views)
+    html = environment().get_template("_robustness.html.j2").render(robustness=views)
     assert "lo<b>ra" not in html and "lo&lt;b&gt;ra" in html  # autoescaped
     assert 'class="zero-shot" data-id="50.0" data-ood="25.0"' in html
     # the fine-tuned end of lora: ID 50 + 20 = 70; OOD mean of sketch 35 and subset 45 = 40

@@ -9,7 +9,8 @@ from vpeft.report.collect import (
     summarize,
     write_study_tables,
 )
-from vpeft.report.render import read_published, render_html, render_report
+from vpeft.report.published import read_published
+from vpeft.report.render import render_html, render_report
 
 __all__ = [
     "GROUPS",

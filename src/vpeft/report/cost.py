@@ -1,4 +1,5 @@
-"""Accuracy vs cost: device-hours per task, peak memory and training throughput per method.
+"""Accuracy vs cost: device-hours per task, peak memory and training throughput per method; and
+accuracy vs trainable parameters (its own section of the page), each with its Pareto front.
 
 Hours per task = the grid search's wall time plus every seed's final run, averaged over the tasks
 that have all of them. The unit follows the runs' recorded ``device``: GPU-hours when every run
@@ -20,7 +21,7 @@ from vpeft.report.collect import StudyResults, study_methods, study_tasks
 from vpeft.report.numbers import fmt_acc
 from vpeft.report.view import Cell, Row, fmt_params, exact_text, pareto_front
 
-__all__ = ["CostView", "cost_view", "device_unit"]
+__all__ = ["CostView", "cost_view", "device_unit", "params_scatter"]
 
 
 def device_unit(devices: Iterable[str | None]) -> str:
@@ -139,3 +140,19 @@ def cost_view(results: StudyResults, study: Mapping) -> CostView | None:
                         x_label=f"{unit} per task: grid search + final runs (log scale)",
                         x_what=f"{unit} per task", kind="costplot") if points else None
     return CostView(rows, chart, unit, note)
+
+
+def _params_points(results: StudyResults, study: Mapping) -> list[svg.ScatterPoint]:
+    summary = {r["method"]: r for r in results.summary.to_pylist()}
+    data = {m: (float(summary[m]["trainable_params"]), float(summary[m]["mean"]))
+            for m in study_methods(study)
+            if m in summary and summary[m]["mean"] is not None
+            and summary[m]["trainable_params"] is not None}
+    front = pareto_front(data)
+    return [svg.ScatterPoint(m, p, a, m in front) for m, (p, a) in data.items()]
+
+
+def params_scatter(results: StudyResults, study: Mapping) -> Markup | None:
+    """Each method's mean test top-1 vs its trainable parameters, the Pareto front highlighted
+    (methods without a mean or a parameter count are left out)."""
+    return svg.scatter(_params_points(results, study), fmt_params, fmt_acc)

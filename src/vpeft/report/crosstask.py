@@ -1,6 +1,7 @@
 """Cross-task summaries for the landing page: one row per task (agreement, error overlap,
-oracle and ensemble gains), the error overlap of every method pair averaged over tasks, the
-calibration of every method averaged over tasks, and the seed-noise table averaged over tasks.
+oracle and ensemble gains), each ensemble's gain per task with its mean over tasks, the error
+overlap of every method pair averaged over tasks, the calibration of every method averaged over
+tasks, and the seed-noise table averaged over tasks.
 
 The per-task detail they summarise lives on the task pages; every value here is a plain mean of
 the analysis tables' values (``data-value`` holds it unrounded), so a reader can recompute it.
@@ -13,11 +14,13 @@ from typing import Any, Mapping, Sequence
 from markupsafe import Markup
 
 from vpeft.report import svg
+from vpeft.report.collect import StudyResults, study_tasks
 from vpeft.report.numbers import fmt_acc
 from vpeft.report.seednoise import SeedNoiseRow
 from vpeft.report.view import Cell, Row, fmt_delta, exact_text
 
-__all__ = ["confidence_summary", "mean_overlap", "mean_seed_noise", "mistakes_summary"]
+__all__ = ["confidence_summary", "ensemble_overview", "mean_overlap", "mean_seed_noise",
+           "mistakes_summary"]
 
 Index = Mapping[str, Mapping[str, Sequence[Mapping[str, Any]]]]   # {table: {task: rows}}
 
@@ -77,6 +80,37 @@ def mistakes_summary(index: Index, tasks: Sequence[str]) -> list[Row]:
             gain,
         ], task=task))
     return rows
+
+
+def ensemble_overview(results: StudyResults, study: Mapping) -> tuple[list[str], list[Row]]:
+    """Gain of each ensemble (rule x combiner) over the best single method by validation, one
+    column per task plus the mean over the tasks that have it. Nothing is chosen here."""
+    table = results.analysis.get("ensembles")
+    if table is None or table.num_rows == 0:
+        return [], []
+    records = table.to_pylist()
+    order = [t for t, _ in study_tasks(study)]
+    tasks = [t for t in order if any(r["task"] == t for r in records)]
+    tasks += [t for t in dict.fromkeys(r["task"] for r in records) if t not in order]
+    gains = {(r["task"], r["rule"], r["combiner"]): _finite(
+        r["gain_over_best_single_by_val"]) for r in records}
+    keys = list(dict.fromkeys((r["rule"], r["combiner"]) for r in records))
+    rows = []
+    for rule, combiner in keys:
+        cells = []
+        for t in tasks:
+            v = gains.get((t, rule, combiner))
+            sign = [] if v is None or v == 0 else ["gain-pos" if v > 0 else "gain-neg"]
+            cell = _cell(v, "gain_over_best_single_by_val", t, fmt_delta, classes=sign)
+            cell.title = f"{rule} / {combiner}"
+            cells.append(cell)
+        values = [gains[(t, rule, combiner)] for t in tasks
+                  if gains.get((t, rule, combiner)) is not None]
+        mean = math.fsum(values) / len(values) if values else None
+        cells.append(Cell(fmt_delta(mean), exact_text(mean), "mean_gain", None, None,
+                          ["num", "mean-col"], title=f"mean over {len(values)} task(s)"))
+        rows.append(Row(f"{rule} · {combiner}", cells))
+    return tasks, rows
 
 
 def mean_overlap(index: Index, methods: Sequence[str], column: str = "error_overlap"

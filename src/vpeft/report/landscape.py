@@ -17,9 +17,11 @@ from typing import Any, Mapping, Sequence
 
 from markupsafe import Markup
 
+from vpeft.report import numbers
+from vpeft.report.collect import StudyResults, study_methods, study_tasks
 from vpeft.report.svg import esc, mono_width
 
-__all__ = ["Landscape", "landscape", "swept_axes"]
+__all__ = ["Landscape", "landscape", "landscape_inputs", "swept_axes", "task_landscapes"]
 
 _OPTIM_FIRST = ("lr", "weight_decay")
 # Sequential colour scale (light to dark), interpolated linearly between the stops.
@@ -259,3 +261,20 @@ def landscape(task: str, method: str, grid_rows: Sequence[Mapping[str, Any]],
     else:
         chart = _matrix(task, method, axes, points, fmt_acc)
     return Landscape(task, method, axes, chart)
+
+
+def landscape_inputs(results: StudyResults, study: Mapping
+                     ) -> dict[str, list[tuple[str, list[dict[str, Any]]]]]:
+    """Per task, (method, grid rows) in study order: what :func:`task_landscapes` draws."""
+    by_key: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for g in results.grid.to_pylist():
+        by_key.setdefault((g["task"], g["method"]), []).append(g)
+    return {task: [(m, by_key.get((task, m), [])) for m in study_methods(study)]
+            for task, _ in study_tasks(study)}
+
+
+def task_landscapes(task: str, inputs: Sequence[tuple[str, list[dict[str, Any]]]]
+                    ) -> list[Landscape]:
+    """Each method's val200 landscape over its grid (drawn in the worker rendering the page)."""
+    return [c for m, rows in inputs
+            if (c := landscape(task, m, rows, numbers.fmt_acc)) is not None]

@@ -9,18 +9,22 @@
 
 A cell shows the mean over seeds (``± std`` with two or more seeds) and, below it, the 95 %
 bootstrap interval from ``results.stats``; a value not significantly above chance is marked
-"≈ chance". ``data-value`` is the unrounded mean over seeds.
+"≈ chance". ``data-value`` is the unrounded mean over seeds. Below the table, a bar chart of
+each method's mean test top-1 (:func:`mean_bars`).
 """
 from __future__ import annotations
 
+import html
 from typing import Any, Mapping
+
+from markupsafe import Markup
 
 from vpeft.report.collect import StudyResults, study_kind, study_methods, study_tasks
 from vpeft.report.numbers import fmt_acc
 from vpeft.report.view import GROUP_TITLES, Cell, Row, VtabTable, fmt_params, fmt_pct, \
     mark_best, present_groups, exact_text
 
-__all__ = ["main_table", "stats_index"]
+__all__ = ["main_table", "mean_bars", "stats_index"]
 
 StatsKey = tuple[str, str, str]   # (scope_kind, scope, method)
 
@@ -158,3 +162,42 @@ def _chance_footer(results: StudyResults, groups: list[tuple[str, list[str]]],
         cells.append(Cell(fmt_acc(v), exact_text(v), "chance", None, None, ["num", "mean-col", "chance"]))
     cells += [Cell("", None, "chance"), Cell("", None, "chance")]
     return [Row("chance (majority class)", cells)]
+
+
+def mean_bars(results: StudyResults, study: Mapping) -> Markup | None:
+    """Horizontal bars of each method's mean test top-1 (0..100 axis), as inline SVG.
+
+    Built by hand rather than through the template, so every text node and attribute is escaped
+    here with html.escape. No xmlns attribute: inline SVG in HTML does not need it, and the page
+    must not contain any URL.
+    """
+    summary = {r["method"]: r for r in results.summary.to_pylist()}
+    bars = [(m, summary[m]["mean"]) for m in study_methods(study)
+            if m in summary and summary[m]["mean"] is not None]
+    if not bars:
+        return None
+    label_w, plot_w, bar_h, gap, top, bottom = 150, 420, 18, 6, 10, 30
+    height = top + len(bars) * (bar_h + gap) + bottom
+    width = label_w + plot_w + 60
+    esc = lambda s: html.escape(str(s), quote=True)  # noqa: E731
+    parts = [f'<svg class="chart" width="{width}" height="{height}" '
+             f'viewBox="0 0 {width} {height}" role="img" '
+             f'aria-label="{esc("Mean test top-1 per method")}">']
+    axis_y = top + len(bars) * (bar_h + gap)
+    for tick in range(0, 101, 20):
+        x = label_w + plot_w * tick / 100
+        parts.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{axis_y}" class="grid"/>')
+        parts.append(f'<text x="{x:.1f}" y="{axis_y + 16}" class="tick">{tick}</text>')
+    best = max(v for _, v in bars)
+    for i, (method, value) in enumerate(bars):
+        y = top + i * (bar_h + gap)
+        w = plot_w * value / 100
+        cls = "bar best" if value == best else "bar"
+        parts.append(f'<text x="{label_w - 8}" y="{y + bar_h - 5}" class="label">{esc(method)}</text>')
+        parts.append(f'<rect x="{label_w}" y="{y}" width="{w:.2f}" height="{bar_h}" class="{cls}" '
+                     f'data-method="{esc(method)}" data-value="{esc(repr(value))}">'
+                     f'<title>{esc(method)}: {esc(fmt_acc(value))}</title></rect>')
+        parts.append(f'<text x="{label_w + w + 4:.2f}" y="{y + bar_h - 5}" class="value">'
+                     f'{esc(fmt_acc(value))}</text>')
+    parts.append("</svg>")
+    return Markup("".join(parts))

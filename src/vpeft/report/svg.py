@@ -37,6 +37,11 @@ def esc(value: object) -> str:
 
 
 def _raw(value: float | None) -> str:
+    """A drawn number's ``data-value``: the repr of its Python float ("" for none).
+
+    Not :func:`vpeft.report.view.exact_text`, which keeps the value's own type: an int stays
+    "3" (here "3.0"), a numpy float32 is written by its own str, a numpy float64 (numpy 2) as
+    "np.float64(...)" (here both as the Python float's repr), and none gives None, not ""."""
     return "" if value is None else repr(float(value))
 
 

@@ -1,5 +1,5 @@
 """The report's view model: cells, rows and tables the template only loops over, and the
-number formats they use (shared by render.py and the section modules)."""
+number formats they use (shared by the section modules)."""
 from __future__ import annotations
 
 import json
