@@ -13,22 +13,6 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from vpeft.config import StudyPlan
 
-REFERENCE_DIR = Path(__file__).parent / "reference"  # published tables shipped with vpeft
-
-
-def published_csv(name: str | None) -> Path | None:
-    """``study.published``: a CSV path, or the name of one shipped in vpeft/report/reference."""
-    from vpeft.errors import UserError
-
-    if not name:
-        return None
-    path = Path(name)
-    if not path.is_file():
-        path = REFERENCE_DIR / name
-    if not path.is_file():
-        raise UserError(f"study.published: {name!r} is neither a file nor a CSV shipped with vpeft")
-    return path
-
 
 def save_report_part(plan: StudyPlan, task: str) -> tuple[Path, str | None]:
     """The report's reading and bootstrapping of ``task``, done by its analyze job (on the task's
@@ -55,6 +39,7 @@ def write_report(plan: StudyPlan) -> Path:
     from vpeft.io import write_json
     from vpeft.protocol import git_commit, study_metadata, versions
     from vpeft.report.collect import collect_study, write_study_tables
+    from vpeft.report.published import published_csv
     from vpeft.report.render import render_report
     from vpeft.report.robustness import collect_wise  # robustness study: WiSE-FT curves
 

@@ -13,9 +13,26 @@ from vpeft.report.numbers import fmt_acc
 from vpeft.report.view import GROUP_TITLES, Cell, Row, VtabTable, exact_text, fmt_delta, \
     mark_best, mean_cell, present_groups
 
-__all__ = ["PUBLISHED_TITLE", "published_table", "read_published"]
+__all__ = ["PUBLISHED_TITLE", "published_csv", "published_table", "read_published"]
 
 PUBLISHED_TITLE = "Published (ViT-B/16 IN-21K)"
+REFERENCE_DIR = Path(__file__).parent / "reference"  # published tables shipped with vpeft
+
+
+def published_csv(name: str | None) -> Path | None:
+    """``study.published``: a CSV path, or the name of one shipped in vpeft/report/reference."""
+    from vpeft.errors import UserError
+
+    if not name:
+        return None
+    path = Path(name)
+    if not path.is_file():
+        path = REFERENCE_DIR / name
+    if not path.is_file():
+        raise UserError(f"study.published: {name!r} is neither a file nor a CSV shipped with vpeft")
+    return path
+
+
 _NOT_COVERED = "the published reference does not cover every task of this column"
 
 
