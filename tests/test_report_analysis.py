@@ -206,7 +206,7 @@ CRAFT = {
     "heavy": (68.0, 82.0, 55.0, 70.0, 1000.0),      # same mean as small, more params: dominated
     "huge": (90.0, 79.0, 60.0, 80.0, 5000.0),       # front: best mean
     "twin": (70.0, 75.0, 50.0, 70.0, 100.0),        # identical to small: both stay on the front
-    "tiny": (85.0, 81.0, 70.0, 79.0, 3000.0),       # exactly 1.0 pp below the best: within margin
+    "tiny": (85.0, 81.0, 70.0, 79.0, 3000.0),       # 1.0 pp below the best, cheaper: on the front
     "nan_m": (None, None, None, None, 10.0),        # no mean: not plotted, never picked
 }
 

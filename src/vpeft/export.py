@@ -114,7 +114,7 @@ def export_merged(plan: StudyPlan, task: str, method: str, out: Path | None = No
         # Trained from the zero-shot head (robustness study): a timm backbone plus that head, which
         # is not a linear layer; vpeft.models.zeroshot_head.install_head rebuilds it.
         info["head"] = "zero-shot: head.proj -> L2 norm -> head.classifier"
-    write_json(out.with_suffix(".json"), info)
+    write_json(layout.weights_info(out), info)
     log.info("exported %s/%s with the method folded in: %s", task, method, out)
     return out
 

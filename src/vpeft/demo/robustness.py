@@ -109,7 +109,7 @@ def fit_tiny_clip(features: torch.Tensor, labels: torch.Tensor, classnames: Sequ
     save_clip_dir(clip.eval(), config, folder)
     info = {"steps": steps, "first_loss": losses[0], "last_loss": float(np.mean(losses[-20:])),
             "classes": len(classnames), "width": width}
-    write_json(Path(folder).with_suffix(".json"), info)
+    write_json(layout.weights_info(folder), info)
     log.info("tiny CLIP fitted: loss %.3f -> %.3f", info["first_loss"], info["last_loss"])
     return info
 

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vpeft import layout
 from vpeft.errors import UserError
 from vpeft.io import atomic_path, write_json
 
@@ -65,8 +66,8 @@ def save_head(head: ZeroShotHead, path: str | Path, meta: dict[str, Any]) -> Non
     state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata={METADATA_KEY: json.dumps(meta)})
-    write_json(path.with_suffix(".json"), {**meta, "tensors": {k: list(v.shape)
-                                                               for k, v in state.items()}})
+    write_json(layout.weights_info(path),
+               {**meta, "tensors": {k: list(v.shape) for k, v in state.items()}})
 
 
 def load_head(path: str | Path) -> ZeroShotHead:

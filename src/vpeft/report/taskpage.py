@@ -103,7 +103,7 @@ def task_contexts(results: StudyResults, study: Mapping, common: Mapping
             seed_noise=seed_noise_view(results.seed_noise, task, study_methods(study)),
             hparams=[r for r in hparams if r.task == task],
             grid=[r for r in grid if r.task == task],
-            landscapes=landscapes.get(task, []),   # inputs; drawn by render._render_task_page
+            landscapes=landscapes.get(task, []),   # inputs; drawn when the page is rendered (render.py)
             config=config,
             config_diffs=[r for r in diffs if r.task == task],
         )
