@@ -22,13 +22,13 @@ from markupsafe import Markup
 
 from vpeft import layout
 from vpeft.report.numbers import fmt_acc
+from vpeft.robustness.tables import WISE_RUN_SCHEMA
 from vpeft.report.svg import DASHES, MARKERS, PALETTE, esc, marker, place_end_labels, spread_labels
 
 __all__ = ["WISE_SCHEMA", "RobustnessView", "collect_wise", "robustness_view"]
 
-WISE_SCHEMA = pa.schema([("task", pa.string()), ("method", pa.string()), ("alpha", pa.float64()),
-                         ("eval_set", pa.string()), ("top1", pa.float64()),
-                         ("num_images", pa.int64()), ("num_classes_scored", pa.int64())])
+# The study's WiSE-FT table: every run's curve (WISE_RUN_SCHEMA) with its task and method.
+WISE_SCHEMA = pa.schema([("task", pa.string()), ("method", pa.string()), *WISE_RUN_SCHEMA])
 ID_SET = layout.WISE_ID_SET
 LEFT, RIGHT, TOP, BOTTOM, PLOT_W, PLOT_H = 56, 120, 14, 44, 420, 300
 

@@ -24,6 +24,7 @@ from vpeft.errors import UserError
 from vpeft.io import write_json, write_parquet
 from vpeft.robustness.imagenet import (LabelSpace, few_shot_split, imagenet_label_space,
                                        read_eval_set, write_task_view)
+from vpeft.robustness.tables import WISE_RUN_SCHEMA
 
 log = logging.getLogger("vpeft.robustness")
 
@@ -197,9 +198,7 @@ def run_wise(plan: StudyPlan, task: str, method: str, seed: int | None = None) -
                 rows.append({"alpha": alpha, "eval_set": name, "top1": top1(logits, labels, subset),
                              "num_images": len(labels), "num_classes_scored":
                              len(subset) if subset else num_classes})
-    table = pa.Table.from_pylist(rows, schema=pa.schema([
-        ("alpha", pa.float64()), ("eval_set", pa.string()), ("top1", pa.float64()),
-        ("num_images", pa.int64()), ("num_classes_scored", pa.int64())]))
+    table = pa.Table.from_pylist(rows, schema=WISE_RUN_SCHEMA)
     out = layout.wise_dir(cfg, task, method, seed)
     write_parquet(out / layout.WISE_TABLE, table)
     summary = {"task": task, "method": method, "seed": seed, "status": status, "alphas": alphas,
