@@ -143,9 +143,9 @@ def _params_copy(tmp_path, monkeypatch):
 def test_a_misspelled_key_in_a_method_file_names_the_file(tmp_path, monkeypatch):
     lora = _params_copy(tmp_path, monkeypatch) / "method" / "lora.yaml"
     lora.write_text(lora.read_text().replace("optim:", "optimiser:"))
-    with pytest.raises(ConfigError, match=r"'optimiser' \(from .*params/method/lora\.yaml\)\. "
-                                          r"Did you mean 'optim'\? Valid top-level keys: name, "
-                                          r"hparams, optim"):
+    with pytest.raises(ConfigError, match=r"'method\.lora\.optimiser' \(from .*params/method/"
+                                          r"lora\.yaml\)\. Did you mean 'method\.lora\.optim'\? "
+                                          r"Valid keys of method\.lora: name, hparams, optim"):
         load_study("smoke")
 
 
@@ -161,6 +161,18 @@ def test_a_misspelled_hyper_parameter_is_refused_by_check_naming_the_method_file
     with pytest.raises(ConfigError, match=r"params/method/lora\.yaml with study\.grid\.lora of "
                                           r"params/study/smoke\.yaml: .*\['dropuot'\].*dropout"):
         check_method_hparams(plan)
+
+
+def test_method_is_a_hydra_group_composed_under_method_and_narrowed_by_the_study():
+    plan = load_study("smoke", ["method.linear.optim.weight_decay=[0.5]"])
+    assert sorted(plan.cfg.method) == ["linear", "lora"]  # the study's methods are kept
+    assert plan.cfg.method.lora.hparams.rank == [1, 8, 16, 32]  # params/method/lora.yaml
+    # study.grid.<method> (the study file) is merged last: it wins where it sets a key ...
+    assert [p.hparams["rank"] for p in plan.points["lora"]] == [2, 2]
+    assert {p.optim["weight_decay"] for p in plan.points["linear"]} == {1e-4}
+    # ... and a key it leaves alone follows the method file and the command line
+    plan = load_study("smoke", ["method.lora.hparams.dropout=0.2"])
+    assert {p.hparams["dropout"] for p in plan.points["lora"]} == {0.2}
 
 
 def test_every_shipped_grid_point_is_valid_for_its_method():

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 CONFIG_DIR_ENV = "VPEFT_PARAMS"
 
@@ -37,15 +37,19 @@ def params_dir() -> Path:
 
 
 def compose(study: str, overrides: Sequence[str] = ()) -> DictConfig:
-    """Compose ``params/config.yaml`` for one study."""
+    """Compose ``params/config.yaml`` for one study, with every file of the ``method`` group
+    under ``method.<name>`` (a Hydra group selected many times: the command line can change a
+    method's grid, ``method.lora.optim.lr=[1e-3]``; a study file narrows it under study.grid)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
 
     cfg_overrides = [f"study={study}", *overrides]
+    every_method = [f"+method@method.{name}={name}" for name in method_names_in_params()]
     try:
         with initialize_config_dir(config_dir=str(params_dir()), version_base="1.3"):
-            cfg = hydra_compose(config_name="config", overrides=cfg_overrides)
+            cfg = hydra_compose(config_name="config",
+                                overrides=[cfg_overrides[0], *every_method, *cfg_overrides[1:]])
     except HydraException as err:
         raise ConfigError(f"cannot compose params/ with overrides {cfg_overrides}: {err}") from err
     return cfg
@@ -57,19 +61,13 @@ def method_names_in_params() -> list[str]:
 
 
 def method_config(cfg: DictConfig, method: str) -> DictConfig:
-    """``params/method/<method>.yaml`` with the study's reduced grid (``study.grid.<method>``) merged in.
-
-    Method files are plain YAML (no defaults list), so they are read directly: composing each one
-    through Hydra would cost every job and every DAG build a fifth of a second per method.
-    """
-    path = params_dir() / "method" / f"{method}.yaml"
-    if not path.is_file():
+    """``method.<method>`` (``params/method/<method>.yaml`` as composed) with the study's reduced
+    grid (``study.grid.<method>``) merged in."""
+    mcfg = OmegaConf.select(cfg, f"method.{method}", default=None)
+    if mcfg is None:
         raise ConfigError(f"study.methods: no params/method/{method}.yaml; known methods: "
                           f"{method_names_in_params()}")
-    mcfg = OmegaConf.load(path)
-    from vpeft.schema import MethodFile
-
-    check_schema(OmegaConf.to_container(mcfg, resolve=False), MethodFile, lambda key: _shown(path))
+    mcfg = OmegaConf.create(OmegaConf.to_container(mcfg, resolve=True))  # not struct: a grid may add keys
     study_grid = OmegaConf.select(cfg, f"study.grid.{method}", default=None)
     if study_grid is not None:
         mcfg = OmegaConf.merge(mcfg, study_grid)
@@ -253,7 +251,13 @@ def _check_study_schema(cfg: DictConfig, study: str, overrides: Sequence[str]) -
     files = [root / "study" / f"{study}.yaml", *sorted((root / "train").glob("*.yaml")),
              *sorted((root / "model").glob("*.yaml")), root / "config.yaml"]
     plain = OmegaConf.to_container(cfg, resolve=False)
-    check_schema(plain, Config, lambda key: _origin(key, overrides, files))
+
+    def origin(key: str) -> str:
+        if key.startswith("method."):  # method.<name>...: that method's file
+            return _origin(key, overrides, [root / "method" / f"{key.split('.')[1]}.yaml"])
+        return _origin(key, overrides, files)
+
+    check_schema(plain, Config, origin)
     known = method_names_in_params()
     for method in (plain["study"].get("grid") or {}):
         if method not in known:
@@ -275,6 +279,9 @@ def load_study(study: str, overrides: Sequence[str] = ()) -> StudyPlan:
     if unknown:
         raise ConfigError(f"study.methods: unknown method(s) {unknown}; known: "
                           f"{method_names_in_params()}")
+    with open_dict(cfg):  # keep the study's methods: the config recorded beside each result
+        for name in set(cfg.method) - set(methods):
+            del cfg.method[name]
     plan = StudyPlan(cfg=cfg, name=study, tasks=list(cfg.study.tasks), methods=methods)
     for method in methods:
         plan.points[method] = grid_points(method_config(cfg, method))

@@ -2,7 +2,7 @@
 
 The YAML files under ``params/`` hold the values (each default is written there, once); these
 dataclasses hold the key names and types. A composed study is checked against :class:`Config`,
-each method file against :class:`MethodFile`, each ``study.grid.<method>`` block against
+each method file (``method.<name>``) against :class:`MethodFile`, each ``study.grid.<method>`` block against
 :class:`MethodGrid`: an unknown or misspelled key, or a value of the wrong type, is an error that
 names the key, where it came from and the valid keys (:func:`vpeft.config.load_study`).
 
@@ -243,6 +243,7 @@ class Analysis:  # the mistake analysis of each task (vpeft.analysis)
 @dataclass
 class Config:  # params/config.yaml composed with its groups
     model: Model = field(default_factory=Model)
+    method: Dict[str, MethodFile] = field(default_factory=dict)  # method.<name>: its file
     train: Train = field(default_factory=Train)
     study: Study = field(default_factory=Study)
     paths: Paths = field(default_factory=Paths)
