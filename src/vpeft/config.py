@@ -258,11 +258,11 @@ def _check_study_schema(cfg: DictConfig, study: str, overrides: Sequence[str]) -
         return _origin(key, overrides, files)
 
     check_schema(plain, Config, origin)
-    known = method_names_in_params()
+    known = sorted(plain["method"])  # the method group as composed: one per params/method file
     for method in (plain["study"].get("grid") or {}):
         if method not in known:
-            raise ConfigError(f"study.grid.{method} (from {_origin(f'study.grid.{method}', overrides, files[:1])}):"
-                              f" no such method; known methods: {', '.join(known)}")
+            raise ConfigError(f"study.grid.{method} (from {origin(f'study.grid.{method}')}): no "
+                              f"such method; known methods: {', '.join(known)}")
 
 
 def load_study(study: str, overrides: Sequence[str] = ()) -> StudyPlan:
@@ -274,11 +274,10 @@ def load_study(study: str, overrides: Sequence[str] = ()) -> StudyPlan:
     if cfg.study.name != study:
         raise ConfigError(f"params/study/{study}.yaml sets study.name={cfg.study.name!r}; "
                           f"expected {study!r}")
-    methods = list(cfg.study.methods)
-    unknown = sorted(set(methods) - set(method_names_in_params()))
+    methods, known = list(cfg.study.methods), sorted(cfg.method)  # composed: params/method/*
+    unknown = sorted(set(methods) - set(known))
     if unknown:
-        raise ConfigError(f"study.methods: unknown method(s) {unknown}; known: "
-                          f"{method_names_in_params()}")
+        raise ConfigError(f"study.methods: unknown method(s) {unknown}; known: {known}")
     with open_dict(cfg):  # keep the study's methods: the config recorded beside each result
         for name in set(cfg.method) - set(methods):
             del cfg.method[name]
