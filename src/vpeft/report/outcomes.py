@@ -41,7 +41,6 @@ def _check_predictions(table: pa.Table, preds: Path, test_path: Path, test_top1:
         raise RunDataError(f"{test_path}: test_top1={test_top1!r} but {preds} gives {top1!r}")
 
 
-
 def _read_outcome(path: Path, check: tuple[Path, float, int | None] | None = None
                   ) -> tuple[Any, Any, Any]:
     """(index, label, pred) of one test_predictions.parquet, sorted by index (logits not read);

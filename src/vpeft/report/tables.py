@@ -220,7 +220,6 @@ def study_methods(study: Mapping) -> list[str]:
     return methods
 
 
-
 def study_kind(study: Mapping) -> str:
     """``vtab`` (VTAB-1K or its synthetic miniature: VTAB groups), ``manyshot`` or ``robustness``.
 
