@@ -46,8 +46,8 @@ class RunFileError(ValueError):
 class Record:
     """A JSON object with named fields (declared by the subclasses) and its keys' order."""
 
-    # Keys of the object in order; by default every field, in the order the class declares them.
-    keys: tuple[str, ...] = field(default=(), repr=False, compare=False)
+    # The object's keys in order (None: every field, in the order the class declares them).
+    key_order: tuple[str, ...] | None = field(default=None, repr=False, compare=False)
     # Keys the class does not name, with their values.
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -57,13 +57,14 @@ class Record:
     required: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
-        if not self.keys:
-            object.__setattr__(self, "keys", (*self.field_names(), *self.extra))
+        if self.key_order is None:
+            object.__setattr__(self, "key_order", (*self.field_names(), *self.extra))
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
         """The JSON keys the class names, in its order."""
-        return tuple(f.name for f in dataclasses.fields(cls) if f.name not in ("keys", "extra"))
+        return tuple(f.name for f in dataclasses.fields(cls)
+                     if f.name not in ("key_order", "extra"))
 
     @classmethod
     def of(cls: type[R], **values: Any) -> R:
@@ -71,7 +72,8 @@ class Record:
         would be written): a field not given is None and is not written."""
         named = set(cls.field_names())
         return cls(**{k: cls._nest(k, v) for k, v in values.items() if k in named},
-                   extra={k: v for k, v in values.items() if k not in named}, keys=tuple(values))
+                   extra={k: v for k, v in values.items() if k not in named},
+                   key_order=tuple(values))
 
     @classmethod
     def _nest(cls, key: str, value: Any) -> Any:
@@ -98,7 +100,7 @@ class Record:
     def to_dict(self) -> dict[str, Any]:
         """The JSON object, its keys in the record's order."""
         out = {}
-        for key in self.keys:
+        for key in self.key_order:
             value = self.extra[key] if key in self.extra else getattr(self, key)
             if key in self.nested and value is not None:
                 value = [v.to_dict() for v in value]

@@ -86,10 +86,10 @@ def _read_val_top1(runs: MethodRuns) -> float | None:
     except RunFileError as err:  # malformed JSON or not an object; the message names the file
         raise AnalysisInputError(str(err)) from err
     for key, expected in (("task", runs.task), ("method", runs.method)):
-        if key in sel.keys and getattr(sel, key) != expected:
+        if key in sel.key_order and getattr(sel, key) != expected:
             raise AnalysisInputError(f"{path}: {key} is {getattr(sel, key)!r}, "
                                      f"expected {expected!r}")
-    if "best_val_top1" not in sel.keys:
+    if "best_val_top1" not in sel.key_order:
         raise AnalysisInputError(f"{path}: no best_val_top1")
     value = sel.best_val_top1
     if value is None:
