@@ -295,8 +295,9 @@ class MethodRuns:
         return RunDir(path, self.seeds[0] if seed is None and self.seeds else seed)
 
     def further_seeds(self) -> list[RunDir]:
-        """The final runs of the seeds after the first, in seed order: every further seed of
-        ``seeds`` (present or not) when known, else the ``final-seed<s>/`` directories present."""
+        """The final runs of the seeds after the first: every further seed of ``seeds``, in
+        their order, present or not, when known; else the ``final-seed<s>/`` directories present,
+        by seed."""
         if self.seeds is not None:
             return [self.final(s) for s in self.seeds[1:]]
         prefix = layout.FINAL_DIR + layout.SEED_SUFFIX
