@@ -67,9 +67,11 @@ def _cost(metrics: RunMetrics) -> dict[str, Any]:
 
 
 def _optim_columns(metrics: RunMetrics) -> dict[str, Any]:
+    """A run's hyper-parameter columns (the grid and results tables share them)."""
     optim = metrics.optim or {}
     return {"hparams_json": _dumps(metrics.hparams or {}), "optim_json": _dumps(optim),
-            "lr": _opt_float(optim.get("lr")), "weight_decay": _opt_float(optim.get("weight_decay"))}
+            "lr": _opt_float(optim.get("lr")),
+            "weight_decay": _opt_float(optim.get("weight_decay"))}
 
 
 @dataclass
