@@ -9,9 +9,10 @@ vpeft's own on-disk formats (``runs/<study>/<task>/<method>/selection.json`` and
 reports the job's peak resident set size (``ru_maxrss`` of ``RUSAGE_CHILDREN`` in a small
 launcher whose only child is the job)
 next to :func:`vpeft.analysis.memory_mb`, the memory the workflow asks for. ``--old REV`` also
-measures the analysis module of an earlier git revision (its ``run_task_analysis``, in a plain
-interpreter) for a before/after figure; sizes: ``sun397`` (21,750 test images x 397 classes,
-the VTAB-1K study's 16 methods) and ``imagenet`` (50,000 x 1,000, the robustness study's 16).
+measures vpeft.analysis of an earlier git revision (its ``run_task_analysis``, that revision's
+``src/`` first on the path) for a before/after figure; sizes: ``sun397`` (21,750 test images x
+397 classes, the VTAB-1K study's 16 methods) and ``imagenet`` (50,000 x 1,000, the robustness
+study's 16).
 """
 from __future__ import annotations
 
@@ -131,14 +132,13 @@ def analyze_cmd(size: Size, runs: Path) -> list[str]:
     return args
 
 
-def module_cmd(module_file: Path, study_dir: Path, task: str, methods: list[str]) -> list[str]:
-    """``run_task_analysis`` of the analysis module in ``module_file`` (e.g. an old revision)."""
-    code = ("import importlib.util, sys\n"
-            f"spec = importlib.util.spec_from_file_location('old_analysis', {str(module_file)!r})\n"
-            "mod = importlib.util.module_from_spec(spec)\n"
-            "sys.modules['old_analysis'] = mod  # dataclasses look their module up\n"
-            "spec.loader.exec_module(mod)\n"
-            f"mod.run_task_analysis({str(study_dir)!r}, {task!r}, {methods!r}, top_ks=(2, 3, 5), "
+def revision_cmd(src: Path, study_dir: Path, task: str, methods: list[str]) -> list[str]:
+    """``run_task_analysis`` of the package in ``src`` (an old revision's ``src/``, first on the
+    path: whether vpeft.analysis is one module or a package there)."""
+    code = ("import sys\n"
+            f"sys.path.insert(0, {str(src)!r})\n"
+            "from vpeft.analysis import run_task_analysis\n"
+            f"run_task_analysis({str(study_dir)!r}, {task!r}, {methods!r}, top_ks=(2, 3, 5), "
             "confidence_threshold=0.9)\n")
     return [sys.executable, "-c", code]
 
@@ -161,12 +161,13 @@ def run_size(name: str, root: Path, old: str | None = None) -> dict[str, Any]:
         "requested_mb": memory_mb(size.num_test, size.num_classes, len(methods)),
         "new": measure(analyze_cmd(size, runs), root / f"{name}-analyze.log")}
     if old is not None:
-        source = subprocess.run(["git", "show", f"{old}:src/vpeft/analysis.py"], cwd=REPO,
-                                check=True, capture_output=True, text=True).stdout
-        module = root / "analysis_old.py"
-        module.write_text(source)
+        archive = subprocess.run(["git", "archive", old, "src"], cwd=REPO, check=True,
+                                 capture_output=True).stdout
+        (root / "old").mkdir(exist_ok=True)
+        subprocess.run(["tar", "-x", "-C", str(root / "old")], input=archive, check=True)
         result["old"] = {"revision": old, **measure(
-            module_cmd(module, study_dir, size.task, methods), root / f"{name}-old.log")}
+            revision_cmd(root / "old" / "src", study_dir, size.task, methods),
+            root / f"{name}-old.log")}
     return result
 
 
@@ -184,7 +185,7 @@ def machine() -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", nargs="+", choices=sorted(SIZES), default=["sun397"])
-    parser.add_argument("--old", help="also measure src/vpeft/analysis.py of this git revision")
+    parser.add_argument("--old", help="also measure vpeft.analysis of this git revision")
     parser.add_argument("--out", type=Path, help="write analysis_memory.json here")
     parser.add_argument("--keep", type=Path, help="fabricate under this directory (kept)")
     args = parser.parse_args(argv)

@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 from vpeft import layout
 from vpeft.config import StudyPlan
 from vpeft.errors import UserError
-from vpeft.io import atomic_path, read_json, write_json
+from vpeft.io import atomic_path, write_json
+from vpeft.runs import MethodRuns, RunMetrics
 
 log = logging.getLogger("vpeft.export")
 
@@ -70,17 +71,18 @@ def export_peft_adapter(model: "torch.nn.Module", out_dir: Path) -> Path:
     return out_dir
 
 
-def final_model(plan: StudyPlan, task: str, method: str) -> tuple["torch.nn.Module", dict]:
+def final_model(plan: StudyPlan, task: str, method: str) -> tuple["torch.nn.Module", RunMetrics]:
     """The final run of ``task``/``method``: its backbone with the saved adapter, and its metrics."""
     from vpeft.data.shards import read_manifest
     from vpeft.methods import load_adapter
     from vpeft.models.backbone import study_backbone
 
     cfg = plan.cfg
-    final = layout.final_dir(cfg, task, method)
-    metrics = read_json(final / layout.METRICS)
-    if metrics["status"] != "ok":
-        raise UserError(f"{final / layout.METRICS}: the final run is '{metrics['status']}'; "
+    run = MethodRuns.of(cfg, task, method).final()
+    final = run.path
+    metrics = run.read_metrics()
+    if metrics.status != "ok":
+        raise UserError(f"{run.metrics_file}: the final run is '{metrics.status}'; "
                         "nothing to export")
     num_classes = int(read_manifest(layout.prepared_task(cfg, task))["num_classes"])
     model = study_backbone(cfg.model, num_classes)
@@ -109,7 +111,7 @@ def export_merged(plan: StudyPlan, task: str, method: str, out: Path | None = No
         save_file(state, str(tmp), metadata={"format": "pt", "architecture": cfg.model.name})
     info: dict[str, Any] = {"architecture": cfg.model.name, "kwargs": dict(cfg.model.kwargs),
                             "num_classes": num_classes, "method": method,
-                            "point": metrics["point"], "merged_from": str(final / layout.ADAPTER)}
+                            "point": metrics.point, "merged_from": str(final / layout.ADAPTER)}
     if cfg.model.get("init_head"):
         # Trained from the zero-shot head (robustness study): a timm backbone plus that head, which
         # is not a linear layer; vpeft.models.zeroshot_head.install_head rebuilds it.

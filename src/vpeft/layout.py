@@ -51,6 +51,10 @@ def runs_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.runs) / cfg.study.name
 
 
+def task_dir_in(runs: str | Path, task: str) -> Path:
+    return Path(runs) / task
+
+
 def method_dir_in(runs: str | Path, task: str, method: str) -> Path:
     return Path(runs) / task / method
 

@@ -30,7 +30,8 @@ from vpeft import layout
 from vpeft.config import GridPoint, StudyPlan, to_plain
 from vpeft.data.shards import read_split, read_test_labels, read_manifest
 from vpeft.errors import UserError
-from vpeft.io import atomic_path, read_json, write_json, write_parquet
+from vpeft.io import atomic_path, write_json, write_parquet
+from vpeft.runs import Candidate, MethodRuns, RunDir, RunMetrics, Selection, TestEval
 
 if TYPE_CHECKING:
     import torch
@@ -162,10 +163,10 @@ def run_points(plan: StudyPlan, task: str, method: str, points: Sequence[GridPoi
     eval_images = torch.from_numpy(eval_data.images)
     features: dict[str, tuple[Any, Any, float]] = {}  # method hparams -> train/eval features
 
+    store = MethodRuns.of(cfg, task, method)
     jobs: list[_PointRun] = []
     for point in points:
-        out_dir = layout.grid_dir(cfg, task, method, point.id) if phase == "grid" else \
-            layout.final_dir(cfg, task, method, seed)
+        out_dir = (store.grid(point.id) if phase == "grid" else store.final(seed)).path
         model = study_backbone(cfg.model, num_classes, seed=seed,
                                # a grid may sweep drop_path under optim (the many-shot study does)
                                drop_path=float(point.optim.get("drop_path", cfg.train.drop_path)))
@@ -176,8 +177,7 @@ def run_points(plan: StudyPlan, task: str, method: str, points: Sequence[GridPoi
         counts = count_trainable(model)
         normaliser = input_normaliser(cfg, model)
         settings = TrainSettings.from_config(cfg.train, point.optim)
-        desc = f"{task}/{method}/" + (point.id if phase == "grid" else
-                                      layout.final_dir(cfg, task, method, seed).name)
+        desc = f"{task}/{method}/" + (point.id if phase == "grid" else out_dir.name)
         log.info("%s: %d trainable parameters (%d with head) of %d; training on %s (%d images)",
                  desc, counts["trainable_params"], counts["trainable_params_with_head"],
                  counts["total_params"], train_split, len(images))
@@ -243,7 +243,8 @@ def run_points(plan: StudyPlan, task: str, method: str, points: Sequence[GridPoi
             precision=effective_precision(device, job.settings.precision),
             fused_attention=uses_fused_attention(job.model), compiled=job.settings.compile,
             fused_points=len(jobs))
-        write_json(job.out_dir / layout.METRICS, metrics)  # last: its presence means it is complete
+        # last: its presence means it is complete
+        RunDir(job.out_dir).write_metrics(RunMetrics.of(**metrics))
         (job.out_dir / RESUME_CHECKPOINT).unlink(missing_ok=True)
         log.info("%s: %s%s in %.1fs", job.desc, result.status,
                  f", {eval_split} top-1 {val_top1:.2f}" if val_top1 is not None else "",
@@ -296,22 +297,24 @@ def select(plan: StudyPlan, task: str, method: str) -> dict[str, Any]:
 
     cfg = plan.cfg
     ties = switches(cfg.train)["selection_ties"]
+    store = MethodRuns.of(cfg, task, method)
     candidates = []
-    for point in plan.points[method]:
-        m = read_json(layout.grid_dir(cfg, task, method, point.id) / layout.METRICS)
-        candidates.append({"point": point.id, "status": m["status"], "val_top1": m["val_top1"],
-                           "hparams": m["hparams"], "optim": m["optim"]})
+    for point, run in store.grid_runs(p.id for p in plan.points[method]):
+        m = run.read_metrics()
+        candidates.append({"point": point, "status": m.status, "val_top1": m.val_top1,
+                           "hparams": m.hparams, "optim": m.optim})
     ok = [c for c in candidates if c["status"] == "ok" and c["val_top1"] is not None]
     best = best_candidate(ok, ties)
-    selection = {"task": task, "method": method, "criterion": SELECTION_CRITERION,
-                 "grid_seed": layout.seeds(cfg)[0], "selection_ties": ties,
-                 "best_point": best["point"] if best else None,
-                 "best_val_top1": best["val_top1"] if best else None, "candidates": candidates}
+    selection = Selection.of(
+        task=task, method=method, criterion=SELECTION_CRITERION, grid_seed=layout.seeds(cfg)[0],
+        selection_ties=ties, best_point=best["point"] if best else None,
+        best_val_top1=best["val_top1"] if best else None,
+        candidates=[Candidate.of(**c) for c in candidates])
     if best is None:
         log.warning("%s/%s: every grid point diverged; the final run is recorded as diverged",
                     task, method)
-    write_json(layout.selection_file(cfg, task, method), selection)
-    return selection
+    store.write_selection(selection)
+    return selection.to_dict()
 
 
 def check_seed(cfg, seed: int | None) -> int:
@@ -328,10 +331,10 @@ def run_final(plan: StudyPlan, task: str, method: str, seed: int | None = None) 
     """Retrain the selected point on train800val200 with ``seed`` (default: the first of
     train.seeds) and predict the test images, into ``layout.final_dir(..., seed)``."""
     seed = check_seed(plan.cfg, seed)
-    selection = read_json(layout.selection_file(plan.cfg, task, method))
-    if selection["best_point"] is None:
+    selection = MethodRuns.of(plan.cfg, task, method).read_selection()
+    if selection.best_point is None:
         return _write_diverged_final(plan, task, method, seed)
-    return run_point(plan, task, method, plan.point(method, selection["best_point"]), "final",
+    return run_point(plan, task, method, plan.point(method, selection.best_point), "final",
                      seed=seed)
 
 
@@ -344,7 +347,8 @@ def _write_diverged_final(plan: StudyPlan, task: str, method: str, seed: int) ->
     from vpeft.train.published import protocol_name
 
     cfg = plan.cfg
-    out_dir = layout.final_dir(cfg, task, method, seed)
+    final = MethodRuns.of(cfg, task, method).final(seed)
+    out_dir = final.path
     manifest = read_manifest(layout.prepared_task(cfg, task))
     write_parquet(out_dir / layout.TEST_LOGITS, predictions_table(np.zeros(0, np.int64),
                                                               torch.zeros(0, 0), None))
@@ -359,7 +363,7 @@ def _write_diverged_final(plan: StudyPlan, task: str, method: str, seed: int) ->
         trainable_params=None, trainable_params_with_head=None, total_params=None,
         wall_time_s=0.0, epochs=0, loss_curve=[], diverged_at=None, train_images_per_s=None,
         peak_memory_bytes=None, device=None, protocol=protocol_name(cfg.train))
-    write_json(out_dir / layout.METRICS, metrics)
+    final.write_metrics(RunMetrics.of(**metrics))
     return metrics
 
 
@@ -378,8 +382,9 @@ def evaluate(plan: StudyPlan, task: str, method: str, seed: int | None = None) -
     test labels."""
     cfg = plan.cfg
     seed = check_seed(cfg, seed)
-    final = layout.final_dir(cfg, task, method, seed)
-    metrics = read_json(final / layout.METRICS)
+    run = MethodRuns.of(cfg, task, method).final(seed)
+    final = run.path
+    metrics = run.read_metrics()
     table = pq.ParquetFile(final / layout.TEST_LOGITS).read()  # read_table: +0.6 s of imports
     index, labels = read_test_labels(layout.prepared_task(cfg, task))
     by_index = dict(zip(index.tolist(), labels.tolist()))
@@ -390,14 +395,14 @@ def evaluate(plan: StudyPlan, task: str, method: str, seed: int | None = None) -
     labels_aligned = np.array([by_index[i] for i in pred_index.tolist()], dtype=np.int64)
     table = table.add_column(1, "label", pa.array(labels_aligned, pa.int64()))
     test_top1 = (float(100.0 * np.mean(table.column("pred").to_numpy() == labels_aligned))
-                 if metrics["status"] == "ok" else None)
-    write_parquet(final / layout.TEST_PREDICTIONS, table)
-    result = {"task": task, "method": method, "point": metrics["point"], "seed": seed,
-              "test_top1": test_top1, "num_test": len(by_index), "status": metrics["status"]}
-    write_json(final / layout.TEST_EVAL, result)
+                 if metrics.status == "ok" else None)
+    write_parquet(run.test_predictions_file, table)
+    result = TestEval.of(task=task, method=method, point=metrics.point, seed=seed,
+                         test_top1=test_top1, num_test=len(by_index), status=metrics.status)
+    run.write_test_eval(result)
     log.info("%s/%s (%s): test top-1 %s", task, method, final.name,
              "diverged" if test_top1 is None else f"{test_top1:.2f}")
-    return result
+    return result.to_dict()
 
 
 def study_metadata(plan: StudyPlan) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from vpeft.io import write_json, write_parquet
 from vpeft.robustness.imagenet import (LabelSpace, few_shot_split, imagenet_label_space,
                                        read_eval_set, write_task_view)
 from vpeft.robustness.tables import WISE_RUN_SCHEMA
+from vpeft.runs import MethodRuns
 
 log = logging.getLogger("vpeft.robustness")
 
@@ -165,7 +166,6 @@ def run_wise(plan: StudyPlan, task: str, method: str, seed: int | None = None) -
     import torch
 
     from vpeft.data.shards import read_manifest, read_split, read_test_labels
-    from vpeft.io import read_json
     from vpeft.methods import load_adapter
     from vpeft.protocol import check_seed
     from vpeft.robustness.shifts import top1
@@ -176,8 +176,9 @@ def run_wise(plan: StudyPlan, task: str, method: str, seed: int | None = None) -
     cfg = plan.cfg
     started = time.perf_counter()
     seed = check_seed(cfg, seed)
-    final = layout.final_dir(cfg, task, method, seed)
-    status = read_json(final / layout.METRICS)["status"]
+    run = MethodRuns.of(cfg, task, method).final(seed)
+    final = run.path
+    status = run.read_metrics().status
     alphas = [float(a) for a in settings(cfg).alphas]
     num_classes = int(read_manifest(layout.prepared_task(cfg, task))["num_classes"])
     rows: list[dict[str, Any]] = []
