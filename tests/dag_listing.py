@@ -87,7 +87,8 @@ def dry_run(workdir: Path, variant: str) -> str:
                            "--cores", "4", target, "--config", f"study={study}", *config, override],
                           cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
-        raise RuntimeError(f"{variant}: snakemake -n failed\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+        raise RuntimeError(f"{variant}: snakemake -n failed\n"
+                           f"{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
     return proc.stdout
 
 

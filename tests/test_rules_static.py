@@ -87,7 +87,9 @@ def expected_training_jobs(plan, runtime: int, threads: int) -> dict:
     return dict(expected)
 
 
-_SHELL = re.compile(r"<python> -m vpeft (\w+) --study \S+(?: -o (?:'[^']*'|\S+))* (.*) > (\S+) 2>&1$")
+# verb, then what follows the study and its overrides, then the log
+_SHELL = re.compile(r"<python> -m vpeft (\w+) --study \S+(?: -o (?:'[^']*'|\S+))* (.*)"
+                    r" > (\S+) 2>&1$")
 
 
 def planned_training_jobs(variant: str) -> dict:
