@@ -44,6 +44,15 @@ GPU_JOB = {
     "mem_mb": 16000,
 }
 
+
+def gpu_job_of(runs):
+    """GPU_JOB for a job that trains ``runs`` runs one after another (a fused grid job, a group of
+    methods): that many runs' time. The lambda holds this call's ``runs``, not a loop variable
+    that a later rule of the loop would change."""
+    return {**GPU_JOB,
+            "runtime": lambda wildcards, attempt: config["train_runtime_min"] * attempt * runs}
+
+
 # Short CPU-only jobs (evaluate, analyze) of one task run as ONE SLURM job: they share the group
 # "bookkeeping" (a task's evaluations feed its analysis, so they are connected). Each takes the
 # one unit of `group_width` a group job has on a cluster, so Snakemake stacks them in series:

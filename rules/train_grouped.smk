@@ -2,21 +2,32 @@
 # of a task, ONE grid job (every point of the group's methods), one select, one final training
 # (per seed) and one evaluation (per seed). The same runs and files as one method per job
 # (rules/train_per_method.smk); only the number of processes differs. Rules are named
-# <step>_group<g> (train_grid_group1, select_group1, ...; `snakemake -n` lists them).
+# <step>_group<g> (train_grid_group1, select_group1, ...; `snakemake -n` lists them); further
+# seeds are the {seed} wildcard of train_final_seed_group<g> and evaluate_seed_group<g>.
+# One set of rules per group, because a job's outputs are every run file of its methods, and
+# Snakemake derives a rule's outputs from wildcards only (no output functions): a list of
+# methods cannot be a wildcard.
 
 
 def _methods_args(methods):
     return " ".join(f"--method {shlex.quote(m)}" for m in methods)
 
 
+def _seed_runs_args(methods):
+    """The runs of a further seed's job: the methods and --seed <wildcard>. One params value with
+    the seed inside, as when each seed had its own rule: the shell line and the params that
+    finished jobs recorded stay the same, so Snakemake's code and params triggers rerun nothing."""
+    return lambda wildcards: f"{_methods_args(methods)} --seed {wildcards.seed}"
+
+
 def _final_files(methods, seed, names):
-    """``<final run of seed>/<name>`` (layout.final_dir) of task {task}, for every method and
-    name."""
-    return [f for m in methods for f in run_files(layout.final_dir(CFG, "{task}", m, seed), names)]
+    """``<final run>/<name>`` of task {task} for every method and name: final/ (seed None, the
+    first seed) or final-seed<seed>/ (``seed`` the pattern "{seed}")."""
+    return [f for m in methods
+            for f in run_files(layout.final_dir_in(RUNS, "{task}", m, seed), names)]
 
 
 for _g, _methods in enumerate(jobs.method_groups(PLAN), start=1):
-    _points = sum(len(PLAN.points[m]) for m in _methods)
 
     rule:
         name:
@@ -31,8 +42,7 @@ for _g, _methods in enumerate(jobs.method_groups(PLAN), start=1):
         priority: GRID_PRIORITY
         threads: config["threads"]
         resources:
-            **{**GPU_JOB, "runtime": lambda wildcards, attempt, n=_points:
-               config["train_runtime_min"] * attempt * n},
+            **gpu_job_of(sum(len(PLAN.points[m]) for m in _methods)),
         log:
             f"{LOGS}/{{task}}/group{_g}/grid.log",
         benchmark:
@@ -60,52 +70,92 @@ for _g, _methods in enumerate(jobs.method_groups(PLAN), start=1):
         shell:
             vpeft("select") + " --task {wildcards.task} {params.methods} > {log} 2>&1"
 
-    # Every seed's final training and evaluation of the group: final/ for the first seed,
-    # final-seed<s>/ for the others (the seed wildcard; empty for the first).
-    for _seed in layout.seeds(CFG):
-        _first = _seed == layout.seeds(CFG)[0]
-        _dir = layout.final_dir(CFG, "{task}", _methods[0], _seed).name  # names the logs
-        _suffix = "" if _first else f"_seed{_seed}"
+    rule:
+        name:
+            f"train_final_group{_g}"
+        input:
+            selection=[str(layout.selection_file(CFG, "{task}", m)) for m in _methods],
+            data=PREPARED_TASK,
+            weights=WEIGHTS,
+            init_head=INIT_HEAD,
+        output:
+            _final_files(_methods, None, layout.FINAL_OUTPUTS),
+        threads: config["threads"]
+        resources:
+            **gpu_job_of(len(_methods)),
+        log:
+            f"{LOGS}/{{task}}/group{_g}/final.log",
+        benchmark:
+            f"{LOGS}/{{task}}/group{_g}/final.benchmark.tsv",
+        params:
+            runs=_methods_args(_methods),
+        shell:
+            vpeft("train") + " --phase final --task {wildcards.task} {params.runs}"
+            " --threads {threads} > {log} 2>&1"
+
+    rule:
+        name:
+            f"evaluate_group{_g}"
+        input:
+            final=_final_files(_methods, None, layout.FINAL_OUTPUTS),
+            data=PREPARED_TASK,
+        output:
+            _final_files(_methods, None, layout.EVAL_OUTPUTS),
+        group:
+            "bookkeeping"
+        resources:
+            **EVALUATE_JOB,
+        log:
+            f"{LOGS}/{{task}}/group{_g}/evaluate-final.log",
+        params:
+            runs=_methods_args(_methods),
+        shell:
+            vpeft("evaluate") + " --task {wildcards.task} {params.runs} > {log} 2>&1"
+
+    if EXTRA_SEEDS:  # final-seed<s>/: the group's chosen points retrained with another seed
 
         rule:
             name:
-                f"train_final{_suffix}_group{_g}"
+                f"train_final_seed_group{_g}"
             input:
                 selection=[str(layout.selection_file(CFG, "{task}", m)) for m in _methods],
                 data=PREPARED_TASK,
                 weights=WEIGHTS,
                 init_head=INIT_HEAD,
             output:
-                _final_files(_methods, _seed, layout.FINAL_OUTPUTS),
+                _final_files(_methods, "{seed}", layout.FINAL_OUTPUTS),
+            wildcard_constraints:
+                seed="|".join(str(s) for s in EXTRA_SEEDS),
             threads: config["threads"]
             resources:
-                **{**GPU_JOB, "runtime": lambda wildcards, attempt, n=len(_methods):
-                   config["train_runtime_min"] * attempt * n},
+                **gpu_job_of(len(_methods)),
             log:
-                f"{LOGS}/{{task}}/group{_g}/{_dir}.log",
+                f"{LOGS}/{{task}}/group{_g}/final-seed{{seed}}.log",
             benchmark:
-                f"{LOGS}/{{task}}/group{_g}/{_dir}.benchmark.tsv",
+                f"{LOGS}/{{task}}/group{_g}/final-seed{{seed}}.benchmark.tsv",
             params:
-                runs=_methods_args(_methods) + ("" if _first else f" --seed {_seed}"),
+                runs=_seed_runs_args(_methods),
             shell:
                 vpeft("train") + " --phase final --task {wildcards.task} {params.runs}"
                 " --threads {threads} > {log} 2>&1"
 
         rule:
             name:
-                f"evaluate{_suffix}_group{_g}"
+                f"evaluate_seed_group{_g}"
             input:
-                final=_final_files(_methods, _seed, layout.FINAL_OUTPUTS),
+                final=_final_files(_methods, "{seed}", layout.FINAL_OUTPUTS),
                 data=PREPARED_TASK,
             output:
-                _final_files(_methods, _seed, layout.EVAL_OUTPUTS),
+                _final_files(_methods, "{seed}", layout.EVAL_OUTPUTS),
+            wildcard_constraints:
+                seed="|".join(str(s) for s in EXTRA_SEEDS),
             group:
                 "bookkeeping"
             resources:
                 **EVALUATE_JOB,
             log:
-                f"{LOGS}/{{task}}/group{_g}/evaluate-{_dir}.log",
+                f"{LOGS}/{{task}}/group{_g}/evaluate-final-seed{{seed}}.log",
             params:
-                runs=_methods_args(_methods) + ("" if _first else f" --seed {_seed}"),
+                runs=_seed_runs_args(_methods),
             shell:
                 vpeft("evaluate") + " --task {wildcards.task} {params.runs} > {log} 2>&1"

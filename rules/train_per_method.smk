@@ -25,6 +25,8 @@ if jobs.points_per_job(CFG.train) == 1:
 else:
     # One rule per (method, job of points), named train_grid_<method>_<k>; its outputs are the
     # same per-point files as one job per point, so select and everything after are unchanged.
+    # A rule per job because Snakemake derives outputs from wildcards only (no output functions,
+    # every output with the same wildcards): a job's list of points cannot be a wildcard.
     for _method in PLAN.methods:
         _jobs = jobs.grid_chunks(PLAN, _method)
         _stem = "train_grid_" + _rule_stem(_method)
@@ -43,8 +45,7 @@ else:
                 priority: GRID_PRIORITY
                 threads: config["threads"]
                 resources:
-                    **{**GPU_JOB, "runtime": lambda wildcards, attempt, n=len(_ids):
-                       config["train_runtime_min"] * attempt * n},
+                    **gpu_job_of(len(_ids)),
                 log:
                     f"{LOGS}/{{task}}/{_method}/grid/points-{_k}-of-{len(_jobs)}.log",
                 benchmark:

@@ -261,7 +261,7 @@ def test_snakemake_runs_methods_of_a_task_together(tmp_path):
     # itself, plus the report
     assert sum(count_jobs(plan).values()) == int(stats["total"])
     for rule in ("train_grid_group1", "select_group1", "train_final_group1", "evaluate_group1",
-                 "train_final_seed2_group1", "evaluate_seed2_group1"):
+                 "train_final_seed_group1", "evaluate_seed_group1"):
         assert stats[rule] == "2", rule
     assert not {"train_grid", "select", "train_final", "evaluate", "train_grid_lora_1"} & set(stats)
     assert len(re.findall(r"--method linear --method lora --points all", out)) == 2

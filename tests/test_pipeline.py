@@ -180,7 +180,7 @@ def test_adding_seeds_reruns_nothing_of_the_single_seed_study(smoke_run):
     assert more.returncode == 0, more.stderr[-2000:]
     stats = dict(re.findall(r"^(\w+)\s+(\d+)$", more.stdout + more.stderr, flags=re.M))
     # smoke runs both methods of a task in one job per step (train.methods_per_job: 0)
-    assert stats["train_final_seed43_group1"] == stats["evaluate_seed43_group1"] == "2"  # 2 tasks
+    assert stats["train_final_seed_group1"] == stats["evaluate_seed_group1"] == "2"  # 2 tasks
     assert not any(name.startswith("train_grid") for name in stats), stats
     for rule in ("select_group1", "train_final_group1", "evaluate_group1", "pretrain", "prepare",
                  "synth"):
