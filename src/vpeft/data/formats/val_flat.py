@@ -53,6 +53,10 @@ class ValFlat(Source):
     def image_root(self) -> Path:
         return self.root
 
+    @property
+    def inputs(self) -> tuple[Path, ...]:
+        return (self.root, self.devkit if self.devkit is not None else self.solution_csv)  # type: ignore[return-value]
+
 
 def read_val_flat(root: str | Path, classes: Sequence[str], *, devkit: str | Path | None = None,
                   solution_csv: str | Path | None = None, name: str = "imagenet_val"
