@@ -1,8 +1,9 @@
 """Many-shot study data: datasets as users hold them, deterministic saved subsets, VTAB-layout views.
 
 A many-shot *dataset* (CIFAR-100, RESISC45, Clevr-Dist) has a train part and, optionally, a test
-part, each a source block in any dataset format (:mod:`vpeft.data.formats`: a class-per-folder
-tree, a ``<relpath> <label>`` list file, CIFAR-100's pickled "python version", ...). A many-shot *task* is a dataset at one training-set size::
+part, each a source block in a dataset format (:mod:`vpeft.data.formats`: a class-per-folder
+tree, a ``<relpath> <label>`` list file, CIFAR-100's pickled "python version", ...). A many-shot
+*task* is a dataset at one training-set size::
 
     <dataset>_n<size>   a class-balanced subset of <size> training images (cifar100_n500)
     <dataset>           all of its training images (cifar100)
@@ -67,7 +68,7 @@ class DatasetSpec:
     num_classes: int
     group: str
     train: Source
-    test: Source | None  # None: carved out of train (test_fraction)
+    test: Source | None
     test_fraction: float
     subsets: tuple[int | None, ...]  # None = the full train part
     flips: tuple[str, ...]
