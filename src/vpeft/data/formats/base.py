@@ -48,8 +48,8 @@ class Source(ABC):
     """One dataset part (train, test, an evaluation set) in one format; the fields are the keys
     of its config block besides ``format``."""
 
-    format: ClassVar[str]                  # the name a config block selects it by
-    aliases: ClassVar[tuple[str, ...]] = ()  # other names for the same reader
+    format: ClassVar[str]                     # the name a config block selects it by
+    aliases: ClassVar[tuple[str, ...]] = ()   # other names for the same reader
     holds_image_files: ClassVar[bool] = True  # False: read() gives the pixels (CIFAR-100)
     # The untagged many-shot spelling this format had (old key -> new key), for the error that
     # shows the new one; the first key marks the form.
