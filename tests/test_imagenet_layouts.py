@@ -14,9 +14,11 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from vpeft.data.errors import DataError
+from vpeft.errors import UserError
+from vpeft.data.formats import source
 from vpeft.data.shards import read_test_labels
-from vpeft.robustness.imagenet import (imagenet_label_space, read_devkit_synsets,
-                                       read_eval_set, shipped_wnids)
+from vpeft.data.formats.val_flat import read_devkit_synsets
+from vpeft.robustness.imagenet import imagenet_label_space, read_eval_set, shipped_wnids
 from vpeft.robustness.shifts import prepare_eval_set
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,6 +35,12 @@ NON_LEAF = (1001, "n02084071", "dog, domestic dog, Canis familiaris", [2, 3])
 IMAGE_IDS = [490, 1, 3, 2, 1, 490, 2, 3, 3, 1, 490, 2]
 SYNSET_FIELDS = ("ILSVRC2012_ID", "WNID", "words", "gloss", "num_children", "children",
                  "wordnet_height", "num_train_images")
+
+
+def read_set(name, root, fmt, space, *, expected_subset=None, **keys):
+    """An evaluation set whose source is given as its config block gives it (format + keys)."""
+    return read_eval_set(name, source(fmt, root=root, **keys), space,
+                         expected_subset=expected_subset)
 
 
 def val_name(number: int) -> str:
@@ -121,7 +129,7 @@ def test_devkit_labels_every_image_through_meta_mat(tmp_path, val, id_dtype):
     devkit = write_devkit(tmp_path / "ILSVRC2012_devkit_t12", id_dtype=id_dtype)
     assert read_devkit_synsets(devkit / "data" / "meta.mat") == {
         i: w for i, (w, _, _) in LEAVES.items()}  # leaves only: the ID-1001 synset is not a class
-    found = read_eval_set("imagenet_val", val, "val_flat", SPACE, devkit=devkit)
+    found = read_set("imagenet_val", val, "val_flat", SPACE, devkit=devkit)
     assert_labelled_by_colour(found, val)
     # ID 1 is kit fox, index 278 in the sorted-wnid order, not index 0 (ID order != sorted order)
     assert SPACE.ids.index("n02119789") == 278
@@ -134,14 +142,14 @@ def test_kaggle_solution_labels_every_image(tmp_path, val):
     assert [r.split(",")[0] for r in rows] != sorted(r.split(",")[0] for r in rows)  # shuffled
     assert any(len(r.split(",")[1].split()) > 5 for r in rows)  # multi-box rows
     csv = write_solution(tmp_path / "LOC_val_solution.csv", rows)
-    found = read_eval_set("imagenet_val", val, "val_flat", SPACE, solution_csv=csv)
+    found = read_set("imagenet_val", val, "val_flat", SPACE, solution_csv=csv)
     assert_labelled_by_colour(found, val)
     devkit = write_devkit(tmp_path / "ILSVRC2012_devkit_t12")
-    assert found == read_eval_set("imagenet_val", val, "val_flat", SPACE, devkit=devkit)
+    assert found == read_set("imagenet_val", val, "val_flat", SPACE, devkit=devkit)
 
 
 def test_flat_val_prepares_as_an_evaluation_set(tmp_path, val):
-    found = read_eval_set("imagenet_val", val, "val_flat", SPACE,
+    found = read_set("imagenet_val", val, "val_flat", SPACE,
                           devkit=write_devkit(tmp_path / "devkit"))
     prepare_eval_set(found, tmp_path / "out", image_size=8, num_classes=len(SPACE))
     assert read_test_labels(tmp_path / "out")[1].tolist() == [
@@ -156,15 +164,25 @@ def test_documented_default_reads_the_flat_val_with_the_devkit(tmp_path, val):
     assert test.solution_csv is None
     devkit = write_devkit(tmp_path / "ILSVRC2012_devkit_t12")
     csv = write_solution(tmp_path / "LOC_val_solution.csv", solution_rows())
+    key = "study.robustness.test"
     by_devkit = _read("imagenet_val", OmegaConf.merge(test, {"root": str(val),
-                                                             "devkit": str(devkit)}), SPACE)
+                                                             "devkit": str(devkit)}), SPACE, key)
     assert_labelled_by_colour(by_devkit, val)
     # Kaggle's csv instead: the devkit left unset ("???") counts as not given
     by_csv = _read("imagenet_val", OmegaConf.merge(test, {"root": str(val),
-                                                          "solution_csv": str(csv)}), SPACE)
+                                                          "solution_csv": str(csv)}), SPACE, key)
     assert by_csv == by_devkit
-    with pytest.raises(DataError, match="exactly one of 'devkit'"):
-        _read("imagenet_val", OmegaConf.merge(test, {"root": str(val)}), SPACE)
+    with pytest.raises(UserError, match=r"^study\.robustness\.test: format 'val_flat' needs "
+                                        "exactly one of 'devkit'"):
+        _read("imagenet_val", OmegaConf.merge(test, {"root": str(val)}), SPACE, key)
+    # switched to class folders on the command line, the block keeps its unset devkit (???)
+    # and solution_csv (null): they belong to another format and are ignored
+    tree = tmp_path / "val_folders"
+    (tree / "n02119789").mkdir(parents=True)
+    (val / val_name(2)).rename(tree / "n02119789" / val_name(2))
+    folders = _read("imagenet_val", OmegaConf.merge(test, {"root": str(tree),
+                                                           "format": "wnid_folders"}), SPACE, key)
+    assert [(f.path, f.label) for f in folders.files] == [(f"n02119789/{val_name(2)}", 278)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -178,11 +196,11 @@ def ground_truth(devkit: Path) -> Path:
 def test_ground_truth_line_count_must_match_the_images(tmp_path, val):
     devkit = write_devkit(tmp_path / "devkit", ids=[*IMAGE_IDS, 1])
     with pytest.raises(DataError, match=r"ground_truth.txt: 13 lines for 12 images") as err:
-        read_eval_set("v", val, "val_flat", SPACE, devkit=devkit)
+        read_set("v", val, "val_flat", SPACE, devkit=devkit)
     assert f"ground_truth.txt:13: labels {val_name(13)}, which is not in" in str(err.value)
     short = write_devkit(tmp_path / "short", ids=IMAGE_IDS[:11])
     with pytest.raises(DataError, match=r"11 lines for 12 images") as err:
-        read_eval_set("v", val, "val_flat", SPACE, devkit=short)
+        read_set("v", val, "val_flat", SPACE, devkit=short)
     assert f"{val / val_name(12)}: no label; {ground_truth(short)} has 11 lines" in str(err.value)
 
 
@@ -194,14 +212,14 @@ def test_ground_truth_ids_must_be_classification_ids(tmp_path, val, bad):
     ground_truth(devkit).write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError, match=rf"ground_truth.txt:5: '{bad}' is not an ILSVRC2012_ID "
                                         r"in 1\.\.1000"):
-        read_eval_set("v", val, "val_flat", SPACE, devkit=devkit)
+        read_set("v", val, "val_flat", SPACE, devkit=devkit)
 
 
 def test_ground_truth_id_without_a_leaf_in_meta_mat(tmp_path, val):
     devkit = write_devkit(tmp_path / "devkit", ids=[*IMAGE_IDS[:-1], 7])
     with pytest.raises(DataError, match=r"ground_truth.txt:12: ILSVRC2012_ID 7 has no leaf "
                                         r"synset in .*meta.mat"):
-        read_eval_set("v", val, "val_flat", SPACE, devkit=devkit)
+        read_set("v", val, "val_flat", SPACE, devkit=devkit)
 
 
 def test_missing_or_broken_meta_mat(tmp_path, val):
@@ -209,24 +227,24 @@ def test_missing_or_broken_meta_mat(tmp_path, val):
     meta = devkit / "data" / "meta.mat"
     meta.unlink()
     with pytest.raises(DataError, match=rf"{meta}: not found; .* maps ILSVRC2012_IDs to wnids"):
-        read_eval_set("v", val, "val_flat", SPACE, devkit=devkit)
+        read_set("v", val, "val_flat", SPACE, devkit=devkit)
     meta.write_bytes(b"not a MATLAB file" * 20)
     with pytest.raises(DataError, match=rf"{meta}: not a readable MATLAB v5 file"):
-        read_eval_set("v", val, "val_flat", SPACE, devkit=devkit)
+        read_set("v", val, "val_flat", SPACE, devkit=devkit)
     scipy.io.savemat(meta, {"classes": np.arange(3)})
     with pytest.raises(DataError, match=rf"{meta}: no variable 'synsets'"):
-        read_eval_set("v", val, "val_flat", SPACE, devkit=devkit)
+        read_set("v", val, "val_flat", SPACE, devkit=devkit)
     write_meta_mat(meta, leaves={**LEAVES, 1200: ("n09999999", "bogus", (0, 0, 0))})
     with pytest.raises(DataError, match=r"synsets\(5\) \(n09999999\) is a leaf with "
                                         r"ILSVRC2012_ID 1200"):
-        read_eval_set("v", val, "val_flat", SPACE, devkit=devkit)
+        read_set("v", val, "val_flat", SPACE, devkit=devkit)
 
 
 def test_missing_ground_truth(tmp_path, val):
     devkit = write_devkit(tmp_path / "devkit")
     ground_truth(devkit).unlink()
     with pytest.raises(DataError, match=rf"{ground_truth(devkit)}: not found"):
-        read_eval_set("v", val, "val_flat", SPACE, devkit=devkit)
+        read_set("v", val, "val_flat", SPACE, devkit=devkit)
 
 
 def test_labels_for_images_not_present(tmp_path, val):
@@ -234,12 +252,12 @@ def test_labels_for_images_not_present(tmp_path, val):
     devkit = write_devkit(tmp_path / "devkit")
     with pytest.raises(DataError, match=rf"ground_truth.txt:4: labels {val_name(4)}, which is "
                                         rf"not in {val}"):
-        read_eval_set("v", val, "val_flat", SPACE, devkit=devkit)
+        read_set("v", val, "val_flat", SPACE, devkit=devkit)
     csv = write_solution(tmp_path / "LOC_val_solution.csv", solution_rows())
     line = 2 + [r.split(",")[0] for r in solution_rows()].index(val_name(4)[:-5])
     with pytest.raises(DataError, match=rf"LOC_val_solution.csv:{line}: image "
                                         rf"{val_name(4)} is not in {val}"):
-        read_eval_set("v", val, "val_flat", SPACE, solution_csv=csv)
+        read_set("v", val, "val_flat", SPACE, solution_csv=csv)
 
 
 def test_csv_rows_must_name_known_images_and_wnids(tmp_path, val):
@@ -258,33 +276,33 @@ def test_csv_rows_must_name_known_images_and_wnids(tmp_path, val):
         write_solution(path, swapped)
         line = 2 if swapped[0] == bad else 2 + len(rows)
         with pytest.raises(DataError, match=rf"LOC_val_solution.csv:{line}: .*{message}"):
-            read_eval_set("v", val, "val_flat", SPACE, solution_csv=path)
+            read_set("v", val, "val_flat", SPACE, solution_csv=path)
     write_solution(path, [*rows, rows[3]])
     with pytest.raises(DataError, match=rf"csv:{2 + len(rows)}: .* labelled again \(first at "
                                         r"line 5\)"):
-        read_eval_set("v", val, "val_flat", SPACE, solution_csv=path)
+        read_set("v", val, "val_flat", SPACE, solution_csv=path)
     path.write_text("ImageId,PredictionStrings\n" + "\n".join(rows))
     with pytest.raises(DataError, match=r"csv:1: header 'ImageId,PredictionStrings'"):
-        read_eval_set("v", val, "val_flat", SPACE, solution_csv=path)
+        read_set("v", val, "val_flat", SPACE, solution_csv=path)
 
 
 def test_image_without_a_csv_row(tmp_path, val):
     rows = [r for r in solution_rows() if not r.startswith(val_name(7)[:-5])]
     csv = write_solution(tmp_path / "LOC_val_solution.csv", rows)
     with pytest.raises(DataError, match=rf"{val / val_name(7)}: no label; {csv} has no row"):
-        read_eval_set("v", val, "val_flat", SPACE, solution_csv=csv)
+        read_set("v", val, "val_flat", SPACE, solution_csv=csv)
 
 
 def test_val_flat_needs_one_label_source_and_a_flat_folder(tmp_path, val):
     devkit = write_devkit(tmp_path / "devkit")
     csv = write_solution(tmp_path / "LOC_val_solution.csv", solution_rows())
     for kwargs in ({}, {"devkit": devkit, "solution_csv": csv}):
-        with pytest.raises(DataError, match="exactly one of 'devkit'"):
-            read_eval_set("v", val, "val_flat", SPACE, **kwargs)
+        with pytest.raises(UserError, match="exactly one of 'devkit'"):
+            read_set("v", val, "val_flat", SPACE, **kwargs)
     (val / "n02119789").mkdir()
     (val / "notes.txt").write_text("x")
     with pytest.raises(DataError, match="use format 'wnid_folders'") as err:
-        read_eval_set("v", val, "val_flat", SPACE, devkit=devkit)
+        read_set("v", val, "val_flat", SPACE, devkit=devkit)
     assert f"{val / 'notes.txt'}: not a validation image name" in str(err.value)
 
 
@@ -306,7 +324,7 @@ def write_shift_tree(root: Path, wnids: list[str]) -> Path:
 def test_shift_trees_with_readme_read_their_200_classes(tmp_path, name, folder):
     wnids = shipped_wnids(f"{name}_synsets.txt")
     root = write_shift_tree(tmp_path / folder, wnids)
-    found = read_eval_set(name, root, "wnid_folders", SPACE, expected_subset=name)
+    found = read_set(name, root, "wnid_folders", SPACE, expected_subset=name)
     assert len(found.files) == 200 and all("README" not in f.path for f in found.files)
     assert [f.label for f in found.files] == [SPACE.ids.index(f.path.split("/")[0])
                                               for f in found.files]
@@ -314,4 +332,4 @@ def test_shift_trees_with_readme_read_their_200_classes(tmp_path, name, folder):
     other = "imagenet_r" if name == "imagenet_a" else "imagenet_a"
     with pytest.raises(DataError, match=rf"{root}: {name} holds 200 classes, expected the 200 "
                                         rf"of {other}"):
-        read_eval_set(name, root, "wnid_folders", SPACE, expected_subset=other)
+        read_set(name, root, "wnid_folders", SPACE, expected_subset=other)

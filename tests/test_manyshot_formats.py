@@ -22,9 +22,9 @@ from conftest import REPO
 from vpeft import cli
 from vpeft.config import load_study
 from vpeft.data.cifar import read_cifar100
-from vpeft.data.manyshot import (Source, clevr_dist_label, dataset_specs, write_clevr_dist,
-                                 write_view)
+from vpeft.data.manyshot import clevr_dist_label, dataset_specs, write_clevr_dist, write_view
 from vpeft.data.errors import DataError
+from vpeft.data.formats import source
 from vpeft.data.shards import read_split, read_test_labels
 from vpeft.errors import UserError
 
@@ -215,15 +215,19 @@ def test_paper_study_reads_cifar_python_and_still_takes_folders(tmp_path, monkey
     cfg = _cfg(monkeypatch, tmp_path)
     cifar = dataset_specs(cfg)["cifar100"]
     root = tmp_path / "raw" / "cifar-100-python"
-    assert cifar.train == Source(cifar100_python=root, cifar_part="train")
+    assert cifar.train == source("cifar100_python", root=root, part="train")
     assert cifar.test.inputs == (root / "test", root / "meta")
     folders = _cfg(monkeypatch, tmp_path, "~study.data.datasets.cifar100.train",
-                   "+study.data.datasets.cifar100.train={folders: c/train}")
-    assert dataset_specs(folders)["cifar100"].train == Source(folders=tmp_path / "raw" / "c" / "train")
+                   "+study.data.datasets.cifar100.train={format: folders, root: c/train}")
+    assert dataset_specs(folders)["cifar100"].train == source("folders",
+                                                              root=tmp_path / "raw" / "c" / "train")
     with pytest.raises(UserError, match=r"cifar100\.train\.part: 'val' is not one of train, test"):
         dataset_specs(_cfg(monkeypatch, tmp_path, "study.data.datasets.cifar100.train.part=val"))
-    with pytest.raises(UserError, match=r"cifar100_python: DIR, part: train\|test.*'cifar100_python'"):
-        dataset_specs(_cfg(monkeypatch, tmp_path, "~study.data.datasets.cifar100.train.part"))
+    with pytest.raises(UserError, match=r"'study\.data\.datasets\.cifar100\.train\.part' \(from "
+                                        r"the override .*\): missing; format 'cifar100_python' "
+                                        r"needs it \(keys of format 'cifar100_python': format, "
+                                        r"root, part\)"):
+        _cfg(monkeypatch, tmp_path, "~study.data.datasets.cifar100.train.part")
 
 
 class Custom:

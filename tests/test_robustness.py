@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from vpeft.data.errors import DataError
+from vpeft.data.formats import source
 from vpeft.data.shards import read_split, read_test_labels
 from vpeft.robustness.imagenet import (LabelSpace, few_shot_split, imagenet_label_space,
                                        read_eval_set, shipped_wnids, write_task_view)
@@ -17,6 +18,12 @@ from vpeft.robustness.shifts import class_subset, masked_argmax, prepare_eval_se
 
 SPACE = LabelSpace(ids=("n001", "n002", "n003", "n004", "n005"),
                    names=("cat", "dog", "fox", "owl", "yak"))
+
+
+def read_set(name, root, fmt, space, *, expected_subset=None, **keys):
+    """An evaluation set whose source is given as its config block gives it (format + keys)."""
+    return read_eval_set(name, source(fmt, root=root, **keys), space,
+                         expected_subset=expected_subset)
 
 
 def _tree(root: Path, folders: dict[str, int], size: int = 8) -> Path:
@@ -56,14 +63,14 @@ def test_few_shot_split_is_seeded_disjoint_and_per_class(tmp_path):
 
 def _read(tmp_path: Path, folders: dict[str, int]):
     root = _tree(tmp_path / "train", folders)
-    return read_eval_set("train", root, "wnid_folders", SPACE).files, root
+    return read_set("train", root, "wnid_folders", SPACE).files, root
 
 
 def test_task_view_is_a_valid_vtab_task_and_keeps_the_split(tmp_path):
     from vpeft.data.vtab import prepare_task
 
     files, root = _read(tmp_path, {w: 4 for w in SPACE.ids})
-    test = read_eval_set("val", _tree(tmp_path / "val", {w: 2 for w in SPACE.ids}),
+    test = read_set("val", _tree(tmp_path / "val", {w: 2 for w in SPACE.ids}),
                          "wnid_folders", SPACE)
     train, val = few_shot_split(files, shots=2, val_shots=1, seed=0, num_classes=5)
     view = write_task_view(tmp_path / "view", root, train, val, test, {"seed": 0})
@@ -77,32 +84,32 @@ def test_task_view_is_a_valid_vtab_task_and_keeps_the_split(tmp_path):
 
 
 def test_readers_derive_the_subset_and_labels_in_the_full_space(tmp_path):
-    subset = read_eval_set("sub", _tree(tmp_path / "a", {"n002": 2, "n004": 3}), "wnid_folders", SPACE)
+    subset = read_set("sub", _tree(tmp_path / "a", {"n002": 2, "n004": 3}), "wnid_folders", SPACE)
     assert subset.subset == [1, 3] and sorted({f.label for f in subset.files}) == [1, 3]
-    full = read_eval_set("v2", _tree(tmp_path / "v2", {str(i): 1 for i in range(5)}),
+    full = read_set("v2", _tree(tmp_path / "v2", {str(i): 1 for i in range(5)}),
                          "index_folders", SPACE)
     assert full.subset is None and [f.label for f in full.files] == [0, 1, 2, 3, 4]
     (tmp_path / "list.txt").write_text("n004/img00.png 3\nn002/img01.png 1\n")
-    listed = read_eval_set("l", tmp_path / "a", "list", SPACE, list_file=tmp_path / "list.txt")
+    listed = read_set("l", tmp_path / "a", "list", SPACE, list=tmp_path / "list.txt")
     assert [f.label for f in listed.files] == [3, 1] and listed.subset == [1, 3]
     with pytest.raises(DataError, match="not one of"):
-        read_eval_set("bad", _tree(tmp_path / "bad", {"n999": 1}), "wnid_folders", SPACE)
+        read_set("bad", _tree(tmp_path / "bad", {"n999": 1}), "wnid_folders", SPACE)
 
 
 def test_imagenet_a_subset_is_checked_against_the_shipped_list(tmp_path):
     space = imagenet_label_space()
     wnids = shipped_wnids("imagenet_a_synsets.txt")
     root = _tree(tmp_path / "imagenet-a", {w: 1 for w in wnids}, size=2)
-    found = read_eval_set("imagenet_a", root, "wnid_folders", space, expected_subset="imagenet_a")
+    found = read_set("imagenet_a", root, "wnid_folders", space, expected_subset="imagenet_a")
     assert len(found.subset) == 200 and found.subset == sorted(space.ids.index(w) for w in wnids)
     (root / wnids[0] / "img00.png").unlink()
     (root / wnids[0]).rmdir()
     with pytest.raises(DataError, match=f"missing \\['{wnids[0]}'\\]"):
-        read_eval_set("imagenet_a", root, "wnid_folders", space, expected_subset="imagenet_a")
+        read_set("imagenet_a", root, "wnid_folders", space, expected_subset="imagenet_a")
 
 
 def test_prepared_eval_set_round_trips_with_its_subset(tmp_path):
-    found = read_eval_set("sub", _tree(tmp_path / "a", {"n002": 2, "n004": 3}), "wnid_folders", SPACE)
+    found = read_set("sub", _tree(tmp_path / "a", {"n002": 2, "n004": 3}), "wnid_folders", SPACE)
     prepare_eval_set(found, tmp_path / "out", image_size=4, num_classes=5)
     images = read_split(tmp_path / "out", "test").images
     assert images.shape == (5, 4, 4, 3)

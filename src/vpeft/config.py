@@ -19,6 +19,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
+from vpeft.schema import DataSource
+
 CONFIG_DIR_ENV = "VPEFT_PARAMS"
 
 
@@ -182,6 +184,9 @@ def check_schema(plain: Any, schema: Any, origin: Callable[[str], str], key: str
         origin_type, args = typing.get_origin(schema), typing.get_args(schema)
     if schema is Any:
         return
+    if isinstance(schema, type) and issubclass(schema, DataSource):
+        _check_data_source(plain, schema, origin, key)
+        return
     if dataclasses.is_dataclass(schema):
         if not isinstance(plain, Mapping):
             raise _type_error(key, plain, "a mapping", origin)
@@ -217,6 +222,27 @@ def check_schema(plain: Any, schema: Any, origin: Callable[[str], str], key: str
 
 
 MISSING_VALUE = "???"  # omegaconf.MISSING: the schema's mark of a key every config must set
+
+
+def _check_data_source(plain: Any, schema: type, origin: Callable[[str], str], key: str) -> None:
+    """A source block: its ``format`` picks a :mod:`vpeft.data.formats` format, which names the
+    keys it takes (besides those ``schema`` adds, e.g. an evaluation set's ``name``)."""
+    import dataclasses
+
+    from vpeft.data import formats
+
+    fmt = plain.get("format") if isinstance(plain, Mapping) else None
+    if isinstance(fmt, str) and (fmt == MISSING_VALUE or "${" in fmt):
+        return  # checked where it is used, resolved
+    own = {f.name: _hints(schema)[f.name] for f in dataclasses.fields(schema) if f.name != "format"}
+    try:
+        cls = formats.check_block(plain, key, extra_keys=list(own))
+    except formats.FormatConfigError as err:
+        raise ConfigError(f"config key '{err.key}' (from {origin(err.key)}): {err.detail}") from None
+    hints = {**formats.config_keys(cls), **own}
+    for name, value in plain.items():
+        if name in hints:
+            check_schema(value, hints[name], origin, f"{key}.{name}")
 
 
 @functools.lru_cache(maxsize=None)

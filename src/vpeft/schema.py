@@ -97,12 +97,8 @@ class SplitSizes:  # null: the split's size as the data has it
 
 
 @dataclass
-class Source:  # one of {folders}, {list, root}, {cifar100_python, part} (vpeft.data.manyshot)
-    folders: Optional[str] = None
-    list: Optional[str] = None
-    root: Optional[str] = None
-    cifar100_python: Optional[str] = None
-    part: Optional[str] = None
+class DataSource:  # a dataset part: `format` names a vpeft.data.formats format, which types the
+    format: str = MISSING  # block's other keys (vpeft.config.check_schema asks it)
 
 
 @dataclass
@@ -123,8 +119,8 @@ class Dataset:  # one dataset of a many-shot study
     subsets: Optional[List[Any]] = None   # positive sizes and/or "full"
     test_fraction: Optional[float] = None
     classes: Optional[List[str]] = None
-    train: Optional[Source] = None
-    test: Optional[Source] = None
+    train: Optional[DataSource] = None
+    test: Optional[DataSource] = None
     synthetic: Optional[SyntheticSource] = None
 
 
@@ -178,14 +174,9 @@ class TaskInfo:
 
 
 @dataclass
-class EvalSet:  # an ImageNet split or distribution shift as its public tool writes it
-    root: Optional[str] = MISSING
-    format: str = MISSING
+class EvalSet(DataSource):  # an ImageNet split or distribution shift as its public tool writes it
     name: Optional[str] = None
-    list_file: Optional[str] = None
     expected_subset: Optional[str] = None
-    devkit: Optional[str] = None
-    solution_csv: Optional[str] = None
 
 
 @dataclass

@@ -5,7 +5,9 @@
 - :mod:`vpeft.data.decode`: strict image decoding, RGB conversion and resizing.
 - :mod:`vpeft.data.shards`: the prepared format (Parquet shards, manifest, test labels), written and read.
 - :mod:`vpeft.data.errors`: :class:`~vpeft.data.errors.DataError` and collected error reporting.
-- :mod:`vpeft.data.folder`, :mod:`vpeft.data.manyshot`, :mod:`vpeft.data.cifar`: many-shot datasets,
-  turned into VTAB-1K-layout views and prepared the same way.
+- :mod:`vpeft.data.formats`: the dataset formats (one module each), selected by a source block's
+  ``format:``; their readers live in :mod:`vpeft.data.folder` and :mod:`vpeft.data.cifar`.
+- :mod:`vpeft.data.manyshot`: many-shot datasets, turned into VTAB-1K-layout views and prepared
+  the same way.
 - :mod:`vpeft.data.catalog`: the tasks of a study (the demo's generators live in :mod:`vpeft.demo`).
 """

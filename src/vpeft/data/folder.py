@@ -14,7 +14,6 @@ from pathlib import Path
 
 from vpeft.data.errors import DataError, raise_collected
 from vpeft.data.listfile import LIST_LINE_RE, check_relpath
-from vpeft.io import atomic_dir, write_json
 
 __all__ = ["IMAGE_EXTENSIONS", "LabelledFile", "is_hidden", "read_class_folders", "read_list_file"]
 
@@ -166,6 +165,8 @@ def write_list_view(out_dir: str | Path, splits: Mapping[str, tuple[str, Sequenc
     ``write_images``, if given, is called with the unpublished view folder to write image files
     the view holds itself (images that exist only as arrays, e.g. CIFAR-100's pickles), so they
     are published together with the list files or not at all."""
+    from vpeft.io import atomic_dir, write_json  # pyarrow: not for the readers (schema checks)
+
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
         for name, (link, files) in splits.items():

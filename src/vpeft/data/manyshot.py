@@ -1,8 +1,9 @@
 """Many-shot study data: datasets as users hold them, deterministic saved subsets, VTAB-layout views.
 
-A many-shot *dataset* (CIFAR-100, RESISC45, Clevr-Dist) comes as a class-per-folder tree, a
-``<relpath> <label>`` list file (``vpeft.data.folder``) or CIFAR-100's pickled "python version"
-(``vpeft.data.cifar``), for its train part and, optionally, its test part. A many-shot *task* is a dataset at one training-set size::
+A many-shot *dataset* (CIFAR-100, RESISC45, Clevr-Dist) has a train part and, optionally, a test
+part, each a source block in a dataset format (:mod:`vpeft.data.formats`: a class-per-folder
+tree, a ``<relpath> <label>`` list file, CIFAR-100's pickled "python version", ...). A many-shot
+*task* is a dataset at one training-set size::
 
     <dataset>_n<size>   a class-balanced subset of <size> training images (cifar100_n500)
     <dataset>           all of its training images (cifar100)
@@ -42,59 +43,21 @@ from typing import Any
 
 import numpy as np
 
-from vpeft.data.cifar import CIFAR100_PARTS, read_cifar100
 from vpeft.data.errors import DataError, raise_collected
-from vpeft.data.folder import LabelledFile, read_class_folders, read_list_file, write_list_view
+from vpeft.data.folder import LabelledFile, write_list_view
+from vpeft.data.formats import Part, Source, parse_source
 from vpeft.data.vtab import GROUPS
 from vpeft.errors import UserError
 from vpeft.io import atomic_dir, atomic_path, read_json, write_json
 
-__all__ = ["DatasetSpec", "Source", "Part", "ManyShotTask", "dataset_specs", "resolve_task",
-           "task_names", "read_source", "read_part", "draw_split", "subset_file", "ensure_split",
-           "write_view", "clevr_dist_label", "write_clevr_dist"]
+__all__ = ["DatasetSpec", "ManyShotTask", "dataset_specs", "resolve_task", "task_names",
+           "draw_split", "subset_file", "ensure_split", "write_view", "clevr_dist_label",
+           "write_clevr_dist"]
 
 log = logging.getLogger("vpeft.data")
 
 INDEX_FORMAT = "vpeft-subset-v1"
 _TASK_RE = re.compile(r"^(?P<dataset>.+)_n(?P<size>[1-9][0-9]*)$")
-
-
-@dataclass(frozen=True)
-class Source:
-    """One part (train or test) of a dataset: a class-folder tree, a list file with its image
-    root, or one part (``cifar_part``: train or test) of an unpacked ``cifar-100-python`` folder."""
-
-    folders: Path | None = None
-    list_file: Path | None = None
-    root: Path | None = None
-    cifar100_python: Path | None = None
-    cifar_part: str | None = None
-
-    @property
-    def image_root(self) -> Path:
-        """Where the part's image files are (for CIFAR-100: the pickles' folder, which holds none;
-        its images are written into the view instead)."""
-        if self.folders is not None:
-            return self.folders
-        if self.cifar100_python is not None:
-            return self.cifar100_python
-        return self.root if self.root is not None else self.list_file.parent  # type: ignore[union-attr]
-
-    @property
-    def inputs(self) -> tuple[Path, ...]:
-        """The files or folders the part is read from (what a Snakemake rule depends on)."""
-        if self.folders is not None:
-            return (self.folders,)
-        if self.cifar100_python is not None:
-            return (self.cifar100_python / str(self.cifar_part), self.cifar100_python / "meta")
-        return (self.list_file,)  # type: ignore[return-value]
-
-    def describe(self) -> str:
-        if self.folders is not None:
-            return f"folders {self.folders}"
-        if self.cifar100_python is not None:
-            return f"CIFAR-100 {self.cifar100_python / str(self.cifar_part)}"
-        return f"list {self.list_file}"
 
 
 @dataclass(frozen=True)
@@ -123,26 +86,8 @@ class ManyShotTask:
 FLIPS = ("horizontal", "vertical")
 
 
-_SOURCE_FORMS = ("{folders: DIR}, {list: FILE, root: DIR} or "
-                 "{cifar100_python: DIR, part: train|test}")
-
-
 def _source(raw: Any, base: Path, where: str) -> Source | None:
-    if raw is None:
-        return None
-    if not isinstance(raw, Mapping):
-        raise UserError(f"{where}: expected {_SOURCE_FORMS}, got {raw!r}")
-    keys = set(raw)
-    if keys == {"folders"}:
-        return Source(folders=base / str(raw["folders"]))
-    if "list" in keys and keys <= {"list", "root"}:
-        root = raw.get("root")
-        return Source(list_file=base / str(raw["list"]), root=base / str(root) if root else None)
-    if keys == {"cifar100_python", "part"}:
-        if raw["part"] not in CIFAR100_PARTS:
-            raise UserError(f"{where}.part: {raw['part']!r} is not one of {', '.join(CIFAR100_PARTS)}")
-        return Source(cifar100_python=base / str(raw["cifar100_python"]), cifar_part=str(raw["part"]))
-    raise UserError(f"{where}: expected {_SOURCE_FORMS}, got keys {sorted(keys)}")
+    return None if raw is None else parse_source(raw, where=where, base=base)
 
 
 def dataset_specs(cfg: Any) -> dict[str, DatasetSpec]:
@@ -220,57 +165,6 @@ def resolve_task(cfg: Any, task: str) -> ManyShotTask:
 # ---------------------------------------------------------------------------------------------
 # Reading a dataset and drawing its splits
 # ---------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Part:
-    """One dataset part as read: ``files`` (paths relative to the part's image root), the class
-    names when the format carries them, and for a format without image files (CIFAR-100's
-    pickles) the ``pixels`` (N x H x W x 3 uint8; ``pixels[i]`` is ``files[i]``)."""
-
-    files: list[LabelledFile]
-    classes: list[str] | None
-    pixels: np.ndarray | None = None
-
-
-def cifar_image_name(row: int) -> str:
-    """The name a CIFAR-100 row gets in a view: its row number (stable, unique, traceable)."""
-    return f"{row:05d}.png"
-
-
-def _read_cifar(source: Source, num_classes: int, classes: Sequence[str] | None) -> Part:
-    assert source.cifar100_python is not None and source.cifar_part is not None
-    part = read_cifar100(source.cifar100_python, source.cifar_part)
-    meta = source.cifar100_python / "meta"
-    if len(part.classes) != num_classes:
-        raise DataError(f"{meta}: fine_label_names names {len(part.classes)} classes, but the "
-                        f"dataset declares num_classes={num_classes}")
-    if classes is not None and list(classes) != part.classes:
-        raise DataError(f"{meta}: fine_label_names differ from the classes given "
-                        "(study.data.datasets.<name>.classes, or the train part's)")
-    files = [LabelledFile(cifar_image_name(i), int(label)) for i, label in enumerate(part.labels)]
-    return Part(files, part.classes, part.images)
-
-
-def read_part(source: Source, num_classes: int, classes: Sequence[str] | None) -> Part:
-    """One dataset part: folder trees sorted by path, list files in file order, CIFAR-100 pickles
-    in row order (with their pixels)."""
-    if source.folders is not None:
-        files, class_list = read_class_folders(source.folders, classes)
-        if len(class_list) != num_classes:
-            raise DataError(f"{source.folders}: {len(class_list)} classes found, but the dataset "
-                            f"declares num_classes={num_classes}")
-        return Part(files, class_list)
-    if source.cifar100_python is not None:
-        return _read_cifar(source, num_classes, classes)
-    return Part(read_list_file(source.list_file, source.image_root, num_classes), None)  # type: ignore[arg-type]
-
-
-def read_source(source: Source, num_classes: int, classes: Sequence[str] | None
-                ) -> tuple[list[LabelledFile], list[str] | None]:
-    """Files and class names of one dataset part (:func:`read_part` without the pixels)."""
-    part = read_part(source, num_classes, classes)
-    return part.files, part.classes
-
 
 def fingerprint(files: Sequence[LabelledFile]) -> str:
     """sha256 of the ``path label`` listing: a saved index file is only valid for this listing."""
@@ -409,9 +303,9 @@ def check_task(cfg: Any, task_name_: str, *, decode: bool = True) -> dict[str, i
 
     task = resolve_task(cfg, task_name_)
     ds = task.dataset
-    train_part = read_part(ds.train, ds.num_classes, ds.classes)
+    train_part = ds.train.read(ds.num_classes, ds.classes)
     train_files = train_part.files
-    test_part = (read_part(ds.test, ds.num_classes, train_part.classes or ds.classes)
+    test_part = (ds.test.read(ds.num_classes, train_part.classes or ds.classes)
                  if ds.test is not None else None)
     if subset_file(cfg, task.name).is_file():
         split = ensure_split(cfg, task, train_files)  # reads and checks the saved file
@@ -429,7 +323,7 @@ def check_task(cfg: Any, task_name_: str, *, decode: bool = True) -> dict[str, i
         else:
             used += [(ds.train, train_files[i]) for i in split["test"]]
         errors = undecodable((src.describe(), src.image_root / f.path)
-                             for src, f in used if src.cifar100_python is None)
+                             for src, f in used if src.holds_image_files)
         raise_collected(errors)
     return {"train800": len(split["train"]) - len(split["val"]), "val200": len(split["val"]),
             "train800val200": len(split["train"]), "test": test_count}
@@ -461,11 +355,11 @@ def write_view(cfg: Any, task_name_: str, out_dir: Path) -> dict[str, int]:
     given by pixels instead has its listed images written into the view as PNGs)."""
     task = resolve_task(cfg, task_name_)
     ds = task.dataset
-    train_part = read_part(ds.train, ds.num_classes, ds.classes)
+    train_part = ds.train.read(ds.num_classes, ds.classes)
     train_files, class_list = train_part.files, train_part.classes
     test_part = None
     if ds.test is not None:
-        test_part = read_part(ds.test, ds.num_classes, class_list or ds.classes)
+        test_part = ds.test.read(ds.num_classes, class_list or ds.classes)
         test_files, test_classes = test_part.files, test_part.classes
         if class_list is not None and test_classes is not None and test_classes != class_list:
             raise DataError(f"{ds.test.describe()}: test classes differ from the train classes")

@@ -16,18 +16,20 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from vpeft import layout
 from vpeft.config import StudyPlan
+from vpeft.data.formats import parse_source
 from vpeft.errors import UserError
 from vpeft.io import write_json, write_parquet
-from vpeft.robustness.imagenet import (LabelSpace, few_shot_split, imagenet_label_space,
+from vpeft.robustness.imagenet import (EvalSet, LabelSpace, few_shot_split, imagenet_label_space,
                                        read_eval_set, write_task_view)
 from vpeft.robustness.tables import WISE_RUN_SCHEMA
 from vpeft.runs import MethodRuns
 
 log = logging.getLogger("vpeft.robustness")
+SECTION = "study.robustness"
 
 
 
@@ -71,10 +73,14 @@ def shift_dir(cfg: DictConfig, name: str) -> Path:
     return layout.prepared_task(cfg, "shifts") / name
 
 
-def _read(name: str, spec: DictConfig, space: LabelSpace):
-    return read_eval_set(name, spec.root, spec.format, space, list_file=spec.get("list_file"),
-                         expected_subset=spec.get("expected_subset"), devkit=spec.get("devkit"),
-                         solution_csv=spec.get("solution_csv"))
+EVAL_SET_KEYS = ("name", "expected_subset")  # an evaluation set's own keys beside its format's
+
+
+def _read(name: str, spec: DictConfig, space: LabelSpace, where: str) -> EvalSet:
+    """The evaluation set of config block ``spec`` (at config key ``where``)."""
+    block = OmegaConf.to_container(spec, resolve=True)
+    source = parse_source(block, where=where, base=Path(), extra_keys=EVAL_SET_KEYS)
+    return read_eval_set(name, source, space, expected_subset=block.get("expected_subset"))
 
 
 def input_checks(cfg: DictConfig):
@@ -85,10 +91,10 @@ def input_checks(cfg: DictConfig):
 
     r = settings(cfg)
 
-    def reader(name: str, spec: DictConfig, few_shot: bool):
+    def reader(name: str, spec: DictConfig, where: str, few_shot: bool):
         def check(decode: bool) -> tuple[dict[str, int], int]:
             space = label_space(cfg)
-            found = _read(name, spec, space)
+            found = _read(name, spec, space, where)
             files = found.files
             if few_shot:
                 train, val = few_shot_split(files, int(r.shots), int(r.val_shots),
@@ -102,20 +108,20 @@ def input_checks(cfg: DictConfig):
             return counts, len(found.subset) if found.subset is not None else len(space)
         return check
 
-    yield "imagenet (few-shot train/val)", reader("train", r.train, True)
-    yield str(r.test.name), reader(str(r.test.name), r.test, False)
+    yield "imagenet (few-shot train/val)", reader("train", r.train, f"{SECTION}.train", True)
+    yield str(r.test.name), reader(str(r.test.name), r.test, f"{SECTION}.test", False)
     for name, spec in r.shifts.items():
-        yield str(name), reader(str(name), spec, False)
+        yield str(name), reader(str(name), spec, f"{SECTION}.shifts.{name}", False)
 
 
 def imagenet_split(cfg: DictConfig, task: str) -> Path:
     """Draw the seeded few-shot split and write the task view (list files = the saved split)."""
     r = settings(cfg)
     space = label_space(cfg)
-    train_set = _read("train", r.train, space)
+    train_set = _read("train", r.train, space, f"{SECTION}.train")
     train, val = few_shot_split(train_set.files, int(r.shots), int(r.val_shots),
                                 int(r.split_seed), len(space))
-    test = _read(str(r.test.name), r.test, space)
+    test = _read(str(r.test.name), r.test, space, f"{SECTION}.test")
     info = {"shots": int(r.shots), "val_shots": int(r.val_shots), "seed": int(r.split_seed),
             "train_root": str(r.train.root), "test_root": str(r.test.root)}
     return write_task_view(layout.raw_task(cfg, task), train_set.root, train, val, test, info)
@@ -128,7 +134,8 @@ def prepare_shift(cfg: DictConfig, name: str) -> dict[str, Any]:
     if name not in shifts:
         raise UserError(f"study.robustness.shifts has no {name!r}; known: {list(shifts)}")
     space = label_space(cfg)
-    return prepare_eval_set(_read(name, shifts[name], space), shift_dir(cfg, name),
+    return prepare_eval_set(_read(name, shifts[name], space, f"{SECTION}.shifts.{name}"),
+                            shift_dir(cfg, name),
                             image_size=int(cfg.model.img_size), num_classes=len(space))
 
 
