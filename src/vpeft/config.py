@@ -287,24 +287,6 @@ def load_study(study: str, overrides: Sequence[str] = ()) -> StudyPlan:
     return plan
 
 
-def check_method_hparams(plan: StudyPlan) -> None:
-    """Every grid point's ``hparams`` against its method's typed config (:mod:`vpeft.methods`):
-    an unknown hyper-parameter or a value out of range is a ConfigError naming the method file (or
-    the study's grid block) and the allowed keys. Imports torch, so it runs where torch is loaded
-    anyway (``vpeft check`` and the training jobs), not at every composition."""
-    from vpeft.methods import MethodError, make_config
-
-    for method in plan.methods:
-        where = f"params/method/{method}.yaml"
-        if OmegaConf.select(plan.cfg, f"study.grid.{method}.hparams", default=None) is not None:
-            where += f" with study.grid.{method} of params/study/{plan.name}.yaml"
-        for point in plan.points[method]:
-            try:
-                make_config(method, **dict(point.hparams))
-            except MethodError as err:
-                raise ConfigError(f"{where}: {err}") from None
-
-
 def _require(cfg: DictConfig, keys: Iterable[str]) -> None:
     for key in keys:
         try:
