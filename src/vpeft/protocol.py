@@ -19,7 +19,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -35,6 +35,11 @@ from vpeft.train.protocol import Protocol
 
 if TYPE_CHECKING:
     import torch
+    from omegaconf import DictConfig
+    from torch import nn
+
+    from vpeft.data.shards import SplitData
+    from vpeft.train.loop import Run, TrainResult, TrainSettings
 
 # torch, timm and the training modules are imported inside the functions that train: selection,
 # evaluation and reporting are bookkeeping and start in a fraction of the time.
@@ -99,15 +104,16 @@ class _JobInputs:
     phase: str
     seed: int
     manifest: Mapping[str, Any]
-    device: Any
-    augment: Any          # None unless train.augment is set
-    eval_transform: Any
-    images: Any           # the training split, on the device once for every point
-    labels: Any
-    eval_data: Any        # the evaluation split (test: images only, its labels are never read)
-    eval_images: Any
+    device: torch.device
+    augment: Callable[[torch.Tensor], torch.Tensor] | None  # None unless train.augment is set
+    eval_transform: Callable[[torch.Tensor], torch.Tensor] | None
+    images: torch.Tensor  # the training split, on the device once for every point
+    labels: torch.Tensor
+    eval_data: SplitData  # the evaluation split (test: images only, its labels are never read)
+    eval_images: torch.Tensor
     cache_features: bool  # head-only points train on cached frozen features
-    features: dict[str, tuple[Any, Any, float]] = field(default_factory=dict)  # hparams -> ...
+    # method hyper-parameters (JSON) -> the frozen backbone's train and eval features, seconds
+    features: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -117,12 +123,12 @@ class _PointRun:
     point: GridPoint
     out_dir: Path
     desc: str
-    model: Any
+    model: nn.Module
     counts: dict[str, int]
-    settings: Any
-    run: Any
-    normaliser: Any
-    eval_features: Any = None  # cached eval-split features when the head trains on features
+    settings: TrainSettings
+    run: Run
+    normaliser: nn.Module
+    eval_features: torch.Tensor | None = None  # cached eval-split features (head-only runs)
     feature_cache: dict[str, Any] = field(default_factory=lambda: {"used": False})
 
 
@@ -159,7 +165,7 @@ def run_points(plan: StudyPlan, task: str, method: str, points: Sequence[GridPoi
             for job, result in zip(jobs, results)]
 
 
-def _job_inputs(cfg, task: str, phase: str, seed: int, protocol: Protocol) -> _JobInputs:
+def _job_inputs(cfg: DictConfig, task: str, phase: str, seed: int, protocol: Protocol) -> _JobInputs:
     """Read the job's prepared splits once (test labels never: the final run reads only the
     test images) and put the training split on the device."""
     import torch
@@ -184,7 +190,8 @@ def _job_inputs(cfg, task: str, phase: str, seed: int, protocol: Protocol) -> _J
                       cache_features=cache_features)
 
 
-def _start_point(cfg, task: str, method: str, point: GridPoint, inputs: _JobInputs) -> _PointRun:
+def _start_point(cfg: DictConfig, task: str, method: str, point: GridPoint,
+                 inputs: _JobInputs) -> _PointRun:
     """Build one point's model as the protocol attaches its method, and its training run (on
     cached features when only the head trains and the protocol caches them)."""
     from torch import nn
@@ -224,8 +231,9 @@ def _start_point(cfg, task: str, method: str, point: GridPoint, inputs: _JobInpu
                                      "extract_s": extract_s, "mode": "eval"})
 
 
-def _cached_features(point: GridPoint, model, normaliser, settings,
-                     inputs: _JobInputs) -> tuple[Any, Any, float]:
+def _cached_features(point: GridPoint, model: nn.Module, normaliser: nn.Module,
+                     settings: TrainSettings,
+                     inputs: _JobInputs) -> tuple[torch.Tensor, torch.Tensor, float]:
     """The frozen backbone's train and eval features, computed once for every head-only point
     with the same method hyper-parameters (the backbone is then the same function)."""
     from vpeft.train.features import extract_features
@@ -242,7 +250,7 @@ def _cached_features(point: GridPoint, model, normaliser, settings,
     return inputs.features[key]
 
 
-def _finish_point(plan: StudyPlan, task: str, method: str, job: _PointRun, result: Any,
+def _finish_point(plan: StudyPlan, task: str, method: str, job: _PointRun, result: TrainResult,
                   inputs: _JobInputs, shared_s: float, fused_points: int) -> dict[str, Any]:
     """Predict the evaluation split and write the point's outputs, metrics.json last."""
     import torch
