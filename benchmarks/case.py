@@ -287,7 +287,8 @@ def _measure_cached_linear(spec: CaseSpec, model, sync) -> dict[str, Any]:
     import torch
 
     from vpeft.train.features import HeadProbe, extract_features
-    from vpeft.train.loop import Normaliser, TrainSettings, train
+    from vpeft.train.loop import Normaliser, train
+    from vpeft.train.protocol import Protocol
 
     if spec.phase != "train":
         raise ValueError("cached linear probing is measured in the train phase only (its "
@@ -297,7 +298,7 @@ def _measure_cached_linear(spec: CaseSpec, model, sync) -> dict[str, Any]:
     images = torch.randint(0, 256, (n, size, size, 3), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, spec.model.num_classes, (n,), generator=g)
     normaliser = Normaliser(torch.full((1, 3, 1, 1), 0.5), torch.full((1, 3, 1, 1), 0.5), size)
-    settings = TrainSettings.from_params(
+    settings = Protocol.vtab().settings(
         epochs=spec.cached_epochs, lr=spec.lr, weight_decay=spec.weight_decay,
         batch_size=spec.batch_size, warmup_epochs=min(10, spec.cached_epochs),
         eval_batch_size=spec.eval_batch_size, log_every_s=1e9)

@@ -153,7 +153,7 @@ def test_a_misspelled_hyper_parameter_is_refused_by_check_naming_the_method_file
                                                                                monkeypatch):
     """hparams are typed by each method's own dataclass (torch-side): `vpeft check` and the jobs
     refuse an unknown one, naming the file and the allowed keys."""
-    from vpeft.config import check_method_hparams
+    from vpeft.check import check_method_hparams
 
     lora = _params_copy(tmp_path, monkeypatch) / "method" / "lora.yaml"
     lora.write_text(lora.read_text().replace("dropout:", "dropuot:"))
@@ -176,7 +176,7 @@ def test_method_is_a_hydra_group_composed_under_method_and_narrowed_by_the_study
 
 
 def test_every_shipped_grid_point_is_valid_for_its_method():
-    from vpeft.config import check_method_hparams
+    from vpeft.check import check_method_hparams
 
     for study in sorted(p.stem for p in (REPO / "params" / "study").glob("*.yaml")):
         check_method_hparams(load_study(study, _USER_KEYS.get(study, [])))

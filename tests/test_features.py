@@ -17,7 +17,8 @@ from vpeft.errors import UserError
 from vpeft.io import read_json
 from vpeft.protocol import run_point
 from vpeft.train.features import HeadProbe, extract_features, predict_features
-from vpeft.train.loop import Normaliser, Run, TrainSettings, predict, train, train_runs
+from vpeft.train.loop import Normaliser, Run, predict, train, train_runs
+from vpeft.train.protocol import Protocol
 
 from conftest import half_normaliser, tiny_vit, toy_images
 
@@ -63,7 +64,7 @@ def test_cached_features_train_the_same_head_as_backprop_through_the_frozen_mode
     """drop_path 0: the frozen backbone computes the same function in train and eval mode, so
     the two paths differ only by float rounding of the features (batches of 16 vs 256)."""
     images, labels = toy_images(48, noise=40)
-    settings = TrainSettings.from_params(epochs=5, lr=1e-2, weight_decay=1e-4, batch_size=16,
+    settings = Protocol.vtab().settings(epochs=5, lr=1e-2, weight_decay=1e-4, batch_size=16,
                                          warmup_epochs=1, log_every_s=1e9)
     calls = _BackboneCalls(monkeypatch)
 
@@ -171,14 +172,14 @@ def test_gpu_options_are_recorded_and_checked(tmp_path, prepared_task, tiny_weig
     assert metrics["compiled"] is False and metrics["fused_points"] == 1
     assert metrics["config"]["train"]["precision"] == "bf16"
     with pytest.raises(UserError, match="train.precision: 'fp16'"):
-        TrainSettings.from_params(epochs=1, lr=1e-3, weight_decay=0.0, precision="fp16")
+        Protocol.vtab().settings(epochs=1, lr=1e-3, weight_decay=0.0, precision="fp16")
 
 
 def test_a_diverged_run_beside_others_stops_alone():
     images, labels = toy_images(48, noise=40)
-    settings = TrainSettings.from_params(epochs=2, lr=1e-3, weight_decay=1e-4, batch_size=16,
+    settings = Protocol.vtab().settings(epochs=2, lr=1e-3, weight_decay=1e-4, batch_size=16,
                                          warmup_epochs=0)
-    bad = TrainSettings.from_params(epochs=2, lr=1e12, weight_decay=0.0, batch_size=16,
+    bad = Protocol.vtab().settings(epochs=2, lr=1e12, weight_decay=0.0, batch_size=16,
                                     warmup_epochs=0)
     runs = [Run(methods.apply(tiny_vit(num_classes=4), "full"), half_normaliser(), images, labels, s,
                 seed=0) for s in (settings, bad)]

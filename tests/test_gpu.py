@@ -38,7 +38,8 @@ import torch
 
 from vpeft import methods
 from vpeft.models.backbone import create_backbone
-from vpeft.train.loop import (Normaliser, TrainSettings, predict, train, uses_fused_attention)
+from vpeft.train.loop import (Normaliser, predict, train, uses_fused_attention)
+from vpeft.train.protocol import Protocol
 
 from conftest import REPO, TINY_VIT
 
@@ -114,7 +115,7 @@ def loss_curve(method: str, arch: Arch, device: str, *, precision: str = "fp32",
     model = build(method, arch, seed).to(device)
     set_fused_attention(model, fused)
     images, labels = class_coded_images(arch.batch, arch, seed)
-    settings = TrainSettings.from_params(epochs=steps, lr=1e-4 if method == "full" else 1e-3,
+    settings = Protocol.vtab().settings(epochs=steps, lr=1e-4 if method == "full" else 1e-3,
                                          weight_decay=1e-4, batch_size=arch.batch, warmup_epochs=0,
                                          log_every_s=1e9, precision=precision, compile=compile)
     result = train(model, normaliser(arch), images.to(device), labels.to(device), settings,

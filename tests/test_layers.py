@@ -1,7 +1,8 @@
 """The package's layering, read from the source with ``ast`` (every import, the lazy ones inside
-functions included): the model layer does not reach up into the studies, the report or the CLI;
-the data layer does not reach into models, studies or the report; and no module takes another
-module's private (underscore) names."""
+functions included): no import cycle anywhere; every module in exactly one layer of ``LAYERS`` and
+no layer importing one above it; the model layer does not reach up into the studies, the report or
+the CLI; the data layer does not reach into models, studies or the report; and no module takes
+another module's private (underscore) names."""
 from __future__ import annotations
 
 import ast
@@ -11,6 +12,27 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "vpeft"
+
+# The layers, top to bottom: a module may import its own layer and those below it, never one
+# above. An entry is a module, or a package with every module under it (``.*``). A new module
+# must be placed here (the test fails on an unplaced one): where it does not fit, move the code.
+LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    ("cli", ("vpeft.cli", "vpeft.__main__")),
+    ("steps", ("vpeft.check", "vpeft.export", "vpeft.gpu_slots", "vpeft.demo.*",
+               "vpeft.robustness.pipeline")),  # verb implementations beyond the protocol's own
+    ("protocol/report", ("vpeft.protocol", "vpeft.report.*", "vpeft.analysis.*",
+                         "vpeft.robustness.tables")),
+    ("train", ("vpeft.train.*",)),
+    ("models/methods", ("vpeft.models.*", "vpeft.methods.*", "vpeft.robustness.zeroshot",
+                        "vpeft.robustness.wise")),
+    # the composed config is checked against the schema and the registries below it (the data
+    # formats type their source blocks)
+    ("config", ("vpeft.config", "vpeft.jobs")),
+    ("data", ("vpeft.data.*", "vpeft.robustness", "vpeft.robustness.imagenet",
+              "vpeft.robustness.shifts")),
+    ("layout", ("vpeft", "vpeft.layout", "vpeft.schema", "vpeft.io", "vpeft.errors",
+                "vpeft._compat", "vpeft.runs")),
+]
 
 # layer (a subpackage or module of vpeft) -> the vpeft modules it must never import
 FORBIDDEN = {
@@ -74,6 +96,128 @@ def test_layer_imports_nothing_above_it(layer):
             bad += [f"{path.relative_to(SRC)}:{line} imports {module}"
                     for above in FORBIDDEN[layer] if within(module, above)]
     assert not bad, f"{layer} must not import {FORBIDDEN[layer]}:\n" + "\n".join(sorted(set(bad)))
+
+
+def placed(module: str, entry: str) -> bool:
+    return within(module, entry[:-2]) if entry.endswith(".*") else module == entry
+
+
+def layer_of(module: str, layers=LAYERS) -> int:
+    """The index (0: top) of the one layer ``module`` is placed in."""
+    found = [i for i, (_, entries) in enumerate(layers) for e in entries if placed(module, e)]
+    if len(found) != 1:
+        raise LookupError(f"{module}: placed {len(found)} times in LAYERS; place it exactly once")
+    return found[0]
+
+
+def import_graph(sources=SOURCES, src: Path = SRC) -> dict[str, dict[str, int]]:
+    """module -> {vpeft module it imports: first line}; an imported name resolves to the longest
+    module it names (``from vpeft.train.loop import Run`` -> vpeft.train.loop)."""
+    modules = {module_name(p, src) for p in sources}
+    graph: dict[str, dict[str, int]] = {}
+    for path in sources:
+        here = module_name(path, src)
+        edges = graph.setdefault(here, {})
+        for line, module, name in imports(path, src):
+            if name is not None:
+                continue  # its module.name twin is listed too
+            while module not in modules and "." in module:
+                module = module.rpartition(".")[0]
+            if module in modules and module != here:
+                edges.setdefault(module, line)
+    return graph
+
+
+def cycles(graph: dict[str, dict[str, int]]) -> list[list[str]]:
+    """One cycle (``[a, b, ..., a]``) through each strongly connected group of modules."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    groups: list[set[str]] = []
+
+    def visit(node: str) -> None:  # Tarjan's algorithm
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in graph.get(node, {}):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            group: set[str] = set()
+            while node not in group:
+                group.add(stack.pop())
+            if len(group) > 1:
+                groups.append(group)
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    found = []
+    for group in groups:
+        start = min(group)
+        paths, seen = [[start]], {start}
+        while paths:  # breadth-first, inside the group, back to the start
+            path = paths.pop(0)
+            nxt = [n for n in sorted(graph[path[-1]]) if n in group]
+            if start in nxt:
+                found.append(path + [start])
+                break
+            for n in nxt:
+                if n not in seen:
+                    seen.add(n)
+                    paths.append(path + [n])
+    return sorted(found)
+
+
+def test_no_import_cycle():
+    found = cycles(import_graph())
+    assert not found, "import cycles in src/vpeft:\n" + "\n".join(" -> ".join(c) for c in found)
+
+
+def test_every_module_is_placed_in_exactly_one_layer():
+    unplaced = []
+    for path in SOURCES:
+        try:
+            layer_of(module_name(path))
+        except LookupError as err:
+            unplaced.append(str(err))
+    assert not unplaced, "\n".join(unplaced)
+
+
+def test_no_layer_imports_one_above_it():
+    bad = []
+    for module, edges in import_graph().items():
+        for imported, line in edges.items():
+            if layer_of(imported) < layer_of(module):
+                bad.append(f"{module}:{line} ({LAYERS[layer_of(module)][0]}) imports {imported} "
+                           f"({LAYERS[layer_of(imported)][0]}, above it)")
+    assert not bad, "imports against the layering " + " -> ".join(n for n, _ in LAYERS) + \
+        ":\n" + "\n".join(sorted(bad))
+
+
+def test_the_layer_checks_can_fail(tmp_path):
+    """A cycle is found and named, a module in no layer (or two) is refused, and an import reaches
+    the graph however it is written."""
+    assert cycles({"a": {"b": 1}, "b": {"c": 1}, "c": {"a": 1}, "d": {"a": 1}}) == \
+        [["a", "b", "c", "a"]]
+    assert cycles({"a": {"b": 1}, "b": {}}) == []
+    with pytest.raises(LookupError, match="placed 0 times"):
+        layer_of("vpeft.newthing")
+    with pytest.raises(LookupError, match="placed 2 times"):
+        layer_of("vpeft.x.y", [("top", ("vpeft.x.*",)), ("bottom", ("vpeft.x.y",))])
+    assert layer_of("vpeft.train.loop") < layer_of("vpeft.models.backbone") < layer_of("vpeft.data.vtab")
+    pkg = tmp_path / "vpeft" / "train"
+    pkg.mkdir(parents=True)
+    (tmp_path / "vpeft" / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "loop.py").write_text("def f():\n    from vpeft.train.published import switches\n")
+    (pkg / "published.py").write_text("from .loop import f\n")
+    sources = sorted((tmp_path / "vpeft").rglob("*.py"))
+    graph = import_graph(sources, tmp_path)
+    assert graph["vpeft.train.loop"] == {"vpeft.train.published": 2}
+    assert cycles(graph) == [["vpeft.train.loop", "vpeft.train.published", "vpeft.train.loop"]]
 
 
 def test_no_private_names_across_modules():

@@ -241,11 +241,12 @@ def test_eval_transform_is_a_centre_crop_that_draws_nothing():
 
 def test_training_loop_applies_augmentation_reproducibly_and_eval_crops(tmp_path):
     from conftest import tiny_vit
-    from vpeft.train.loop import Normaliser, TrainSettings, predict, train
+    from vpeft.train.loop import Normaliser, predict, train
+    from vpeft.train.protocol import Protocol
 
     images = _batch(n=12, size=18)
     labels = torch.arange(12) % 5
-    settings = TrainSettings.from_params(epochs=2, lr=1e-3, weight_decay=1e-4, batch_size=4,
+    settings = Protocol.vtab().settings(epochs=2, lr=1e-3, weight_decay=1e-4, batch_size=4,
                                          warmup_epochs=1)
     seen = []
 

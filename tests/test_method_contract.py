@@ -92,6 +92,22 @@ def test_published_init_preserves_the_pretrained_function(name):
     torch.testing.assert_close(model(x), reference(x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", [n for n in ALL if methods.spec(n).public_linears])
+def test_the_declared_public_linears_are_trainable_tensors_the_method_attaches(name):
+    """A method's as-published initialisation (``public_linears``, redrawn with
+    ``train.protocol.redraw_added_linears``) names modules it attaches and tensors it trains."""
+    model = _attached(name)
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    for cls, attrs in methods.spec(name).public_linears.items():
+        found = [m for m in model.modules() if type(m) is cls]
+        assert found, f"{name}: declares {cls.__name__}, which it does not attach"
+        for module in found:
+            for attr in attrs:
+                target = getattr(module, attr)
+                weight = target.weight if isinstance(target, nn.Linear) else target
+                assert isinstance(weight, nn.Parameter) and id(weight) in trainable, (cls, attr)
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_adapter_save_and_load_onto_a_fresh_backbone(name, tmp_path):
     model = _attached(name)

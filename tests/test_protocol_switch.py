@@ -14,11 +14,11 @@ from conftest import REPO, smoke_plan, tiny_vit
 from vpeft import layout
 from vpeft.config import ConfigError
 from vpeft.io import write_json
-from vpeft.methods import apply
+from vpeft.methods import apply, spec
 from vpeft.protocol import best_candidate, run_point, select
 from vpeft.train.loop import Run, TrainSettings, train_runs
-from vpeft.train.published import (ProtocolError, input_normaliser, protocol_name,
-                                   redraw_added_linears, switches)
+from vpeft.train.protocol import Protocol
+from vpeft.train.published import ProtocolError, protocol_name, redraw_added_linears, switches
 
 CORRECTED = {"normalize_inputs": True, "drop_last": False, "lr_step_at_epoch_end": False,
              "redraw_added_linears": False, "vpt_shallow_drop_prompts_after_block0": False,
@@ -75,7 +75,7 @@ def _from_config(train: dict, optim: dict) -> TrainSettings:
     from omegaconf import OmegaConf
 
     vtab = OmegaConf.to_container(OmegaConf.load(REPO / "params" / "train" / "vtab.yaml"))
-    return TrainSettings.from_config({**vtab, **train}, optim)
+    return Protocol.from_train({**vtab, **train}, seeds=vtab["seeds"]).settings(**optim)
 
 
 def _settings(**switch) -> TrainSettings:
@@ -121,7 +121,7 @@ def test_normalize_inputs_switches_between_mean_std_and_unit_range(tmp_path, pre
     for value in (True, False):
         cfg = _plan(tmp_path, prepared_task, tiny_weights,
                     f"train.protocol.normalize_inputs={str(value).lower()}").cfg
-        x = input_normaliser(cfg, model)(images.contiguous())
+        x = Protocol.from_config(cfg).normaliser(model)(images.contiguous())
         ranges[value] = (x.min().item(), x.max().item())
     assert ranges[False] == pytest.approx((0.0, 1.0))
     assert ranges[True] == pytest.approx((-1.0, 1.0))  # the tiny models' mean/std 0.5
@@ -148,6 +148,8 @@ def test_redraw_touches_exactly_the_public_codes_linears(method):
     # every other method tensor are untouched
     attrs = {name.rsplit(".", 1)[-1] for name in redrawn}
     assert attrs == REDRAWN[method]
+    # the method declares them itself, on its registry entry
+    assert {a for names in spec(method).public_linears.values() for a in names} == attrs
     assert all(any(f".{a}" in k for a in attrs) for k in changed), changed
     for k in changed:
         if k.endswith("bias"):
@@ -194,15 +196,14 @@ def test_vpt_shallow_prompts_are_dropped_after_block0_only_with_the_key(drop):
 
 
 def test_vpt_shallow_key_reaches_the_attached_method(tmp_path, prepared_task, tiny_weights):
-    from vpeft.train.published import method_hparams
-
     for value in (False, True):
         cfg = _plan(tmp_path, prepared_task, tiny_weights,
                     f"train.protocol.vpt_shallow_drop_prompts_after_block0={str(value).lower()}").cfg
-        hparams = method_hparams(cfg.train, "vpt_shallow", {"num_prompts": 5})
+        protocol = Protocol.from_config(cfg)
+        hparams = protocol.method_hparams("vpt_shallow", {"num_prompts": 5})
         model = apply(tiny_vit(), "vpt_shallow", **hparams)
         assert model.blocks.drop_after_block0 is value
-        assert method_hparams(cfg.train, "lora", {"rank": 2}) == {"rank": 2}
+        assert protocol.method_hparams("lora", {"rank": 2}) == {"rank": 2}
 
 
 # --- selection ties -----------------------------------------------------------------------------------

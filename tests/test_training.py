@@ -7,7 +7,8 @@ from safetensors.torch import save_file
 
 from vpeft import methods
 from vpeft.models.backbone import WeightsError, create_backbone
-from vpeft.train.loop import TrainSettings, predict, top1, train
+from vpeft.train.loop import predict, top1, train
+from vpeft.train.protocol import Protocol
 
 from conftest import TINY_VIT, half_normaliser, tiny_vit, toy_images
 
@@ -50,7 +51,7 @@ def test_a_file_of_another_width_is_rejected(tiny_weights):
 def test_a_few_steps_lower_the_loss():
     images, labels = toy_images()
     model = methods.apply(tiny_vit(num_classes=4), "full")
-    settings = TrainSettings.from_params(epochs=8, lr=1e-3, weight_decay=1e-4, batch_size=16,
+    settings = Protocol.vtab().settings(epochs=8, lr=1e-3, weight_decay=1e-4, batch_size=16,
                                          warmup_epochs=1, log_every_s=1e9)
     result = train(model, half_normaliser(), images, labels, settings, seed=0)
     assert result.status == "ok"
@@ -61,7 +62,7 @@ def test_a_few_steps_lower_the_loss():
 
 def test_training_is_seeded():
     images, labels = toy_images()
-    settings = TrainSettings.from_params(epochs=2, lr=1e-3, weight_decay=1e-4, batch_size=16,
+    settings = Protocol.vtab().settings(epochs=2, lr=1e-3, weight_decay=1e-4, batch_size=16,
                                          warmup_epochs=1)
     curves = []
     for _ in range(2):
@@ -73,7 +74,7 @@ def test_training_is_seeded():
 def test_divergence_is_recorded_not_raised():
     images, labels = toy_images()
     model = methods.apply(tiny_vit(num_classes=4), "full")
-    settings = TrainSettings.from_params(epochs=3, lr=1e12, weight_decay=0.0, batch_size=16,
+    settings = Protocol.vtab().settings(epochs=3, lr=1e12, weight_decay=0.0, batch_size=16,
                                          warmup_epochs=0)
     result = train(model, half_normaliser(), images, labels, settings, seed=0)
     assert result.status == "diverged"

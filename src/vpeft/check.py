@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from vpeft import jobs as jobs_of
 from vpeft import layout
-from vpeft.config import StudyPlan, check_method_hparams
+from vpeft.config import ConfigError, StudyPlan
 from vpeft.errors import UserError
 
 log = logging.getLogger("vpeft.check")
@@ -241,6 +241,24 @@ def estimate_disk(plan: StudyPlan, tasks: list[TaskCheck]) -> dict[str, int]:
             adapters += FLOAT_BYTES * (sum(sizes) + seeds * max(sizes))  # grid + final runs
             logits += FLOAT_BYTES * t.classes * (val * len(sizes) + 2 * test * seeds)
     return {"prepared data": prepared, "run weights": adapters, "predictions": logits}
+
+
+def check_method_hparams(plan: StudyPlan) -> None:
+    """Every grid point's ``hparams`` against its method's typed config (:mod:`vpeft.methods`):
+    an unknown hyper-parameter or a value out of range is a ConfigError naming the method file (or
+    the study's grid block) and the allowed keys. Imports torch, so it runs where torch is loaded
+    anyway (``vpeft check`` and the training jobs), not at every composition."""
+    from vpeft.methods import MethodError, make_config
+
+    for method in plan.methods:
+        where = f"params/method/{method}.yaml"
+        if OmegaConf.select(plan.cfg, f"study.grid.{method}.hparams", default=None) is not None:
+            where += f" with study.grid.{method} of params/study/{plan.name}.yaml"
+        for point in plan.points[method]:
+            try:
+                make_config(method, **dict(point.hparams))
+            except MethodError as err:
+                raise ConfigError(f"{where}: {err}") from None
 
 
 def check_study(plan: StudyPlan, *, decode: bool = True) -> StudyCheck:

@@ -89,7 +89,7 @@ def cmd_subsets(args: argparse.Namespace) -> None:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
-    from vpeft.models.pretrain import pretrain
+    from vpeft.train.pretrain import pretrain
 
     pretrain(_plan(args).cfg)
 

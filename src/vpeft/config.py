@@ -7,7 +7,7 @@ derive the same grid points from the same files.
 """
 from __future__ import annotations
 
-from vpeft.errors import UserError
+from vpeft.errors import ConfigError, UserError  # ConfigError: importable from here too
 
 import functools
 import itertools
@@ -22,10 +22,6 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from vpeft.schema import DataSource
 
 CONFIG_DIR_ENV = "VPEFT_PARAMS"
-
-
-class ConfigError(UserError):
-    """A config key is missing or holds a value of the wrong kind."""
 
 
 def params_dir() -> Path:
@@ -311,24 +307,6 @@ def load_study(study: str, overrides: Sequence[str] = ()) -> StudyPlan:
     for method in methods:
         plan.points[method] = grid_points(method_config(cfg, method))
     return plan
-
-
-def check_method_hparams(plan: StudyPlan) -> None:
-    """Every grid point's ``hparams`` against its method's typed config (:mod:`vpeft.methods`):
-    an unknown hyper-parameter or a value out of range is a ConfigError naming the method file (or
-    the study's grid block) and the allowed keys. Imports torch, so it runs where torch is loaded
-    anyway (``vpeft check`` and the training jobs), not at every composition."""
-    from vpeft.methods import MethodError, make_config
-
-    for method in plan.methods:
-        where = f"params/method/{method}.yaml"
-        if OmegaConf.select(plan.cfg, f"study.grid.{method}.hparams", default=None) is not None:
-            where += f" with study.grid.{method} of params/study/{plan.name}.yaml"
-        for point in plan.points[method]:
-            try:
-                make_config(method, **dict(point.hparams))
-            except MethodError as err:
-                raise ConfigError(f"{where}: {err}") from None
 
 
 def _require(cfg: DictConfig, keys: Iterable[str]) -> None:

@@ -8,6 +8,10 @@ class UserError(ValueError):
     """Bad input: the message names the file/line, key or parameter and what was expected."""
 
 
+class ConfigError(UserError):
+    """A config key is missing or holds a value of the wrong kind."""
+
+
 class Preempted(RuntimeError):
     """SIGTERM arrived (SLURM preemption, ``scancel``, requeue) and the training state was saved:
     running the same command again resumes from it."""

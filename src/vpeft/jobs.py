@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from vpeft.config import ConfigError
+from vpeft.errors import ConfigError
 
 if TYPE_CHECKING:
     from vpeft.config import StudyPlan

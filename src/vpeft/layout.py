@@ -79,7 +79,7 @@ def seeds(cfg: DictConfig) -> list[int]:
 
     A ConfigError names the key when the list is empty, repeats a seed or holds a non-integer.
     """
-    from vpeft.config import ConfigError
+    from vpeft.errors import ConfigError
 
     raw = cfg.train.get("seeds")
     values = list(raw) if raw is not None and not isinstance(raw, (str, int)) else None

@@ -19,7 +19,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -32,9 +32,15 @@ from vpeft.data.shards import read_split, read_test_labels, read_manifest
 from vpeft.errors import UserError
 from vpeft.io import atomic_path, write_json, write_parquet
 from vpeft.runs import Candidate, MethodRuns, RunDir, RunMetrics, Selection, TestEval
+from vpeft.train.protocol import Protocol
 
 if TYPE_CHECKING:
     import torch
+    from omegaconf import DictConfig
+    from torch import nn
+
+    from vpeft.data.shards import SplitData
+    from vpeft.train.loop import Run, TrainResult, TrainSettings
 
 # torch, timm and the training modules are imported inside the functions that train: selection,
 # evaluation and reporting are bookkeeping and start in a fraction of the time.
@@ -92,18 +98,38 @@ def run_point(plan: StudyPlan, task: str, method: str, point: GridPoint, phase: 
 
 
 @dataclass
+class _JobInputs:
+    """What every point of a job shares: the protocol, the device and the prepared splits."""
+
+    protocol: Protocol
+    phase: str
+    seed: int
+    manifest: Mapping[str, Any]
+    device: torch.device
+    augment: Callable[[torch.Tensor], torch.Tensor] | None  # None unless train.augment is set
+    eval_transform: Callable[[torch.Tensor], torch.Tensor] | None
+    images: torch.Tensor  # the training split, on the device once for every point
+    labels: torch.Tensor
+    eval_data: SplitData  # the evaluation split (test: images only, its labels are never read)
+    eval_images: torch.Tensor
+    cache_features: bool  # head-only points train on cached frozen features
+    # method hyper-parameters (JSON) -> the frozen backbone's train and eval features, seconds
+    features: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = field(default_factory=dict)
+
+
+@dataclass
 class _PointRun:
     """One grid point of a fused job: where it writes, its model and its training run."""
 
     point: GridPoint
     out_dir: Path
     desc: str
-    model: Any
+    model: nn.Module
     counts: dict[str, int]
-    settings: Any
-    run: Any
-    normaliser: Any
-    eval_features: Any = None  # cached eval-split features when the head trains on features
+    settings: TrainSettings
+    run: Run
+    normaliser: nn.Module
+    eval_features: torch.Tensor | None = None  # cached eval-split features (head-only runs)
     feature_cache: dict[str, Any] = field(default_factory=lambda: {"used": False})
 
 
@@ -116,141 +142,163 @@ def run_points(plan: StudyPlan, task: str, method: str, points: Sequence[GridPoi
     step by step (``vpeft.train.loop.train_runs``), each with its own RNG streams and resume
     checkpoint, so each point's results are bit-identical (on CPU) to its solo run. A run whose
     only trainable part is the head trains on cached frozen features when
-    ``train.cache_linear_features`` is on (``vpeft.train.features``).
+    ``train.cache_linear_features`` is on (``vpeft.train.features``). The study's
+    :class:`~vpeft.train.protocol.Protocol` is built once and handed to every point.
     """
-    import torch
-    from torch import nn
-
-    from vpeft.methods import apply, count_trainable, save_adapter
-    from vpeft.models.backbone import study_backbone
-    from vpeft.train.augment import transforms_for
-    from vpeft.train.features import HeadProbe, extract_features, head_only
-    from vpeft.train.loop import (Run, TrainSettings, device_description, effective_precision,
-                                  peak_memory_bytes, reset_peak_memory, resolve_device, top1,
-                                  train_runs, uses_fused_attention)
-    from vpeft.train.published import (input_normaliser, method_hparams, protocol_name,
-                                       redraw_added_linears, switches)
+    from vpeft.train.loop import train_runs
 
     if not points:
         raise ValueError(f"{task}/{method}: no grid points to train")
     if phase == "final" and len(points) != 1:
         raise ValueError(f"{task}/{method}: the final phase trains exactly one point")
-    cfg = plan.cfg
-    train_split, eval_split = PHASES[phase]
-    seeds = layout.seeds(cfg)
-    seed = seeds[0] if seed is None else int(seed)
-    if phase == "grid" and seed != seeds[0]:
-        raise UserError(f"{task}/{method}: the grid is searched once, with the first seed "
-                        f"{seeds[0]} of train.seeds (got seed {seed})")
-    if seed not in seeds:
-        raise UserError(f"{task}/{method}: seed {seed} is not in train.seeds {seeds}")
-    protocol = switches(cfg.train)  # checked before anything trains
+    protocol = Protocol.from_config(plan.cfg)  # switches and seeds checked before anything trains
+    seed = protocol.run_seed(f"{task}/{method}", phase, seed)
     started = time.perf_counter()
-    prepared = layout.prepared_task(cfg, task)
-    manifest = read_manifest(prepared)
-    num_classes = int(manifest["num_classes"])
-    device = resolve_device(cfg.train.get("device", "auto"))
-    reset_peak_memory(device)
-    augment, eval_transform = transforms_for(cfg, task)  # (None, None) unless train.augment is set
-    # Frozen features are only a fixed function of an image when no augmentation changes it.
-    cache_features = protocol["cache_linear_features"] and augment is None
-
-    # Test labels are never loaded here: for the final run only the images are read.
-    train_data = read_split(prepared, train_split)
-    eval_data = read_split(prepared, eval_split)
-    images = torch.from_numpy(train_data.images).to(device)  # once, shared by every point
-    labels = torch.from_numpy(train_data.labels).to(device)
-    eval_images = torch.from_numpy(eval_data.images)
-    features: dict[str, tuple[Any, Any, float]] = {}  # method hparams -> train/eval features
-
-    store = MethodRuns.of(cfg, task, method)
-    jobs: list[_PointRun] = []
-    for point in points:
-        out_dir = (store.grid(point.id) if phase == "grid" else store.final(seed)).path
-        model = study_backbone(cfg.model, num_classes, seed=seed,
-                               # a grid may sweep drop_path under optim (the many-shot study does)
-                               drop_path=float(point.optim.get("drop_path", cfg.train.drop_path)))
-        apply(model, method, **method_hparams(cfg.train, method, point.hparams))
-        if protocol["redraw_added_linears"]:  # as published: timm's init_weights after attach
-            redraw_added_linears(model)
-        model.to(device)
-        counts = count_trainable(model)
-        normaliser = input_normaliser(cfg, model)
-        settings = TrainSettings.from_config(cfg.train, point.optim)
-        desc = f"{task}/{method}/" + (point.id if phase == "grid" else out_dir.name)
-        log.info("%s: %d trainable parameters (%d with head) of %d; training on %s (%d images)",
-                 desc, counts["trainable_params"], counts["trainable_params_with_head"],
-                 counts["total_params"], train_split, len(images))
-        # A preempted or killed run resumes from here when it is run again (SLURM requeue, retry).
-        resume = out_dir / RESUME_CHECKPOINT
-        if cache_features and head_only(model):
-            key = json.dumps(dict(point.hparams), sort_keys=True, default=str)
-            if key not in features:  # the frozen backbone is the same for every such point
-                tic = time.perf_counter()
-                features[key] = (
-                    extract_features(model, normaliser, images, settings.eval_batch_size,
-                                     precision=settings.precision),
-                    extract_features(model, normaliser, eval_images, settings.eval_batch_size,
-                                     transform=eval_transform, precision=settings.precision),
-                    time.perf_counter() - tic)
-            train_features, eval_features, extract_s = features[key]
-            probe = HeadProbe(model)
-            run = Run(probe, nn.Identity(), train_features, labels, settings, seed=seed,
-                      desc=desc, checkpoint=resume)
-            jobs.append(_PointRun(point, out_dir, desc, model, counts, settings, run, normaliser,
-                                  eval_features, {"used": True, "feature_dim":
-                                                  int(train_features.shape[1]),
-                                                  "extract_s": extract_s, "mode": "eval"}))
-        else:
-            run = Run(model, normaliser, images, labels, settings, seed=seed, desc=desc,
-                      checkpoint=resume, augment=augment)
-            jobs.append(_PointRun(point, out_dir, desc, model, counts, settings, run, normaliser))
+    inputs = _job_inputs(plan.cfg, task, phase, seed, protocol)
+    jobs = [_start_point(plan.cfg, task, method, point, inputs) for point in points]
     setup_s = time.perf_counter() - started
 
     results = train_runs([job.run for job in jobs])
     train_s = time.perf_counter() - started - setup_s
-    cost = {"device": device_description(device), "protocol": protocol_name(cfg.train)}
+    # A fused job's time is shared out: setup and training evenly, evaluation as measured.
+    shared_s = (setup_s + train_s) / len(jobs)
+    return [_finish_point(plan, task, method, job, result, inputs, shared_s, len(jobs))
+            for job, result in zip(jobs, results)]
 
-    all_metrics = []
-    for job, result in zip(jobs, results):
+
+def _job_inputs(cfg: DictConfig, task: str, phase: str, seed: int, protocol: Protocol) -> _JobInputs:
+    """Read the job's prepared splits once (test labels never: the final run reads only the
+    test images) and put the training split on the device."""
+    import torch
+
+    from vpeft.train.augment import transforms_for
+    from vpeft.train.loop import reset_peak_memory
+
+    train_split, eval_split = PHASES[phase]
+    prepared = layout.prepared_task(cfg, task)
+    manifest = read_manifest(prepared)
+    device = protocol.device()
+    reset_peak_memory(device)
+    augment, eval_transform = transforms_for(cfg, task)  # (None, None) unless train.augment is set
+    # Frozen features are only a fixed function of an image when no augmentation changes it.
+    cache_features = protocol.switches["cache_linear_features"] and augment is None
+    train_data = read_split(prepared, train_split)
+    eval_data = read_split(prepared, eval_split)
+    return _JobInputs(protocol, phase, seed, manifest, device, augment, eval_transform,
+                      images=torch.from_numpy(train_data.images).to(device),
+                      labels=torch.from_numpy(train_data.labels).to(device),
+                      eval_data=eval_data, eval_images=torch.from_numpy(eval_data.images),
+                      cache_features=cache_features)
+
+
+def _start_point(cfg: DictConfig, task: str, method: str, point: GridPoint,
+                 inputs: _JobInputs) -> _PointRun:
+    """Build one point's model as the protocol attaches its method, and its training run (on
+    cached features when only the head trains and the protocol caches them)."""
+    from torch import nn
+
+    from vpeft.methods import count_trainable
+    from vpeft.models.backbone import study_backbone
+    from vpeft.train.features import HeadProbe, head_only
+    from vpeft.train.loop import Run
+
+    protocol, phase, seed = inputs.protocol, inputs.phase, inputs.seed
+    store = MethodRuns.of(cfg, task, method)
+    out_dir = (store.grid(point.id) if phase == "grid" else store.final(seed)).path
+    model = study_backbone(cfg.model, int(inputs.manifest["num_classes"]), seed=seed,
+                           # a grid may sweep drop_path under optim (the many-shot study does)
+                           drop_path=float(point.optim.get("drop_path", cfg.train.drop_path)))
+    protocol.attach(model, method, point.hparams)
+    model.to(inputs.device)
+    counts = count_trainable(model)
+    normaliser = protocol.normaliser(model)
+    settings = protocol.settings(point.optim["lr"], point.optim["weight_decay"])
+    desc = f"{task}/{method}/" + (point.id if phase == "grid" else out_dir.name)
+    log.info("%s: %d trainable parameters (%d with head) of %d; training on %s (%d images)",
+             desc, counts["trainable_params"], counts["trainable_params_with_head"],
+             counts["total_params"], PHASES[phase][0], len(inputs.images))
+    # A preempted or killed run resumes from here when it is run again (SLURM requeue, retry).
+    resume = out_dir / RESUME_CHECKPOINT
+    if not (inputs.cache_features and head_only(model)):
+        run = Run(model, normaliser, inputs.images, inputs.labels, settings, seed=seed,
+                  desc=desc, checkpoint=resume, augment=inputs.augment)
+        return _PointRun(point, out_dir, desc, model, counts, settings, run, normaliser)
+    train_features, eval_features, extract_s = _cached_features(point, model, normaliser,
+                                                                settings, inputs)
+    run = Run(HeadProbe(model), nn.Identity(), train_features, inputs.labels, settings,
+              seed=seed, desc=desc, checkpoint=resume)
+    return _PointRun(point, out_dir, desc, model, counts, settings, run, normaliser,
+                     eval_features, {"used": True, "feature_dim": int(train_features.shape[1]),
+                                     "extract_s": extract_s, "mode": "eval"})
+
+
+def _cached_features(point: GridPoint, model: nn.Module, normaliser: nn.Module,
+                     settings: TrainSettings,
+                     inputs: _JobInputs) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The frozen backbone's train and eval features, computed once for every head-only point
+    with the same method hyper-parameters (the backbone is then the same function)."""
+    from vpeft.train.features import extract_features
+
+    key = json.dumps(dict(point.hparams), sort_keys=True, default=str)
+    if key not in inputs.features:
         tic = time.perf_counter()
-        logits = _predict_eval(job, eval_images, eval_transform)
-        if result.status != "ok" or not torch.isfinite(logits).all():
-            result.status = "diverged"
-        val_top1 = top1(logits, eval_data.labels) if phase == "grid" and result.status == "ok" \
-            else None
-        meta = {"study": plan.name, "task": task, "point": job.point.id, "model": cfg.model.name,
-                "num_classes": num_classes}
-        if phase == "grid":
-            write_parquet(job.out_dir / layout.PREDICTIONS,
-                          predictions_table(eval_data.index, logits, eval_data.labels))
-        else:
-            write_parquet(job.out_dir / layout.TEST_LOGITS,
-                          predictions_table(eval_data.index, logits, None))
-        save_adapter(job.model, job.out_dir / layout.ADAPTER, extra=meta)
-        # A fused job's time is shared out: setup and training evenly, evaluation as measured.
-        wall_time_s = (setup_s + train_s) / len(jobs) + time.perf_counter() - tic
-        metrics = _record(
-            plan, task, method, manifest, phase=phase, point=job.point.id, seed=seed,
-            eval_split=eval_split if phase == "grid" else None, status=result.status,
-            val_top1=val_top1, hparams=dict(job.point.hparams), optim=dict(job.point.optim),
-            **job.counts, wall_time_s=wall_time_s, epochs=job.settings.epochs,
-            steps=result.steps, train_images_per_s=result.images_per_s,
-            # the process's peak: a fused job's points share it (fused_points says how many)
-            peak_memory_bytes=peak_memory_bytes(device), **cost,
-            loss_curve=result.loss_curve, diverged_at=result.diverged_at,
-            feature_cache=job.feature_cache,
-            precision=effective_precision(device, job.settings.precision),
-            fused_attention=uses_fused_attention(job.model), compiled=job.settings.compile,
-            fused_points=len(jobs))
-        # last: its presence means it is complete
-        RunDir(job.out_dir).write_metrics(RunMetrics.of(**metrics))
-        (job.out_dir / RESUME_CHECKPOINT).unlink(missing_ok=True)
-        log.info("%s: %s%s in %.1fs", job.desc, result.status,
-                 f", {eval_split} top-1 {val_top1:.2f}" if val_top1 is not None else "",
-                 metrics["wall_time_s"])
-        all_metrics.append(metrics)
-    return all_metrics
+        inputs.features[key] = (
+            extract_features(model, normaliser, inputs.images, settings.eval_batch_size,
+                             precision=settings.precision),
+            extract_features(model, normaliser, inputs.eval_images, settings.eval_batch_size,
+                             transform=inputs.eval_transform, precision=settings.precision),
+            time.perf_counter() - tic)
+    return inputs.features[key]
+
+
+def _finish_point(plan: StudyPlan, task: str, method: str, job: _PointRun, result: TrainResult,
+                  inputs: _JobInputs, shared_s: float, fused_points: int) -> dict[str, Any]:
+    """Predict the evaluation split and write the point's outputs, metrics.json last."""
+    import torch
+
+    from vpeft.methods import save_adapter
+    from vpeft.train.loop import (device_description, effective_precision, peak_memory_bytes,
+                                  top1, uses_fused_attention)
+
+    cfg, phase, eval_data = plan.cfg, inputs.phase, inputs.eval_data
+    eval_split = PHASES[phase][1]
+    tic = time.perf_counter()
+    logits = _predict_eval(job, inputs.eval_images, inputs.eval_transform)
+    if result.status != "ok" or not torch.isfinite(logits).all():
+        result.status = "diverged"
+    val_top1 = top1(logits, eval_data.labels) if phase == "grid" and result.status == "ok" \
+        else None
+    meta = {"study": plan.name, "task": task, "point": job.point.id, "model": cfg.model.name,
+            "num_classes": int(inputs.manifest["num_classes"])}
+    if phase == "grid":
+        write_parquet(job.out_dir / layout.PREDICTIONS,
+                      predictions_table(eval_data.index, logits, eval_data.labels))
+    else:
+        write_parquet(job.out_dir / layout.TEST_LOGITS,
+                      predictions_table(eval_data.index, logits, None))
+    save_adapter(job.model, job.out_dir / layout.ADAPTER, extra=meta)
+    wall_time_s = shared_s + time.perf_counter() - tic
+    metrics = _record(
+        plan, task, method, inputs.manifest, phase=phase, point=job.point.id, seed=inputs.seed,
+        eval_split=eval_split if phase == "grid" else None, status=result.status,
+        val_top1=val_top1, hparams=dict(job.point.hparams), optim=dict(job.point.optim),
+        **job.counts, wall_time_s=wall_time_s, epochs=job.settings.epochs,
+        steps=result.steps, train_images_per_s=result.images_per_s,
+        # the process's peak: a fused job's points share it (fused_points says how many)
+        peak_memory_bytes=peak_memory_bytes(inputs.device),
+        device=device_description(inputs.device), protocol=inputs.protocol.name,
+        loss_curve=result.loss_curve, diverged_at=result.diverged_at,
+        feature_cache=job.feature_cache,
+        precision=effective_precision(inputs.device, job.settings.precision),
+        fused_attention=uses_fused_attention(job.model), compiled=job.settings.compile,
+        fused_points=fused_points)
+    # last: its presence means it is complete
+    RunDir(job.out_dir).write_metrics(RunMetrics.of(**metrics))
+    (job.out_dir / RESUME_CHECKPOINT).unlink(missing_ok=True)
+    log.info("%s: %s%s in %.1fs", job.desc, result.status,
+             f", {eval_split} top-1 {val_top1:.2f}" if val_top1 is not None else "",
+             metrics["wall_time_s"])
+    return metrics
 
 
 def _predict_eval(job: _PointRun, eval_images: "torch.Tensor", eval_transform) -> "torch.Tensor":
@@ -293,10 +341,8 @@ def select(plan: StudyPlan, task: str, method: str) -> dict[str, Any]:
     trained with the first seed of train.seeds (``grid_seed``); every seed's final run uses the
     point chosen here.
     """
-    from vpeft.train.published import switches
-
     cfg = plan.cfg
-    ties = switches(cfg.train)["selection_ties"]
+    ties = Protocol.from_config(cfg).switches["selection_ties"]
     store = MethodRuns.of(cfg, task, method)
     candidates = []
     for point, run in store.grid_runs(p.id for p in plan.points[method]):
@@ -344,7 +390,6 @@ def _write_diverged_final(plan: StudyPlan, task: str, method: str, seed: int) ->
     from safetensors.torch import save_file
 
     from vpeft.methods.checkpoint import METADATA_KEY
-    from vpeft.train.published import protocol_name
 
     cfg = plan.cfg
     final = MethodRuns.of(cfg, task, method).final(seed)
@@ -362,7 +407,7 @@ def _write_diverged_final(plan: StudyPlan, task: str, method: str, seed: int) ->
         eval_split=None, status="diverged", val_top1=None, hparams={}, optim={},
         trainable_params=None, trainable_params_with_head=None, total_params=None,
         wall_time_s=0.0, epochs=0, loss_curve=[], diverged_at=None, train_images_per_s=None,
-        peak_memory_bytes=None, device=None, protocol=protocol_name(cfg.train))
+        peak_memory_bytes=None, device=None, protocol=Protocol.from_config(cfg).name)
     final.write_metrics(RunMetrics.of(**metrics))
     return metrics
 

@@ -131,9 +131,14 @@ def wrap_branch_output(block: nn.Module, ls_name: str, config: BottleneckConfig,
     return list(adapter.parameters())
 
 
+# As published, the down- and up-projections of every bottleneck adapter (adapter, pfeiffer,
+# adaptformer) are redrawn by timm's init_weights (MethodSpec.public_linears).
+BOTTLENECK_LINEARS = {Bottleneck: ("down", "up")}
+
+
 @register("adapter", AdapterConfig,
           "Houlsby bottleneck adapter (down, ReLU, up; residual) after the attention and the MLP "
-          "branch outputs", identity_at_init=True)
+          "branch outputs", identity_at_init=True, public_linears=BOTTLENECK_LINEARS)
 def attach(model: nn.Module, config: AdapterConfig) -> list[nn.Parameter]:
     params: list[nn.Parameter] = []
     for block in timm_blocks(model, "adapter"):

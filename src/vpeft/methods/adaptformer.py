@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from vpeft.methods.adapter import Bottleneck, block_width, check_bottleneck_config, timm_blocks
+from vpeft.methods.adapter import (BOTTLENECK_LINEARS, Bottleneck, block_width,
+                                   check_bottleneck_config, timm_blocks)
 from vpeft.methods.base import MethodError, register
 
 
@@ -65,7 +66,7 @@ def _wrap_block(parent: nn.Module, child_name: str, block: nn.Module,
 
 @register("adaptformer", AdaptFormerConfig,
           "bottleneck adapter (down, ReLU, up) parallel to the MLP, on the residual stream",
-          identity_at_init=True)
+          identity_at_init=True, public_linears=BOTTLENECK_LINEARS)
 def attach(model: nn.Module, config: AdaptFormerConfig) -> list[nn.Parameter]:
     targets = {id(b) for b in timm_blocks(model, "adaptformer")}  # also makes timm importable
     from timm.models.vision_transformer import Block

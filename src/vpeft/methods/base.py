@@ -10,8 +10,8 @@ from __future__ import annotations
 from vpeft.errors import UserError
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
 
 from torch import nn
 
@@ -31,24 +31,31 @@ class MethodSpec:
     description: str
     identity_at_init: bool  # the published init leaves the pretrained function unchanged
     merge: MergeFn | None   # folds the method into plain timm modules in place (None: cannot)
+    # As published (train.protocol.redraw_added_linears): module class -> its tensors (or
+    # nn.Linear modules) that are nn.Linear weights in the public code, which timm's init_weights
+    # redraws there. Named, not found by type: vpeft keeps some as plain parameters (LoRA's A, B).
+    public_linears: Mapping[type, tuple[str, ...]] = field(default_factory=dict)
 
 
 _REGISTRY: dict[str, MethodSpec] = {}
 
 
 def register(name: str, config_cls: type, description: str, *, identity_at_init: bool,
-             merge: MergeFn | None = None) -> Callable[[AttachFn], AttachFn]:
+             merge: MergeFn | None = None,
+             public_linears: Mapping[type, tuple[str, ...]] | None = None,
+             ) -> Callable[[AttachFn], AttachFn]:
     """Register ``attach`` under ``name`` with its typed hyper-parameter config.
 
     ``merge`` (optional) folds the attached method back into the plain timm modules, in place,
-    so the merged model is an ordinary timm ViT with identical outputs.
+    so the merged model is an ordinary timm ViT with identical outputs. ``public_linears``
+    (optional) is the method's as-published initialisation (:attr:`MethodSpec.public_linears`).
     """
 
     def decorator(attach: AttachFn) -> AttachFn:
         if name in _REGISTRY:
             raise MethodError(f"method '{name}' registered twice")
         _REGISTRY[name] = MethodSpec(name, config_cls, attach, description, identity_at_init,
-                                     merge)
+                                     merge, dict(public_linears or {}))
         return attach
 
     return decorator

@@ -114,7 +114,8 @@ class ConvpassBranch(nn.Module):
 
 @register("convpass", ConvpassConfig,
           "3x3-conv bypass (down, QuickGELU, conv on the patch grid, QuickGELU, up) parallel to "
-          "attention and MLP", identity_at_init=True)
+          "attention and MLP", identity_at_init=True,
+          public_linears={ConvpassAdapter: ("down", "up")})  # its conv is no Linear there
 def attach(model: nn.Module, config: ConvpassConfig) -> list[nn.Parameter]:
     from vpeft._compat import ensure_torchvision_importable
 

@@ -66,7 +66,8 @@ class TKFactors(FacTFactors):
 
 @register("fact_tk", FacTTKConfig,
           "FacT-TK: qkv/proj/fc1/fc2 increments factorised with shared U, V and one shared core "
-          "tensor mixed per site", identity_at_init=True, merge=merge)
+          "tensor mixed per site", identity_at_init=True, merge=merge,
+          public_linears={TKFactors: ("u", "v")})  # its core and coefficients are no Linears there
 def attach(model: nn.Module, config: FacTTKConfig) -> list[nn.Parameter]:
     return attach_fact(model, "fact_tk", int(config.dim), float(config.scale), config.dropout,
                        TKFactors)

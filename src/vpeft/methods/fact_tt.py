@@ -220,7 +220,8 @@ def merge(model: nn.Module) -> None:
 
 @register("fact_tt", FacTTTConfig,
           "FacT-TT: qkv/proj/fc1/fc2 increments factorised with shared U, V and per-site cores",
-          identity_at_init=True, merge=merge)
+          identity_at_init=True, merge=merge,
+          public_linears={TTFactors: ("u", "v", "attn_cores", "fc1_cores", "fc2_cores")})
 def attach(model: nn.Module, config: FacTTTConfig) -> list[nn.Parameter]:
     return attach_fact(model, "fact_tt", int(config.dim), float(config.scale), config.dropout,
                        TTFactors)

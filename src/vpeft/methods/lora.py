@@ -68,7 +68,8 @@ def merge(model: nn.Module) -> None:
 
 
 @register("lora", LoRAConfig, "low-rank update of the fused qkv projection",
-          identity_at_init=True, merge=merge)
+          identity_at_init=True, merge=merge,
+          public_linears={LoRALinear: ("lora_a", "lora_b")})  # nn.Linear A and B there
 def attach(model: nn.Module, config: LoRAConfig) -> list[nn.Parameter]:
     from vpeft._compat import ensure_torchvision_importable
 

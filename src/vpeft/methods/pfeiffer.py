@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from vpeft.methods.adapter import check_bottleneck_config, timm_blocks, wrap_branch_output
+from vpeft.methods.adapter import (BOTTLENECK_LINEARS, check_bottleneck_config, timm_blocks,
+                                   wrap_branch_output)
 from vpeft.methods.base import register
 
 
@@ -29,7 +30,7 @@ class PfeifferConfig:
 
 @register("pfeiffer", PfeifferConfig,
           "bottleneck adapter (down, ReLU, up; residual) after the MLP branch output only",
-          identity_at_init=True)
+          identity_at_init=True, public_linears=BOTTLENECK_LINEARS)
 def attach(model: nn.Module, config: PfeifferConfig) -> list[nn.Parameter]:
     params: list[nn.Parameter] = []
     for block in timm_blocks(model, "pfeiffer"):

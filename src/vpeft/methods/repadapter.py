@@ -132,7 +132,7 @@ def merge(model: nn.Module) -> None:
 
 @register("repadapter", RepAdapterConfig,
           "re-parameterisable linear adapter (dense down, 2-group up) after norm1 and norm2",
-          identity_at_init=True, merge=merge)
+          identity_at_init=True, merge=merge)  # as published: Conv1d, nothing redrawn
 def attach(model: nn.Module, config: RepAdapterConfig) -> list[nn.Parameter]:
     from vpeft._compat import ensure_torchvision_importable
 

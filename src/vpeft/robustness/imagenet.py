@@ -20,7 +20,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -54,9 +54,17 @@ class LabelSpace:
         return len(self.ids)
 
 
-def imagenet_label_space() -> LabelSpace:
-    from vpeft.robustness.zeroshot import imagenet_metadata
+def imagenet_metadata() -> tuple[list[str], list[Callable[[str], str]]]:
+    """open_clip's 1000 CLIP class names (standard index order) and the 80 OpenAI templates."""
+    from vpeft._compat import ensure_torchvision_importable
 
+    ensure_torchvision_importable()
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
+
+    return list(IMAGENET_CLASSNAMES), list(OPENAI_IMAGENET_TEMPLATES)
+
+
+def imagenet_label_space() -> LabelSpace:
     wnids = shipped_wnids()
     if wnids != sorted(wnids) or len(wnids) != 1000:
         raise DataError("shipped imagenet_synsets.txt is not the 1000 sorted wnids")

@@ -178,7 +178,7 @@ def run_wise(plan: StudyPlan, task: str, method: str, seed: int | None = None) -
     from vpeft.robustness.shifts import top1
     from vpeft.robustness.wise import prepare_wise
     from vpeft.train.loop import predict, resolve_device
-    from vpeft.train.published import input_normaliser
+    from vpeft.train.protocol import Protocol
 
     cfg = plan.cfg
     started = time.perf_counter()
@@ -195,7 +195,7 @@ def run_wise(plan: StudyPlan, task: str, method: str, seed: int | None = None) -
         wise = prepare_wise(model, lambda m: load_adapter(m, final / layout.ADAPTER))
         device = resolve_device(cfg.train.get("device", "auto"))
         model.to(device).eval()
-        normaliser = input_normaliser(cfg, model)  # the inputs the final run trained on
+        normaliser = Protocol.from_config(cfg).normaliser(model)  # the final run's inputs
         batch = int(cfg.train.eval_batch_size)
         for name, (path, subset) in sets.items():
             images = torch.from_numpy(read_split(path, "test").images)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vpeft.models.zeroshot_head import ZeroShotError, ZeroShotHead, save_head
+from vpeft.robustness.imagenet import imagenet_metadata
 
 log = logging.getLogger("vpeft.robustness")
 
@@ -30,16 +31,6 @@ OPEN_CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.safet
 MINIATURE_TEMPLATES: tuple[Callable[[str], str], ...] = (
     lambda c: f"a photo of a {c}.", lambda c: f"a sketch of a {c}.",
     lambda c: f"a rendering of a {c}.", lambda c: f"a bad photo of the {c}.")
-
-
-def imagenet_metadata() -> tuple[list[str], list[Callable[[str], str]]]:
-    """open_clip's 1000 CLIP class names (standard index order) and the 80 OpenAI templates."""
-    from vpeft._compat import ensure_torchvision_importable
-
-    ensure_torchvision_importable()
-    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
-
-    return list(IMAGENET_CLASSNAMES), list(OPENAI_IMAGENET_TEMPLATES)
 
 
 def load_clip(model: str, weights: str | Path | None) -> nn.Module:

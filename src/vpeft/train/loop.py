@@ -49,8 +49,8 @@ PRECISIONS = ("bf16", "fp32")
 class TrainSettings:
     """Loop settings (``params/train/*.yaml``) plus the grid point's optimiser values.
 
-    No defaults here: the values are written once, in ``params/train/vtab.yaml``
-    (:meth:`from_config` for a composed config, :meth:`from_params` to start from that file).
+    No defaults here: the values are written once, in ``params/train/vtab.yaml``; the protocol
+    makes them (``vpeft.train.protocol.Protocol.settings``, from a composed config or that file).
     """
 
     epochs: int
@@ -74,30 +74,6 @@ class TrainSettings:
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise UserError(f"train.precision: {self.precision!r}; expected one of {PRECISIONS}")
-
-    @classmethod
-    def from_config(cls, train: Mapping[str, Any], optim: Mapping[str, Any]) -> "TrainSettings":
-        from vpeft.train.published import switches
-
-        names = set(cls.__dataclass_fields__)
-        values = {k: v for k, v in dict(train).items() if k in names}
-        values.update({k: v for k, v in switches(train).items() if k in names})
-        values.update(lr=float(optim["lr"]), weight_decay=float(optim["weight_decay"]))
-        return cls(**values)
-
-    @classmethod
-    def from_params(cls, **values: Any) -> "TrainSettings":
-        """``params/train/vtab.yaml`` (the VTAB-1K protocol) with ``values`` replacing some of it;
-        ``lr`` and ``weight_decay`` must be given (they belong to a method's grid point)."""
-        import dataclasses
-
-        from omegaconf import OmegaConf
-
-        from vpeft.config import params_dir
-
-        train = OmegaConf.to_container(OmegaConf.load(params_dir() / "train" / "vtab.yaml"))
-        base = cls.from_config(train, {"lr": values["lr"], "weight_decay": values["weight_decay"]})
-        return dataclasses.replace(base, **values)
 
 
 @dataclass

@@ -74,58 +74,22 @@ def protocol_name(train: Mapping[str, Any]) -> str:
     return "custom"
 
 
-def input_normaliser(cfg: Any, model: nn.Module):
-    """The uint8 -> model-input map: the backbone's mean/std, or none (pixels in [0, 1]) when
-    ``train.protocol.normalize_inputs`` is false."""
-    from vpeft.models.backbone import normalisation
-    from vpeft.train.loop import Normaliser
-
-    if switches(cfg.train)["normalize_inputs"]:
-        mean, std = normalisation(model, cfg.model.mean, cfg.model.std)
-    else:
-        import torch
-
-        mean, std = torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1)  # as normalisation() shapes them
-    return Normaliser(mean, std, int(cfg.model.img_size))
-
-
-def method_hparams(train: Mapping[str, Any], method: str,
-                   hparams: Mapping[str, Any]) -> dict[str, Any]:
-    """The hyper-parameters ``apply`` gets: the grid point's, plus VPT-shallow's prompt-drop flag
-    when its switch is on (then also recorded in the adapter config, so reloads agree)."""
-    out = dict(hparams)
-    if method == "vpt_shallow" and switches(train)["vpt_shallow_drop_prompts_after_block0"]:
-        out["drop_prompts_after_block0"] = True
-    return out
-
-
-def _public_linears() -> dict[type, tuple[str, ...]]:
-    """vpeft module class -> its tensors (or nn.Linear modules) that are ``nn.Linear`` weights in
-    the public code, and so are redrawn by timm's ``init_weights`` there. vpeft keeps some of them
-    as plain parameters (LoRA's A and B, FacT's U, V and TT cores), so the set is named here
-    rather than found by type. RepAdapter (Conv1d there), ConvPass's conv, FacT-TK's core and
-    coefficients, VPT prompts, SSF and DiffFit are not Linears in the public code."""
-    from vpeft.methods.adapter import Bottleneck  # adapter, pfeiffer, adaptformer
-    from vpeft.methods.convpass import ConvpassAdapter
-    from vpeft.methods.fact_tk import TKFactors
-    from vpeft.methods.fact_tt import TTFactors
-    from vpeft.methods.lora import LoRALinear
-
-    return {LoRALinear: ("lora_a", "lora_b"), Bottleneck: ("down", "up"),
-            ConvpassAdapter: ("down", "up"),
-            TTFactors: ("u", "v", "attn_cores", "fc1_cores", "fc2_cores"), TKFactors: ("u", "v")}
-
-
 def redraw_added_linears(model: nn.Module) -> list[str]:
     """Redraw, as timm's ``init_weights`` does in the public code after the method's modules are
     built, every weight of the attached method that is an ``nn.Linear`` there: trunc-normal
     std .02 (±2 absolute bounds, timm's ``trunc_normal_``), bias 0. The backbone and head are left
-    alone (the public code loads the pretrained weights after that init). Returns the names of
-    the redrawn tensors."""
+    alone (the public code loads the pretrained weights after that init). Which tensors those are
+    the method declares (``MethodSpec.public_linears``). Returns the names of the redrawn
+    tensors."""
     import torch
     from torch import nn
 
-    table = _public_linears()
+    from vpeft.methods import spec
+
+    attached = getattr(model, "vpeft_method", None)
+    if attached is None:
+        raise ValueError("redraw_added_linears: no method attached (vpeft.methods.apply first)")
+    table = spec(attached[0]).public_linears
     redrawn = []
     with torch.no_grad():
         for name, module in model.named_modules():

@@ -16,7 +16,8 @@ from vpeft.data.shards import read_manifest, read_split
 from vpeft.io import atomic_path, write_json
 from vpeft.methods import apply
 from vpeft.models.backbone import create_backbone, normalisation
-from vpeft.train.loop import Normaliser, TrainSettings, predict, resolve_device, top1, train
+from vpeft.train.loop import Normaliser, predict, resolve_device, top1, train
+from vpeft.train.protocol import Protocol
 
 log = logging.getLogger("vpeft.pretrain")
 
@@ -43,7 +44,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     # params/train/vtab.yaml with study.pretrain's values, whatever the study's train group and
     # overrides say: the backbone stands in for downloaded weights, so changing how the methods
     # are fine-tuned (train=vtab_as_published, train.label_smoothing=...) must not change it.
-    settings = TrainSettings.from_params(
+    settings = Protocol.vtab().settings(
         epochs=int(settings_cfg.epochs), lr=float(settings_cfg.lr),
         weight_decay=float(settings_cfg.weight_decay), batch_size=int(settings_cfg.batch_size),
         warmup_epochs=max(1, int(settings_cfg.epochs) // 10),
