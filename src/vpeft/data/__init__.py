@@ -7,5 +7,6 @@
 - :mod:`vpeft.data.errors`: :class:`~vpeft.data.errors.DataError` and collected error reporting.
 - :mod:`vpeft.data.folder`, :mod:`vpeft.data.manyshot`, :mod:`vpeft.data.cifar`: many-shot datasets,
   turned into VTAB-1K-layout views and prepared the same way.
-- :mod:`vpeft.data.catalog`: the tasks of a study (the demo's generators live in :mod:`vpeft.demo`).
+- :mod:`vpeft.data.catalog`: the demo's synthetic tasks (a study's catalogue is its kind's,
+  :mod:`vpeft.kinds`; the demo's generators live in :mod:`vpeft.demo`).
 """

@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 
 from vpeft import layout
 from vpeft.io import read_json, write_parquet
+from vpeft.kinds import ReportShape, recorded_kind
 
 GROUPS: tuple[str, ...] = ("natural", "specialized", "structured")
 STATUSES: tuple[str, ...] = ("ok", "diverged", "missing")
@@ -822,18 +823,10 @@ def collect_study(runs_dir: Path, study: Mapping, *, allow_missing: bool = False
                         chance=chance, stats=stats, seed_noise=noise)
 
 
-def study_kind(study: Mapping) -> str:
-    """``vtab`` (VTAB-1K or its synthetic miniature: VTAB groups), ``manyshot`` or ``robustness``.
-
-    ``study["kind"]`` when the study metadata states it (``study.data.kind``; ``imagenet`` is the
-    robustness study), else inferred: many-shot metadata, a ``robustness`` block, or VTAB.
-    """
-    kind = study.get("kind")
-    if study.get("manyshot") or kind == "manyshot":
-        return "manyshot"
-    if study.get("robustness") or kind in ("imagenet", "robustness"):
-        return "robustness"
-    return "vtab"
+def report_shape(study: Mapping) -> ReportShape:
+    """How the study's kind shapes its report (VTAB groups, many-shot datasets x sizes, or the
+    robustness study's one in-distribution block), from its recorded metadata."""
+    return recorded_kind(study).report
 
 
 def _read_outcome(path: Path, check: tuple[Path, float, int | None] | None = None
@@ -892,7 +885,7 @@ def study_scopes(study: Mapping) -> list[tuple[str, str, list[str]]]:
     group present and the mean over all tasks."""
     tasks = study_tasks(study)
     scopes = [("task", t, [t]) for t, _ in tasks]
-    if study_kind(study) == "vtab":
+    if report_shape(study).group_scopes:
         scopes += [("group", g, [t for t, tg in tasks if tg == g]) for g in GROUPS
                    if any(tg == g for _, tg in tasks)]
         scopes.append(("overall", "mean", [t for t, _ in tasks]))

@@ -38,15 +38,15 @@ def settings(cfg: DictConfig) -> DictConfig:
 
 
 def label_space(cfg: DictConfig) -> LabelSpace:
-    kind = settings(cfg).label_space
-    if kind == "imagenet":
+    space = settings(cfg).label_space
+    if space == "imagenet":
         return imagenet_label_space()
-    if kind == "synthetic_source":
+    if space == "synthetic_source":
         from vpeft.data.catalog import DEMO_SOURCE
 
         return LabelSpace(tuple(DEMO_SOURCE.class_names),
                           tuple(n.replace("-", " ") for n in DEMO_SOURCE.class_names))
-    raise UserError(f"study.robustness.label_space: {kind!r}; expected 'imagenet' or "
+    raise UserError(f"study.robustness.label_space: {space!r}; expected 'imagenet' or "
                     "'synthetic_source'")
 
 
@@ -117,7 +117,7 @@ def imagenet_split(cfg: DictConfig, task: str) -> Path:
     test = _read(str(r.test.name), r.test, space)
     info = {"shots": int(r.shots), "val_shots": int(r.val_shots), "seed": int(r.split_seed),
             "train_root": str(r.train.root), "test_root": str(r.test.root)}
-    return write_task_view(layout.raw_task(cfg, task), train_set.root, train, val, test, info)
+    return write_task_view(layout.data_root_dir(cfg, task), train_set.root, train, val, test, info)
 
 
 def prepare_shift(cfg: DictConfig, name: str) -> dict[str, Any]:
