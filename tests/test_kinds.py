@@ -222,3 +222,20 @@ def test_no_study_kind_is_compared_outside_the_registry():
 def test_the_grep_sees_kind_comparisons(line, found):
     pattern = kind_comparison([*kinds.kind_names(), *kinds.data_kinds()])
     assert bool(pattern.search(line)) is found
+
+
+def test_kinds_sit_above_the_data_layer_and_below_what_asks_them():
+    """The data layer never asks the kind; a kind reads data and never the layers that ask it
+    (the robustness kind's `vpeft check` reads its input sets through vpeft.robustness)."""
+    from test_layers import SOURCES, imports, module_name, within
+
+    above = ("vpeft.train", "vpeft.models", "vpeft.methods", "vpeft.protocol", "vpeft.report",
+             "vpeft.analysis", "vpeft.check", "vpeft.cli")
+    bad = []
+    for path in SOURCES:
+        here = module_name(path)
+        for line, module, _ in imports(path):
+            if (within(here, "vpeft.data") and within(module, "vpeft.kinds")) or (
+                    within(here, "vpeft.kinds") and any(within(module, a) for a in above)):
+                bad.append(f"{here}:{line} imports {module}")
+    assert not bad, "\n".join(bad)

@@ -12,10 +12,10 @@ from typing import Any, ClassVar
 from omegaconf import OmegaConf
 
 from vpeft import layout
+from vpeft.errors import UserError
 from vpeft.kinds.base import (MainColumns, ReportShape, StudyKind, TaskCheck, TaskEntry,
                               any_split_sizes, problems_of, register)
 from vpeft.kinds.synthetic import synthetic_entry
-from vpeft.errors import UserError
 
 
 @register
