@@ -6,6 +6,7 @@ from pathlib import Path
 
 from vpeft import layout
 from vpeft.config import load_study
+from vpeft.kinds import study_kind
 
 OVERRIDES = list(config["overrides"])
 if config.get("data_root"):
@@ -16,6 +17,7 @@ if config.get("weights"):
 PLAN = load_study(config["study"], OVERRIDES)
 CFG = PLAN.cfg
 STUDY = PLAN.name
+KIND = study_kind(CFG)  # the study's kind decides the data rules (vpeft.kinds)
 # Every artefact path comes from vpeft.layout (wildcards as patterns: "{task}"); only the logs and
 # benchmarks, which no verb reads, are named here (under LOGS).
 RUNS = str(layout.runs_dir(CFG))
@@ -87,9 +89,8 @@ def _planned_test_shape(task):
     vpeft.analysis.PLANNING_NUM_TEST. Never from a job's own inputs: in the bookkeeping group they
     are written by the same SLURM job, after its size was requested."""
     from vpeft.analysis import planned_num_test
-    from vpeft.data.catalog import task_entry
 
-    return planned_num_test(CFG, task), task_entry(CFG, task).num_classes
+    return planned_num_test(CFG, task), KIND.task_entry(task).num_classes
 
 
 def evaluate_mem_mb(wildcards):
@@ -105,20 +106,6 @@ def analyze_mem_mb(wildcards):
     from vpeft.analysis import memory_mb
 
     return memory_mb(*_planned_test_shape(wildcards.task), len(PLAN.methods))
-
-
-def manyshot_sources(wildcards):
-    """What a many-shot task's view is made from: the generated miniature dataset, or the
-    user's files."""
-    from omegaconf import OmegaConf
-
-    from vpeft.data.manyshot import resolve_task
-
-    ds = resolve_task(CFG, wildcards.task).dataset
-    if OmegaConf.select(CFG, f"study.data.datasets.{ds.name}.synthetic") is not None:
-        return [str(layout.data_root_dir(CFG, ds.name))]
-    parts = [ds.train] + ([ds.test] if ds.test is not None else [])
-    return [str(path) for p in parts for path in p.inputs]
 
 
 EVALUATE_JOB = {**BOOKKEEPING_JOB, "mem_mb": evaluate_mem_mb}

@@ -1,6 +1,7 @@
-# Data: generate the demo's synthetic tasks (or use the user's VTAB-1K root), then validate and
-# prepare each task into Parquet shards once.
-if CFG.study.data.kind == "synthetic":
+# Data: generate the study's data when its kind does (the demo's synthetic tasks, a miniature's
+# datasets and pretraining set; otherwise the users' root), then validate and prepare each task
+# into Parquet shards once.
+if KIND.generates_data:
 
     rule synth:
         output:
@@ -14,7 +15,7 @@ if CFG.study.data.kind == "synthetic":
 
 rule prepare:
     input:
-        lambda w: str(layout.raw_task(CFG, w.task)),
+        lambda w: str(KIND.raw_task(w.task)),
     output:
         directory(PREPARED_TASK),
     priority: source_first

@@ -1,7 +1,7 @@
 # The robustness study (study.robustness): few-shot split -> the ordinary protocol on task
 # `imagenet` (every run starts from the zero-shot head, model.init_head) -> WiSE-FT of every final
 # run on the ID test set and every shift.   snakemake ... robustness --config study=robustness
-if CFG.study.get("robustness") is not None:
+if KIND.evaluates_shifts:
     from vpeft.robustness import pipeline as robust
 
     ROBUST = CFG.study.robustness
@@ -46,7 +46,7 @@ if CFG.study.get("robustness") is not None:
             ROBUST.miniature.root if MINIATURE else
             [robust.required(CFG, f"study.robustness.{s}.root") for s in ("train", "test")],
         output:
-            directory(str(layout.raw_task(CFG, "{task}"))),
+            directory(str(layout.data_root_dir(CFG, "{task}"))),  # the task's raw view
         wildcard_constraints:
             task="|".join(PLAN.tasks),
         log:
@@ -54,7 +54,7 @@ if CFG.study.get("robustness") is not None:
         shell:
             vpeft("imagenet-split") + " --task {wildcards.task} > {log} 2>&1"
 
-    if CFG.study.data.kind == "synthetic":
+    if KIND.generates_data:  # the miniature's source set: rule synth
 
         ruleorder: imagenet_split > synth
 

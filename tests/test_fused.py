@@ -266,13 +266,13 @@ def test_snakemake_runs_methods_of_a_task_together(tmp_path):
     assert not {"train_grid", "select", "train_final", "evaluate", "train_grid_lora_1"} & set(stats)
     assert len(re.findall(r"--method linear --method lora --points all", out)) == 2
     # evaluation asks for the memory of its task's test logits (30 test images in smoke)
-    from vpeft.data.catalog import task_entry
+    from vpeft.kinds import study_kind
     from vpeft.protocol import evaluate_memory_mb
 
     jobs = re.findall(r"^[ \t]*(?:local)?rule evaluate_group1:\n((?:[ \t]+\S[^\n]*\n)+)", out, flags=re.M)
     asked = {re.search(r"wildcards: task=(\w+)", j).group(1):
              int(re.search(r"resources: .*\bmem_mb=(\d+)", j).group(1)) for j in jobs}
-    assert asked == {task: evaluate_memory_mb(30, task_entry(plan.cfg, task).num_classes)
+    assert asked == {task: evaluate_memory_mb(30, study_kind(plan.cfg).task_entry(task).num_classes)
                      for task in ("digits", "count")}
     assert len(re.findall(r"--phase final --task \w+ --method linear --method lora --seed 2", out)) == 2
 

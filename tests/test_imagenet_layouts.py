@@ -157,7 +157,7 @@ def test_flat_val_prepares_as_an_evaluation_set(tmp_path, val):
 
 
 def test_documented_default_reads_the_flat_val_with_the_devkit(tmp_path, val):
-    from vpeft.robustness.pipeline import _read
+    from vpeft.robustness.inputs import read_set as _read
 
     test = OmegaConf.load(REPO / "params/study/robustness.yaml").study.robustness.test
     assert test.format == "val_flat" and OmegaConf.is_missing(test, "devkit")

@@ -18,7 +18,7 @@ PACKAGE = SRC / "vpeft"
 # must be placed here (the test fails on an unplaced one): where it does not fit, move the code.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("cli", ("vpeft.cli", "vpeft.__main__")),
-    ("steps", ("vpeft.check", "vpeft.export", "vpeft.gpu_slots", "vpeft.demo.*",
+    ("steps", ("vpeft.check", "vpeft.export", "vpeft.gpu_slots", "vpeft.demo", "vpeft.demo.robustness",
                "vpeft.robustness.pipeline")),  # verb implementations beyond the protocol's own
     ("protocol/report", ("vpeft.protocol", "vpeft.report.*", "vpeft.analysis.*",
                          "vpeft.robustness.tables")),
@@ -27,9 +27,11 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                         "vpeft.robustness.wise")),
     # the composed config is checked against the schema and the registries below it (the data
     # formats type their source blocks)
-    ("config", ("vpeft.config", "vpeft.jobs")),
+    ("config", ("vpeft.config", "vpeft.jobs", "vpeft.kinds.*")),
+    # the demo's raw-data generators write what the data layer reads, and nothing above it
     ("data", ("vpeft.data.*", "vpeft.robustness", "vpeft.robustness.imagenet",
-              "vpeft.robustness.shifts")),
+              "vpeft.robustness.inputs", "vpeft.robustness.shifts", "vpeft.demo.synthetic",
+              "vpeft.demo.manyshot")),
     ("layout", ("vpeft", "vpeft.layout", "vpeft.schema", "vpeft.io", "vpeft.errors",
                 "vpeft._compat", "vpeft.runs")),
 ]

@@ -299,7 +299,8 @@ def test_regeneration_replaces(tmp_path: Path) -> None:
 # Where the core may import vpeft.demo: inside the verbs that generate demo data. Anywhere in
 # vpeft.cli (``vpeft synth``; a module or a package), and the robustness pipeline's verb dispatch
 # (``robust-synth``, ``fit-clip``). Never at a module's top level.
-DEMO_IMPORTERS = {("cli", None)}  # the CLI verbs synth, robust-synth and fit-clip
+# the CLI verbs synth, robust-synth and fit-clip; a study kind's synth (vpeft.kinds)
+DEMO_IMPORTERS = {("cli", None), ("kinds", "synthesize"), ("kinds", "synthesize_task")}
 
 
 def _demo_imports(path: Path) -> list[tuple[str | None, int]]:
@@ -328,7 +329,8 @@ def _demo_imports(path: Path) -> list[tuple[str | None, int]]:
 
 def test_only_the_demo_verbs_import_the_demo_package() -> None:
     """No core module imports vpeft.demo, except the verbs that generate demo data (in a
-    function, so that importing them loads no generator); the workflow names none of it."""
+    function, so that importing them loads no generator: the CLI's, and the study kinds'
+    `synthesize`); the workflow names none of it."""
     import vpeft
 
     package = Path(vpeft.__file__).parent

@@ -11,8 +11,8 @@ Exit status 1 when any problem is found (each names its file, line or config key
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,22 +22,13 @@ from vpeft import jobs as jobs_of
 from vpeft import layout
 from vpeft.config import ConfigError, StudyPlan
 from vpeft.errors import UserError
+from vpeft.kinds import TaskCheck, study_kind
+from vpeft.kinds.base import problems_of
 
 log = logging.getLogger("vpeft.check")
 
 SPLIT_COLUMNS = ("train800", "val200", "train800val200", "test")
 FLOAT_BYTES = 4
-
-
-@dataclass
-class TaskCheck:
-    """What one task's data looks like and what is wrong with it."""
-
-    task: str
-    classes: int | None
-    counts: dict[str, int] = field(default_factory=dict)
-    problems: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -58,95 +49,14 @@ class StudyCheck:
 
 
 # ---------------------------------------------------------------------------------------------
-# Data, per study kind
+# Data: the study kind's checks
 # ---------------------------------------------------------------------------------------------
 
-def _problems_of(err: Exception) -> list[str]:
-    return list(getattr(err, "errors", None) or [str(err)])
-
-
-def _check_vtab_task(cfg: DictConfig, task: str, classes: int, decode: bool) -> TaskCheck:
-    from vpeft.data.catalog import split_sizes
-    from vpeft.data.vtab import inspect_task, validate_task
-
-    result = TaskCheck(task, classes)
-    task_dir = layout.raw_task(cfg, task)
-    if cfg.study.data.kind == "synthetic" and not task_dir.exists():
-        result.notes.append(f"{task_dir}: written by `vpeft synth` when the study runs")
-        return result
-    sizes = split_sizes(cfg, task)
-    try:
-        if decode:
-            info = inspect_task(task_dir, task=task, num_classes=classes, split_sizes=sizes,
-                                allow_duplicates=bool(cfg.study.data.get("allow_duplicates", False)))
-            result.counts = info["counts"]
-            content = info["content"]
-            result.notes.append(f"train800val200 stored as {content['train800val200_layout']}; "
-                                f"{'equals' if content['train800val200_union'] == 'exact' else 'DIFFERS from'}"
-                                " train800 + val200 by content")
-            result.notes += content["examples"] + content["allowed_overlaps"]
-            modes = {m: n for m, n in info["modes"].items() if m != "RGB"}
-            if modes:
-                result.notes.append("converted to RGB: " + ", ".join(f"{n} {m}" for m, n in modes.items()))
-        else:
-            entries = validate_task(task_dir, task, classes, sizes)
-            result.counts = {s: len(v) for s, v in entries.items()}
-    except UserError as err:
-        result.problems += _problems_of(err)
-    return result
-
-
-def _check_manyshot_task(cfg: DictConfig, task: str, classes: int, decode: bool) -> TaskCheck:
-    from vpeft.data import manyshot
-
-    result = TaskCheck(task, classes)
-    try:
-        result.counts = manyshot.check_task(cfg, task, decode=decode)
-    except UserError as err:
-        result.problems += _problems_of(err)
-    return result
-
-
-def _check_robustness_inputs(cfg: DictConfig, decode: bool) -> list[TaskCheck]:
-    from vpeft.robustness import pipeline
-
-    checks = []
-    for name, check in pipeline.input_checks(cfg):
-        result = TaskCheck(name, None)
-        try:
-            result.counts, result.classes = check(decode)
-        except UserError as err:
-            result.problems += _problems_of(err)
-        checks.append(result)
-    return checks
-
-
 def _check_tasks(plan: StudyPlan, decode: bool) -> list[TaskCheck]:
-    from vpeft.data.catalog import task_entry
-
-    cfg = plan.cfg
-    kind = cfg.study.data.kind
-    robustness = cfg.study.get("robustness")
-    if robustness is not None and robustness.get("miniature") is not None:
-        return [TaskCheck("robustness miniature", None,
-                          notes=["its image trees are written by the pipeline (robust-synth)"])]
-    if robustness is not None:
-        return _check_robustness_inputs(cfg, decode)
-    checks = []
     tasks = list(plan.tasks)
-    if cfg.study.get("pretrain"):
+    if plan.cfg.study.get("pretrain"):
         tasks.append(layout.SOURCE_TASK)
-    for task in tasks:
-        try:
-            classes = task_entry(cfg, task).num_classes
-        except UserError as err:
-            checks.append(TaskCheck(task, None, problems=_problems_of(err)))
-            continue
-        checker: Callable[..., TaskCheck] = (
-            _check_manyshot_task if kind == "manyshot" and task != layout.SOURCE_TASK
-            else _check_vtab_task)
-        checks.append(checker(cfg, task, classes, decode))
-    return checks
+    return study_kind(plan.cfg).check_data(tasks, decode)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,7 +75,7 @@ def _check_weights(plan: StudyPlan) -> TaskCheck:
     try:
         info = check_weights(cfg.model.name, weights, cfg.model.get("kwargs") or {})
     except UserError as err:
-        result.problems += _problems_of(err)
+        result.problems += problems_of(err)
         return result
     result.notes.append(f"{weights}: {info.get('format', '?')}, {info.get('tensors', '?')} tensors"
                         + (f", head of {info['file_classes']} classes (replaced per task)"
@@ -195,10 +105,7 @@ def count_jobs(plan: StudyPlan) -> dict[str, int]:
     }
     if cfg.study.get("pretrain"):
         jobs["pretrain (synth + prepare + train)"] = 3
-    if cfg.study.data.kind == "synthetic":
-        jobs["synth"] = tasks
-    if cfg.study.data.kind == "manyshot":
-        jobs["subsets"] = tasks
+    jobs.update(study_kind(cfg).extra_jobs(tasks))  # synth, subsets
     return jobs
 
 
@@ -226,8 +133,7 @@ def estimate_disk(plan: StudyPlan, tasks: list[TaskCheck]) -> dict[str, int]:
     trainable tensors (float32; a final run counted at the grid's largest point) and its logits
     (val200 per grid point, test twice per final run and seed: logits and scored predictions)."""
     cfg = plan.cfg
-    kind = cfg.study.data.kind
-    side = int(cfg.study.data.stored_size) if kind == "manyshot" else int(cfg.model.img_size)
+    side = study_kind(cfg).image_side
     prepared = sum(n for t in tasks for n in t.counts.values()) * side * side * 3
     cache: dict = {}
     seeds = len(cfg.train.seeds)  # one final run per seed

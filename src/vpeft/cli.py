@@ -52,40 +52,27 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
     from vpeft import layout
-    from vpeft.demo import synthetic
+    from vpeft.kinds import study_kind
 
     plan = _plan(args)
-    data = plan.cfg.study.data
-    target = layout.data_root_dir(plan.cfg, args.task)
-    if args.task == layout.SOURCE_TASK:
-        synthetic.generate_source(Path(data.root), image_size=int(data.image_size), seed=args.seed)
-    elif data.kind == "manyshot":  # a miniature dataset written as class folders or list files
-        from vpeft.demo.manyshot import generate_demo_dataset
-
-        generate_demo_dataset(plan.cfg, args.task, seed=args.seed)
-    else:
-        sizes = {k: v for k, v in data.split_sizes.items() if k != "train800val200"}
-        synthetic.generate_task(args.task, Path(data.root), sizes=sizes,
-                                image_size=int(data.image_size), seed=args.seed)
-    log.info("generated %s", target)
+    study_kind(plan.cfg).synthesize(args.task, seed=args.seed)
+    log.info("generated %s", layout.data_root_dir(plan.cfg, args.task))
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
-    from vpeft.data.catalog import prepare_study_task
+    from vpeft.kinds import study_kind
 
-    manifest = prepare_study_task(_plan(args).cfg, args.task)
+    manifest = study_kind(_plan(args).cfg).prepare(args.task)
     log.info("prepared %s: %s", args.task, {k: v["count"] for k, v in manifest["splits"].items()})
 
 
 def cmd_subsets(args: argparse.Namespace) -> None:
-    from vpeft import layout
     from vpeft.data.manyshot import write_view
+    from vpeft.kinds import study_kind
 
     plan = _plan(args)
-    write_view(plan.cfg, args.task, layout.raw_task(plan.cfg, args.task))
+    write_view(plan.cfg, args.task, study_kind(plan.cfg).raw_task(args.task))
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:

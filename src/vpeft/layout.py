@@ -20,13 +20,6 @@ def view_dir(cfg: DictConfig, task: str) -> Path:
     return Path(cfg.study.data.views) / task
 
 
-def raw_task(cfg: DictConfig, task: str) -> Path:
-    """What `vpeft prepare` reads for ``task``."""
-    if cfg.study.data.kind == "manyshot" and task != SOURCE_TASK:
-        return view_dir(cfg, task)
-    return data_root_dir(cfg, task)
-
-
 def prepared_dir(cfg: DictConfig) -> Path:
     """``data/prepared/<study>``: every prepared task of the study (dvc.yaml's data stage)."""
     return Path(cfg.paths.data) / "prepared" / cfg.study.name

@@ -452,14 +452,15 @@ def evaluate(plan: StudyPlan, task: str, method: str, seed: int | None = None) -
 
 def study_metadata(plan: StudyPlan) -> dict[str, Any]:
     """Study description for the report: tasks with their group and class count."""
-    from vpeft.data.catalog import task_entry
+    from vpeft.kinds import study_kind
 
+    kind = study_kind(plan.cfg)
     tasks = []
     for task in plan.tasks:
         manifest = read_manifest(layout.prepared_task(plan.cfg, task))
         tasks.append({"name": task, "group": manifest["group"],
                       "num_classes": manifest["num_classes"],
-                      "description": task_entry(plan.cfg, task).description,
+                      "description": kind.task_entry(task).description,
                       "content": manifest.get("content")})  # train800val200 vs train800 + val200
     study = plan.cfg.study
     # kind shapes the report (VTAB groups / many-shot datasets x sizes / robustness evaluation
@@ -467,12 +468,8 @@ def study_metadata(plan: StudyPlan) -> dict[str, Any]:
     meta = {"name": plan.name, "title": study.get("title", plan.name),
             "description": study.get("description", ""), "tasks": tasks,
             "methods": list(plan.methods),
-            "kind": "robustness" if study.get("robustness") is not None else str(study.data.kind),
-            "seeds": layout.seeds(plan.cfg)}
-    if study.data.kind == "manyshot":  # dataset and training-set size of every task
-        from vpeft.data.manyshot import report_metadata
-
-        meta["manyshot"] = report_metadata(plan.cfg, plan.tasks)
+            "kind": kind.name, "seeds": layout.seeds(plan.cfg)}
+    meta.update(kind.report_metadata(plan.tasks))  # many-shot: dataset and size of every task
     return meta
 
 

@@ -32,10 +32,10 @@ def planned_num_test(cfg: Any, task: str) -> int:
     """The test-set size to size ``task``'s jobs by, before they run: the study's
     ``study.data.split_sizes.test``, else the prepared task's manifest (once prepared), else
     :data:`PLANNING_NUM_TEST`."""
-    from vpeft.data.catalog import split_sizes
     from vpeft.data.shards import read_manifest
+    from vpeft.kinds import study_kind
 
-    declared = split_sizes(cfg, task)["test"]
+    declared = study_kind(cfg).split_sizes(task)["test"]
     if declared is not None:
         return int(declared)
     prepared = layout.prepared_task(cfg, task)

@@ -9,5 +9,6 @@
   ``format:``; their readers live in :mod:`vpeft.data.folder` and :mod:`vpeft.data.cifar`.
 - :mod:`vpeft.data.manyshot`: many-shot datasets, turned into VTAB-1K-layout views and prepared
   the same way.
-- :mod:`vpeft.data.catalog`: the tasks of a study (the demo's generators live in :mod:`vpeft.demo`).
+- :mod:`vpeft.data.catalog`: the demo's synthetic tasks (a study's catalogue is its kind's,
+  :mod:`vpeft.kinds`; the demo's generators live in :mod:`vpeft.demo`).
 """

@@ -41,7 +41,7 @@ from torch import nn
 from vpeft import layout
 from vpeft.errors import UserError
 from vpeft.io import atomic_dir, write_json
-from vpeft.robustness.pipeline import label_space, settings
+from vpeft.robustness.inputs import label_space, settings
 from vpeft.robustness.zeroshot import LOCAL_DIR, MINIATURE_TEMPLATES as TEMPLATES
 
 log = logging.getLogger("vpeft.robustness")

@@ -23,7 +23,7 @@ from typing import Any, Mapping, Sequence
 from markupsafe import Markup
 
 from vpeft.report import svg
-from vpeft.report.collect import StudyResults, study_kind, study_methods, study_scopes
+from vpeft.report.collect import StudyResults, report_shape, study_methods, study_scopes
 from vpeft.report.numbers import fmt_acc
 from vpeft.report.view import GROUP_TITLES, fmt_params
 
@@ -94,7 +94,7 @@ def _acc_text(r: Mapping[str, Any]) -> str:
 
 def _advice_scopes(study: Mapping) -> list[tuple[str, str]]:
     scopes = [(k, s) for k, s, _ in study_scopes(study)]
-    if study_kind(study) == "vtab":
+    if report_shape(study).group_scopes:
         return [(k, s) for k, s in scopes if k != "task"]
     return scopes
 

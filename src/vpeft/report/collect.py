@@ -31,7 +31,7 @@ from vpeft.report.outcomes import (TaskStatistics, assemble_statistics, statisti
 from vpeft.report.tables import (ANALYSIS_PREFIX, CHANCE_SCHEMA, GRID_SCHEMA, GROUPS,
                                  OPTIONAL_TABLE_FILES, RESULTS_SCHEMA, SEEDS_SCHEMA, STATS_SCHEMA,
                                  STATUSES, SUMMARY_SCHEMA, TABLE_FILES, MissingRunFileError,
-                                 RunDataError, StudyResults, read_study_tables, study_kind,
+                                 RunDataError, StudyResults, read_study_tables, report_shape,
                                  study_methods, study_tasks, summarize, write_study_tables)
 from vpeft.report.taskpart import (TaskJob, collect_task_saved, record_part_error, save_task_part,
                                    task_jobs)
@@ -42,7 +42,7 @@ __all__ = [
     "RESULTS_SCHEMA", "SEEDS_SCHEMA", "STATS_SCHEMA", "STATUSES", "SUMMARY_SCHEMA", "TABLE_FILES",
     "MissingRunFileError", "RunDataError", "StudyResults", "TaskStatistics",
     "assemble_statistics", "collect_analysis", "collect_study", "read_study_tables",
-    "record_part_error", "save_task_part", "statistics_from_outcomes", "study_kind",
+    "record_part_error", "save_task_part", "statistics_from_outcomes", "report_shape",
     "study_methods", "study_scopes", "study_tasks", "summarize", "task_outcomes",
     "task_statistics", "write_study_tables",
 ]

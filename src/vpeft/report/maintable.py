@@ -19,7 +19,8 @@ from typing import Any, Mapping
 
 from markupsafe import Markup
 
-from vpeft.report.collect import StudyResults, study_kind, study_methods, study_tasks
+from vpeft.kinds import MainColumns
+from vpeft.report.collect import StudyResults, report_shape, study_methods, study_tasks
 from vpeft.report.numbers import fmt_acc
 from vpeft.report.view import GROUP_TITLES, Cell, Row, VtabTable, fmt_params, fmt_pct, \
     mark_best, present_groups, exact_text
@@ -40,11 +41,11 @@ def _size_label(subset: str, images: int) -> str:
     return f"all ({images})" if subset == "full" else f"{images}"
 
 
-def _columns(study: Mapping, kind: str
+def _columns(study: Mapping, columns: MainColumns
              ) -> tuple[list[tuple[str, list[str]]], dict[str, str], list[str], bool]:
     """(column groups, header per task, group keys with a mean column, show the mean column)."""
     tasks = study_tasks(study)
-    if kind == "manyshot":
+    if columns is MainColumns.DATASET_SIZES:
         meta: Mapping[str, Mapping[str, Any]] = study.get("manyshot") or {}
         blocks: dict[str, list[tuple[int, str]]] = {}
         for task, _ in tasks:
@@ -57,7 +58,7 @@ def _columns(study: Mapping, kind: str
                                  int(meta.get(t, {}).get("train_images", 0)))
                   for t, _ in tasks if t in meta}
         return groups, labels, [], False
-    if kind == "robustness":
+    if columns is MainColumns.IN_DISTRIBUTION:
         return [("In-distribution test", [t for t, _ in tasks])], {}, [], False
     present = present_groups(tasks)
     return ([(GROUP_TITLES[g], ts) for g, ts in present], {}, [g for g, _ in present], True)
@@ -89,8 +90,7 @@ def _stat_cell(stat: Mapping[str, Any] | None, value: float | None, column: str,
 
 def main_table(results: StudyResults, study: Mapping) -> VtabTable:
     """The study's results table (see the module docstring)."""
-    kind = study_kind(study)
-    groups, labels, mean_groups, show_mean = _columns(study, kind)
+    groups, labels, mean_groups, show_mean = _columns(study, report_shape(study).columns)
     methods = study_methods(study)
     by_key = {(r["task"], r["method"]): r for r in results.results.to_pylist()}
     summary = {r["method"]: r for r in results.summary.to_pylist()}

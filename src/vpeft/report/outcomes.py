@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from vpeft.report.tables import (CHANCE_SCHEMA, GROUPS, STATS_SCHEMA, RunDataError, study_kind,
+from vpeft.report.tables import (CHANCE_SCHEMA, GROUPS, STATS_SCHEMA, RunDataError, report_shape,
                                  study_methods, study_tasks)
 
 
@@ -97,7 +97,7 @@ def study_scopes(study: Mapping) -> list[tuple[str, str, list[str]]]:
     group present and the mean over all tasks."""
     tasks = study_tasks(study)
     scopes = [("task", t, [t]) for t, _ in tasks]
-    if study_kind(study) == "vtab":
+    if report_shape(study).group_scopes:
         scopes += [("group", g, [t for t, tg in tasks if tg == g]) for g in GROUPS
                    if any(tg == g for _, tg in tasks)]
         scopes.append(("overall", "mean", [t for t, _ in tasks]))

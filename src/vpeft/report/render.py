@@ -22,7 +22,7 @@ import jinja2
 
 from vpeft.io import atomic_dir, atomic_path
 from vpeft.layout import REPORT_INDEX
-from vpeft.report.collect import StudyResults, study_kind
+from vpeft.report.collect import StudyResults, report_shape
 from vpeft.report.landing import landing_context
 from vpeft.report.landscape import task_landscapes
 from vpeft.report.pages import TASK_DIR, task_anchor, task_page
@@ -55,9 +55,10 @@ def _task_info(study: Mapping) -> list[dict[str, Any]]:
 
 
 def _common_context(study: Mapping, provenance: Mapping) -> dict:
-    """What every page's template context shares: the study, its title, date, kind and tasks."""
+    """What every page's template context shares: the study, its title, date, the scope of its
+    advice (from its kind) and tasks."""
     return dict(study=study, title=study.get("title") or f"vpeft study {study['name']}",
-                date=report_date(provenance), kind=study_kind(study),
+                date=report_date(provenance), advice_scope=report_shape(study).advice_scope,
                 task_info=_task_info(study))
 
 

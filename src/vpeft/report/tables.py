@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from vpeft import layout
 from vpeft.io import write_parquet
+from vpeft.kinds import ReportShape, recorded_kind
 
 GROUPS: tuple[str, ...] = ("natural", "specialized", "structured")
 STATUSES: tuple[str, ...] = ("ok", "diverged", "missing")
@@ -220,18 +221,10 @@ def study_methods(study: Mapping) -> list[str]:
     return methods
 
 
-def study_kind(study: Mapping) -> str:
-    """``vtab`` (VTAB-1K or its synthetic miniature: VTAB groups), ``manyshot`` or ``robustness``.
-
-    ``study["kind"]`` when the study metadata states it (``study.data.kind``; ``imagenet`` is the
-    robustness study), else inferred: many-shot metadata, a ``robustness`` block, or VTAB.
-    """
-    kind = study.get("kind")
-    if study.get("manyshot") or kind == "manyshot":
-        return "manyshot"
-    if study.get("robustness") or kind in ("imagenet", "robustness"):
-        return "robustness"
-    return "vtab"
+def report_shape(study: Mapping) -> ReportShape:
+    """How the study's kind shapes its report (VTAB groups, many-shot datasets x sizes, or the
+    robustness study's one in-distribution block), from its recorded metadata."""
+    return recorded_kind(study).report
 
 
 def _mean(values: Iterable[float]) -> float | None:

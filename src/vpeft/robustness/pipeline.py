@@ -20,37 +20,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from vpeft import layout
 from vpeft.config import StudyPlan
-from vpeft.data.formats import parse_source
 from vpeft.errors import UserError
 from vpeft.io import write_json, write_parquet
-from vpeft.robustness.imagenet import (EvalSet, LabelSpace, few_shot_split, imagenet_label_space,
-                                       read_eval_set, write_task_view)
+from vpeft.robustness.imagenet import few_shot_split, write_task_view
+from vpeft.robustness.inputs import SECTION, label_space, read_set, settings
 from vpeft.robustness.tables import WISE_RUN_SCHEMA
 from vpeft.runs import MethodRuns
 
 log = logging.getLogger("vpeft.robustness")
-SECTION = "study.robustness"
 
-
-
-def settings(cfg: DictConfig) -> DictConfig:
-    section = cfg.study.get("robustness")
-    if section is None:
-        raise UserError(f"study '{cfg.study.name}' has no study.robustness section")
-    return section
-
-
-def label_space(cfg: DictConfig) -> LabelSpace:
-    kind = settings(cfg).label_space
-    if kind == "imagenet":
-        return imagenet_label_space()
-    if kind == "synthetic_source":
-        from vpeft.data.catalog import DEMO_SOURCE
-
-        return LabelSpace(tuple(DEMO_SOURCE.class_names),
-                          tuple(n.replace("-", " ") for n in DEMO_SOURCE.class_names))
-    raise UserError(f"study.robustness.label_space: {kind!r}; expected 'imagenet' or "
-                    "'synthetic_source'")
 
 
 def required(cfg: DictConfig, key: str) -> str:
@@ -73,58 +51,17 @@ def shift_dir(cfg: DictConfig, name: str) -> Path:
     return layout.prepared_task(cfg, "shifts") / name
 
 
-EVAL_SET_KEYS = ("name", "expected_subset")  # an evaluation set's own keys beside its format's
-
-
-def _read(name: str, spec: DictConfig, space: LabelSpace, where: str) -> EvalSet:
-    """The evaluation set of config block ``spec`` (at config key ``where``)."""
-    block = OmegaConf.to_container(spec, resolve=True)
-    source = parse_source(block, where=where, base=Path(), extra_keys=EVAL_SET_KEYS)
-    return read_eval_set(name, source, space, expected_subset=block.get("expected_subset"))
-
-
-def input_checks(cfg: DictConfig):
-    """``vpeft check`` for the robustness study: (name, check) per input set, where
-    ``check(decode)`` reads the set (and decodes its images) and returns (split counts, classes)."""
-    from vpeft.data.decode import undecodable
-    from vpeft.data.errors import raise_collected
-
-    r = settings(cfg)
-
-    def reader(name: str, spec: DictConfig, where: str, few_shot: bool):
-        def check(decode: bool) -> tuple[dict[str, int], int]:
-            space = label_space(cfg)
-            found = _read(name, spec, space, where)
-            files = found.files
-            if few_shot:
-                train, val = few_shot_split(files, int(r.shots), int(r.val_shots),
-                                            int(r.split_seed), len(space))
-                files, counts = train + val, {"train800": len(train), "val200": len(val),
-                                              "train800val200": len(train) + len(val)}
-            else:
-                counts = {"test": len(files)}
-            if decode:
-                raise_collected(undecodable((name, found.root / f.path) for f in files))
-            return counts, len(found.subset) if found.subset is not None else len(space)
-        return check
-
-    yield "imagenet (few-shot train/val)", reader("train", r.train, f"{SECTION}.train", True)
-    yield str(r.test.name), reader(str(r.test.name), r.test, f"{SECTION}.test", False)
-    for name, spec in r.shifts.items():
-        yield str(name), reader(str(name), spec, f"{SECTION}.shifts.{name}", False)
-
-
 def imagenet_split(cfg: DictConfig, task: str) -> Path:
     """Draw the seeded few-shot split and write the task view (list files = the saved split)."""
     r = settings(cfg)
     space = label_space(cfg)
-    train_set = _read("train", r.train, space, f"{SECTION}.train")
+    train_set = read_set("train", r.train, space, f"{SECTION}.train")
     train, val = few_shot_split(train_set.files, int(r.shots), int(r.val_shots),
                                 int(r.split_seed), len(space))
-    test = _read(str(r.test.name), r.test, space, f"{SECTION}.test")
+    test = read_set(str(r.test.name), r.test, space, f"{SECTION}.test")
     info = {"shots": int(r.shots), "val_shots": int(r.val_shots), "seed": int(r.split_seed),
             "train_root": str(r.train.root), "test_root": str(r.test.root)}
-    return write_task_view(layout.raw_task(cfg, task), train_set.root, train, val, test, info)
+    return write_task_view(layout.data_root_dir(cfg, task), train_set.root, train, val, test, info)
 
 
 def prepare_shift(cfg: DictConfig, name: str) -> dict[str, Any]:
@@ -134,7 +71,7 @@ def prepare_shift(cfg: DictConfig, name: str) -> dict[str, Any]:
     if name not in shifts:
         raise UserError(f"study.robustness.shifts has no {name!r}; known: {list(shifts)}")
     space = label_space(cfg)
-    return prepare_eval_set(_read(name, shifts[name], space, f"{SECTION}.shifts.{name}"),
+    return prepare_eval_set(read_set(name, shifts[name], space, f"{SECTION}.shifts.{name}"),
                             shift_dir(cfg, name),
                             image_size=int(cfg.model.img_size), num_classes=len(space))
 

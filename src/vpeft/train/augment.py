@@ -121,9 +121,7 @@ def transforms_for(cfg: Any, task: str) -> tuple[BatchTransform | None, BatchTra
     augment = cfg.train.get("augment")
     if not augment:
         return None, None
-    flips: Sequence[str] = tuple(augment.get("flips", ("horizontal",)))
-    if cfg.study.data.kind == "manyshot":
-        from vpeft.data.manyshot import resolve_task
+    from vpeft.kinds import study_kind
 
-        flips = resolve_task(cfg, task).dataset.flips
+    flips = study_kind(cfg).augment_flips(task, augment.get("flips", ("horizontal",)))
     return build_transforms(augment, int(cfg.model.img_size), flips)

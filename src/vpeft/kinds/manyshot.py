@@ -1,0 +1,105 @@
+"""Many-shot (``study.data.kind: manyshot``): each task is one dataset of
+``study.data.datasets`` at one training-set size. `vpeft subsets` draws the task's subset once and
+writes a VTAB-layout view of it (:mod:`vpeft.data.manyshot`), which is prepared like any task,
+its images stored larger than the model input (crops happen per batch). The report plots
+accuracy against training-set size, dataset by dataset."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from omegaconf import OmegaConf
+
+from vpeft import layout
+from vpeft.errors import UserError
+from vpeft.kinds.base import (MainColumns, ReportShape, StudyKind, TaskCheck, TaskEntry,
+                              any_split_sizes, problems_of, register)
+from vpeft.kinds.synthetic import synthetic_entry
+
+
+@register
+class ManyShotKind(StudyKind):
+    name: ClassVar[str] = "manyshot"
+    data_kinds: ClassVar[tuple[str, ...]] = ("manyshot",)
+    metadata_key: ClassVar[str | None] = "manyshot"
+    report: ClassVar[ReportShape] = ReportShape(MainColumns.DATASET_SIZES, group_scopes=False,
+                                                advice_scope="task")
+    draws_subsets: ClassVar[bool] = True
+
+    def known_tasks(self) -> list[str]:
+        from vpeft.data.manyshot import dataset_specs, task_names
+
+        return [*task_names(dataset_specs(self.cfg)), layout.SOURCE_TASK]
+
+    def catalogue_entry(self, task: str) -> TaskEntry:
+        if task == layout.SOURCE_TASK:  # the miniature's pretraining set
+            return synthetic_entry(task)
+        from vpeft.data.manyshot import resolve_task
+
+        ds = resolve_task(self.cfg, task).dataset
+        return TaskEntry(task, ds.num_classes, ds.group, ds.description)
+
+    def raw_task(self, task: str) -> Path:
+        if task == layout.SOURCE_TASK:
+            return super().raw_task(task)
+        return layout.view_dir(self.cfg, task)
+
+    def split_sizes(self, task: str) -> dict[str, int | None]:
+        return any_split_sizes()  # the dataset and the subset decide
+
+    @property
+    def image_side(self) -> int:
+        return int(self.cfg.study.data.stored_size)
+
+    # The miniature generates its datasets and its backbone's pretraining set (a real study has
+    # neither, so the users' data can never be mistaken for something to generate).
+    @property
+    def generates_data(self) -> bool:
+        from vpeft.data.manyshot import dataset_specs
+
+        return self.cfg.study.get("pretrain") is not None or any(
+            self._generated(name) for name in dataset_specs(self.cfg))
+
+    def _generated(self, dataset: str) -> bool:
+        return OmegaConf.select(self.cfg, f"study.data.datasets.{dataset}.synthetic") is not None
+
+    def synthesize_task(self, task: str, *, seed: int) -> None:
+        from vpeft.demo.manyshot import generate_demo_dataset
+
+        generate_demo_dataset(self.cfg, task, seed=seed)  # class folders or list files
+
+    def extra_jobs(self, tasks: int) -> dict[str, int]:
+        return {"subsets": tasks}
+
+    def view_sources(self, task: str) -> list[str]:
+        """The generated miniature dataset, or the users' files."""
+        from vpeft.data.manyshot import resolve_task
+
+        ds = resolve_task(self.cfg, task).dataset
+        if self._generated(ds.name):
+            return [str(layout.data_root_dir(self.cfg, ds.name))]
+        parts = [ds.train] + ([ds.test] if ds.test is not None else [])
+        return [str(path) for p in parts for path in p.inputs]
+
+    def check_task(self, task: str, classes: int, decode: bool) -> TaskCheck:
+        if task == layout.SOURCE_TASK:
+            return super().check_task(task, classes, decode)
+        from vpeft.data import manyshot
+
+        result = TaskCheck(task, classes)
+        try:
+            result.counts = manyshot.check_task(self.cfg, task, decode=decode)
+        except UserError as err:
+            result.problems += problems_of(err)
+        return result
+
+    def augment_flips(self, task: str, default: Sequence[str]) -> tuple[str, ...]:
+        from vpeft.data.manyshot import resolve_task
+
+        return tuple(resolve_task(self.cfg, task).dataset.flips)
+
+    def report_metadata(self, tasks: Sequence[str]) -> dict[str, Any]:
+        from vpeft.data.manyshot import report_metadata
+
+        return {"manyshot": report_metadata(self.cfg, tasks)}  # dataset and size of every task
