@@ -19,7 +19,8 @@
 # gpu-measurements.jsonl, vit_b16-cuda.json/.md, projection-vit_b16-cuda.json/.md.
 # Exit status: 0 all passed, 1 a stage failed or timed out, 2 bad arguments, 3 no CUDA device.
 # Environment: PYTHON (default: .venv/bin/python if present, else python3),
-# GPU_CHECK_TEST_TIMEOUT / GPU_CHECK_BENCH_TIMEOUT (seconds, default 300 / 240).
+# GPU_CHECK_TEST_TIMEOUT / GPU_CHECK_BENCH_TIMEOUT (seconds, default 300 / 240), and
+# GPU_CHECK_CASE_TIMEOUT (seconds per benchmark case process, default 180).
 set -u
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -36,7 +37,7 @@ while [ $# -gt 0 ]; do
     --precision) PRECISION="${2:?--precision needs bf16, fp32 or auto}"; shift 2 ;;
     --model) MODEL="${2:?--model needs a benchmarks.run model name}"; shift 2 ;;
     --allow-cpu) ALLOW_CPU=1; shift ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "gpu_check: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -80,14 +81,15 @@ stage() {  # stage NAME TIMEOUT_S COMMAND...: run it, record status and seconds
   return $rc
 }
 
-BENCH_ARGS=(--model "$MODEL" --out "$OUT" --timeout 180)
+BENCH_ARGS=(--model "$MODEL" --out "$OUT" --timeout "${GPU_CHECK_CASE_TIMEOUT:-180}")
 RESULT="$OUT/$MODEL-$DEVICE.json"
 [ "$PRECISION" != auto ] && [ "$DEVICE" = cuda ] && BENCH_ARGS+=(--precision "$PRECISION")
 [ -n "$METHODS" ] && BENCH_ARGS+=(--methods "$METHODS")
 
+# -n 0: one process on the one device (the suite's own default is two xdist workers).
 VPEFT_GPU_RECORD="$OUT/gpu-measurements.jsonl" VPEFT_GPU_TEST_METHODS="$METHODS" \
   stage tests "${GPU_CHECK_TEST_TIMEOUT:-300}" \
-  "$PYTHON" -m pytest -m gpu tests -q -p no:cacheprovider --junitxml="$OUT/gpu-tests.xml"
+  "$PYTHON" -m pytest -m gpu tests -q -n 0 -p no:cacheprovider --junitxml="$OUT/gpu-tests.xml"
 stage benchmarks "${GPU_CHECK_BENCH_TIMEOUT:-240}" "$PYTHON" -m benchmarks.run "${BENCH_ARGS[@]}"
 if [ -f "$RESULT" ]; then
   PROJECT_ARGS=(--from "$RESULT" --out "$OUT")

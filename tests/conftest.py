@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -20,6 +21,17 @@ ensure_torchvision_importable()
 import timm  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (pyproject.toml: ``-n 2 --dist loadscope``) each test module is one unit
+    of work, so that a module-scoped fixture (an end-to-end study, a real SLURM) is built once;
+    workers take the units in collection order. The modules with the most `slow` tests go first
+    and the many quick ones fill in at the end, so both workers finish at about the same time."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return
+    slow = Counter(item.path for item in items if item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow[item.path])  # stable: a module's own order is kept
 
 
 def workflow_copy(workdir: Path) -> Path:
