@@ -37,8 +37,11 @@ def test_the_as_published_train_config_flips_every_key_and_nothing_else(tmp_path
     flipped = switches(published.train)
     assert all(flipped[k] != v for k, v in CORRECTED.items())
     assert protocol_name(published.train) == "as_published"
+    # the public code trains in fp32 without autocast (vpeft's default: bf16 autocast on CUDA)
+    assert published.train.precision == "fp32"
     # the rest of train/vtab.yaml (and the study's own train overrides) is unchanged
-    rest = {k: v for k, v in default.train.items() if k not in ("protocol", *CORRECTED)}
+    rest = {k: v for k, v in default.train.items()
+            if k not in ("protocol", "precision", *CORRECTED)}
     assert {k: published.train[k] for k in rest} == rest
     one = _plan(tmp_path, prepared_task, tiny_weights, "train.protocol.drop_last=true").cfg
     assert protocol_name(one.train) == "custom"
