@@ -10,7 +10,7 @@ finished studies in vpeft's own on-disk formats, as if every training job had ru
 
 * **vtab1k**: the 19 VTAB-1K tasks (class counts and groups from ``vpeft.data.vtab.VTAB_TASKS``,
   test-set sizes of the public distributions from ``benchmarks.project.PUBLIC_IMAGES``) x the 16
-  methods with the paper's grids (``vpeft.config.load_study("vtab1k")``, 482 points per task):
+  methods with the paper's grids (``vpeft.config.load_study("vtab1k")``, 522 points per task):
   every grid point's metrics.json, predictions.parquet (val200) and adapter files, every final
   run's (x ``--seeds``: ``final/``, ``final-seed<s>/``) metrics.json, test_logits.parquet and
   adapter files, and each prepared task's manifest.json and test_labels.parquet;
@@ -263,12 +263,12 @@ def fabricate_task(plan, spec: StudySpec, task: str, record: RunRecord,
     """Every run of one task, as if training had finished (selection and evaluation included:
     ``protocol.select`` and ``protocol.evaluate`` write them, as the pipeline would)."""
     from vpeft import layout
-    from vpeft.data.catalog import task_entry
     from vpeft.io import write_json, write_parquet
+    from vpeft.kinds import study_kind
     from vpeft.protocol import evaluate, select
 
     cfg = plan.cfg
-    entry = task_entry(cfg, task)
+    entry = study_kind(cfg).task_entry(task)
     classes, group = entry.num_classes, entry.group
     n_test = spec.tasks[task]
     rng = np.random.default_rng(sum(map(ord, task)))  # str hash() varies between processes

@@ -1,6 +1,6 @@
 """benchmarks.fullsize: a reduced run (2 VTAB tasks + the robustness task, 2 methods, 2 seeds, 5 %
 of the test images) completes and writes well-formed results; the full-size settings are the
-paper's (19 tasks, real test sizes, 16 methods, 482 grid points). Speed is not asserted: the
+paper's (19 tasks, real test sizes, 16 methods, 522 grid points). Speed is not asserted: the
 figures are in docs/benchmarks.md."""
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def test_full_size_spec_is_the_papers_study(tmp_path):
     assert spec.tasks["sun397"] == 21_750 and sum(spec.tasks.values()) == 387_904
     plan = load_study(spec.study, spec.overrides)
     assert plan.tasks == list(spec.tasks) and len(plan.methods) == 16
-    assert sum(len(p) for p in plan.points.values()) == 482
+    assert sum(len(p) for p in plan.points.values()) == 522
     assert list(plan.cfg.train.seeds) == [42, 43, 44]
     robust = fullsize.robustness_spec(tmp_path, 1.0, [42], None)
     assert robust.tasks == {"imagenet": 50_000}

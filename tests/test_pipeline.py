@@ -108,9 +108,9 @@ def test_the_paper_study_is_planned_from_config_alone(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout + proc.stderr
     stats = dict(re.findall(r"^(\w+)\s+(\d+)$", out, flags=re.M))
-    # 482 grid points per task over the 16 methods' paper grids (one job each with
+    # 522 grid points per task over the 16 methods' paper grids (tests/test_published_grid.py) (one job each with
     # points_per_job=1; tests/test_fused.py checks the fused jobs); one final run per task x method
-    assert stats["train_grid"] == str(2 * 482)
+    assert stats["train_grid"] == str(2 * 522)
     assert stats["train_final"] == stats["evaluate"] == str(2 * 16)
     assert stats["prepare"] == "2" and "pretrain" not in stats
 
