@@ -101,3 +101,19 @@ def test_check_names_every_problem_and_exits_1(study_inputs, tmp_path) -> None:
     assert re.search(r"PROBLEM model\.weights: .*wrong\.safetensors.*24.*32|"
                      r"PROBLEM model\.weights: .*wrong\.safetensors.*32.*24", out), out
     assert sorted(p for p in tmp_path.rglob("*")) == before     # nothing written
+
+
+@pytest.mark.parametrize("method", ["linear", "full", "lora", "vpt_shallow", "fact_tk", "convpass"])
+def test_disk_estimate_counts_each_head_as_a_build_per_task_would(method) -> None:
+    """The preflight builds each method and grid point once, not once per task: the counts it
+    derives for other class counts equal those of a model built with that head."""
+    from vpeft.check import _trainable_split, _trainable_with_head
+    from vpeft.config import load_study
+
+    plan = load_study("vtab1k", ["study.data.root=/data/vtab-1k", "model.weights=/w/ViT-B_16.npz"])
+    point = plan.points[method][-1]
+    cache: dict = {}
+    for classes in (47, 2, 397, 100):  # dtd first: the one build; then derived
+        built = _trainable_split(plan.cfg, method, point.hparams, classes, whole=True)[0]
+        assert _trainable_with_head(plan.cfg, method, point.hparams, classes, cache) == built
+    assert len(cache) == 1
