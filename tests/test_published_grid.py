@@ -21,11 +21,12 @@ FULL_LR_PUBLISHED = {1e-3, 1e-2}
 @pytest.fixture(scope="module")
 def published():
     """method -> the set of its published grid points (the same on every task: checked)."""
+    rows = read_published_grid()
     by_pair = defaultdict(set)
     keys = defaultdict(set)
-    for p in read_published_grid():
+    for p in rows:
         keys[p.method] |= set(p.hparams)
-    for p in read_published_grid():
+    for p in rows:
         by_pair[(p.task, p.method)].add(grid_key(p.lr, p.weight_decay, p.hparams, keys[p.method]))
     grids = {}
     for (task, method), points in by_pair.items():

@@ -5,25 +5,15 @@
 and registers itself on import; every module here is imported below, the studies' kinds first
 (docs/study-kinds.md: adding one).
 """
-import importlib
-import pkgutil
-
 from vpeft.kinds.base import (MainColumns, ReportShape, StudyKind, TaskCheck, TaskEntry,
                               data_kind_of, data_kinds, get_kind, kind_names, recorded_kind,
                               register, study_kind)
+from vpeft.plugins import import_plugins
 
 _INFRASTRUCTURE = {"base"}
 _ORDER = ["vtab", "synthetic", "manyshot", "robustness"]
 
-
-def _kind_modules() -> list[str]:
-    found = {m.name for m in pkgutil.iter_modules(__path__)} - _INFRASTRUCTURE
-    ordered = [m for m in _ORDER if m in found]
-    return ordered + sorted(found - set(ordered))
-
-
-for _module in _kind_modules():
-    importlib.import_module(f"{__name__}.{_module}")
+import_plugins(__name__, __path__, infrastructure=_INFRASTRUCTURE, order=_ORDER)
 
 __all__ = ["MainColumns", "ReportShape", "StudyKind", "TaskCheck", "TaskEntry", "data_kind_of",
            "data_kinds", "get_kind", "kind_names", "recorded_kind", "register", "study_kind"]

@@ -18,15 +18,12 @@ import) and is selected by the ``format:`` key of a source block::
 
 docs/data.md, "Adding a dataset format", shows how to add one.
 """
-import importlib
-import pkgutil
-
 from vpeft.data.formats.base import (FormatConfigError, Part, Source, check_block, config_keys,
                                      lookup, names, parse_source, register, source,
                                      untagged_spelling)
+from vpeft.plugins import import_plugins
 
-for _module in sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name != "base"):
-    importlib.import_module(f"{__name__}.{_module}")
+import_plugins(__name__, __path__, infrastructure={"base"})
 
 __all__ = ["FormatConfigError", "Part", "Source", "check_block", "config_keys", "lookup", "names",
            "parse_source", "register", "source", "untagged_spelling"]
