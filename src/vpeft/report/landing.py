@@ -34,9 +34,11 @@ PUBLISHED_COLUMNS = 16
 
 
 def landing_context(results: StudyResults, study: Mapping, published_csv: Path | None,
-                    provenance: Mapping, common: Mapping) -> dict:
+                    provenance: Mapping, common: Mapping, published_grid: Path | None = None
+                    ) -> dict:
     """The landing page's template context: ``common`` (what every page shares) and its own."""
     from vpeft.report.manyshot import manyshot_curves
+    from vpeft.report.reproduction import PAIR_HEADERS, reproduction_landing
     from vpeft.report.robustness import robustness_view
 
     published = published_table(results, study, read_published(published_csv)) \
@@ -56,6 +58,8 @@ def landing_context(results: StudyResults, study: Mapping, published_csv: Path |
         published=published,
         published_parts=split_columns(published, PUBLISHED_COLUMNS) if published else [],
         published_title=PUBLISHED_TITLE,
+        reproduction=reproduction_landing(results, study, published_grid),
+        reproduction_headers=PAIR_HEADERS,
         provenance=[(str(k), fmt_hparam(v)) for k, v in provenance.items() if k != "date"],
         shared_facts=(facts := shared_facts(results, study))[0],
         fact_exceptions=facts[1],
