@@ -238,8 +238,10 @@ def _matrix(task: str, method: str, axes: list[str], points: list[_Point], fmt_a
     # estimate for the proportional face clipped long labels on the left.
     label_w = max(40.0, max(mono_width(t) for t in row_labels) + 12)
     top = 44
-    width = int(max(label_w + cw * len(cols) + 12, 230))
+    width = int(max(label_w + cw * len(cols) + 12, 230 if reference is None else 250))
     height = top + ch * len(row_keys) + 26   # + the colour key below
+    if reference is not None:
+        height += 12                          # + the reference's key, a line of its own
     parts = [f'<svg class="chart landscape matrix" width="{width}" height="{height}" '
              f'viewBox="0 0 {width} {height}" role="img" data-task="{esc(task)}" '
              f'data-method="{esc(method)}" data-axes="{esc(",".join(axes))}" '
@@ -280,12 +282,7 @@ def _matrix(task: str, method: str, axes: list[str], points: list[_Point], fmt_a
                 paper_selected = (x, y)
         if p.selected:
             selected = (x, y)
-    if finite:
-        key = (f"colour: {fmt_acc(lo)} (light) to {fmt_acc(hi)} (dark)" if hi > lo
-               else f"every point: {fmt_acc(hi)}")
-        if reference is not None:
-            key += "; second line: this run − paper; dashed: paper's choice"
-        parts.append(f'<text x="4" y="{height - 6}" class="hint">{esc(key)}</text>')
+    parts += _matrix_keys(finite, lo, hi, height, fmt_acc, reference is not None)
     if selected:   # drawn last so no neighbour covers the outline
         parts.append(f'<rect x="{selected[0] + 1:.1f}" y="{selected[1] + 1}" width="{cw - 2}" '
                      f'height="{ch - 2}" class="selbox"/>')
@@ -294,6 +291,21 @@ def _matrix(task: str, method: str, axes: list[str], points: list[_Point], fmt_a
                      f'width="{cw - 8}" height="{ch - 8}" class="paperbox"/>')
     parts.append("</svg>")
     return Markup("".join(parts))
+
+
+def _matrix_keys(finite: list[float], lo: float, hi: float, height: int, fmt_acc,
+                 with_reference: bool) -> list[str]:
+    """The colour key below a matrix and, with a paper reference, the key of its marks."""
+    parts = []
+    if finite:
+        key = (f"colour: {fmt_acc(lo)} (light) to {fmt_acc(hi)} (dark)" if hi > lo
+               else f"every point: {fmt_acc(hi)}")
+        below = height - 18 if with_reference else height - 6
+        parts.append(f'<text x="4" y="{below}" class="hint">{esc(key)}</text>')
+    if with_reference:
+        parts.append(f'<text x="4" y="{height - 6}" class="hint">2nd line: run − paper; '
+                     f'dashed: paper\'s pick</text>')
+    return parts
 
 
 def _paper_delta(x: float, y: float, mine: float | None, paper: float | None, dark: bool,

@@ -410,7 +410,7 @@ def reproduction_tasks(results: StudyResults, study: Mapping,
 
 
 def _task_margin_row(m: SelectionMargin) -> Row:
-    gap = _num(m.gap, "gap", m.task, m.method, *(["flip"] if m.within_noise else []),
+    gap = _num(m.gap, "gap", m.task, m.method, *(["close"] if m.within_noise else []),
                title="best − second-best val200 of the paper's grid")
     if m.band is not None:
         gap.note = f"band ±{m.band:.1f}"
