@@ -203,3 +203,21 @@ def test_the_papers_own_selection_is_decided_within_noise_in_302_of_304_pairs():
     assert sum(m.gap == 0 for m in margins.values()) == 83
     outside = sorted((m.task, m.method) for m in margins.values() if not m.within_noise)
     assert [method for _, method in outside] == ["full", "full"]
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_the_section_fits_1400px_in_chromium(study_dir, tmp_path):
+    """The landing page and a task page with the section, in real Chromium: nothing scrolls
+    sideways, no chart text is clipped (tests/test_report_layout.py's measurements)."""
+    from browser import chromium
+    from test_report_layout import _check_layout, _measure
+
+    if chromium() is None:
+        pytest.fail("needs Debian's chromium (tests/system_packages.sh installs it)")
+    out = tmp_path / "report" / "index.html"
+    render_report(collect_study(study_dir, STUDY), STUDY, out, published_grid=PUBLISHED_GRID)
+    for page in (out, out.parent / "tasks" / "dtd.html"):
+        m = _measure(page)
+        _check_layout(page, m)
+        assert "reproduction" in m["ids"]

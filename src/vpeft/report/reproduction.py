@@ -291,8 +291,8 @@ def _selection_cell(pair: PairComparison) -> Cell:
 def pair_row(pair: PairComparison, label: str) -> Row:
     """One task x method: selection, val200 at the paper's point, test, shift, what is missing."""
     t, m = pair.task, pair.method
-    cells = [Cell(pair.protocol or "–", pair.protocol, "protocol", t, m),
-             Cell(pair.my_point or "–", pair.my_point, "my_point", t, m, ["mono"]),
+    cells = [Cell(pair.my_point or "–", pair.my_point, "my_point", t, m, ["mono"],
+                  title=f"protocol: {pair.protocol or 'unknown'}"),
              Cell(pair.paper_point or "–", pair.paper_point, "paper_point", t, m, ["mono"]),
              _selection_cell(pair),
              *_difference_cells(pair.val, "val200", t, m),
@@ -300,13 +300,15 @@ def pair_row(pair: PairComparison, label: str) -> Row:
              _num(pair.shift, "shift", t, m, signed=True,
                   title=f"median over {pair.common} grid point(s) both ran"),
              Cell(f"{pair.outside} / {pair.common}", str(pair.outside), "outside", t, m, ["num"]),
-             Cell("; ".join(pair.notes) or "–", "; ".join(pair.notes) or None, "notes", t, m)]
+             Cell("; ".join(pair.notes) or "–", "; ".join(pair.notes) or None, "notes", t, m,
+                  ["wrap"])]
     return Row(label, cells, method=m, task=t)
 
 
-PAIR_HEADERS = ["Protocol", "Selected (this run)", "Selected (paper)", "Selection",
-                "val200 at paper's point: this run", "paper", "Δ", "Test top-1: this run",
-                "paper", "Δ", "Shift: median Δ val200", "Points outside band", "Not compared"]
+# val200 columns: at the paper's selected point; Shift: median Δ val200 over the common points
+PAIR_HEADERS = ["Selected here", "Selected by the paper", "Selection", "val200 here", "paper",
+                "Δ val200", "Test here", "paper", "Δ test", "Shift", "Outside band",
+                "Not compared"]
 
 
 def _margin_rows(margins: Mapping[tuple[str, str], SelectionMargin]) -> list[Row]:
@@ -404,6 +406,7 @@ def reproduction_tasks(results: StudyResults, study: Mapping,
             task, p.method, grid.get((task, p.method), []), numbers.fmt_acc, p.reference))]
         margins = [rep.margins[(task, p.method)] for p in pairs if (task, p.method) in rep.margins]
         out[task] = {"rows": [pair_row(p, p.method) for p in pairs], "charts": charts,
+                     "protocols": sorted({p.protocol for p in pairs if p.protocol}),
                      "margins": [_task_margin_row(m) for m in margins],
                      "not_published": [m for t, m in rep.not_published if t == task]}
     return out
