@@ -221,3 +221,38 @@ def test_the_section_fits_1400px_in_chromium(study_dir, tmp_path):
         m = _measure(page)
         _check_layout(page, m)
         assert "reproduction" in m["ids"]
+
+
+def test_a_line_landscape_carries_the_papers_points():
+    """One swept axis: the paper's values are a dashed line of diamonds on the run's y scale,
+    the paper's choice filled; without a reference the chart has none."""
+    from vpeft.report.landscape import landscape
+    from vpeft.report.numbers import fmt_acc
+
+    rows = [{"point": f"lr{lr}", "status": "ok", "val_top1": v, "selected": lr == 0.01,
+             "hparams_json": "{}", "optim_json": json.dumps({"lr": lr, "weight_decay": 0.0})}
+            for lr, v in ((0.001, 60.0), (0.01, 70.0))]
+    ref = {"lr0.001": (80.0, True), "lr0.01": (75.0, False)}
+    svg = str(landscape("dtd", "linear", rows, fmt_acc, ref).svg)
+    assert svg.count('class="paperpoint') == 2 and svg.count('class="paperpoint selected"') == 1
+    assert 'data-value="80.0"' in svg and 'class="pline"' in svg
+    assert "paper 80.0 % (paper selected)" in svg   # the point's tooltip names both values
+    assert "paperpoint" not in str(landscape("dtd", "linear", rows, fmt_acc).svg)
+
+
+def test_a_bad_public_grid_row_names_file_line_and_what_was_expected(tmp_path):
+    from vpeft.report.published_grid import read_public_grid
+
+    header = "study,setting,method,param_set,val_top1,selected,test_top1_if_selected\n"
+    bad = tmp_path / "grid.csv"
+    bad.write_text("# comment\n" + header +
+                   'x,cifar100/500,lora_8,"{""lr"": 0.001, ""momentum"": 0.9}",50,0,\n')
+    with pytest.raises(ValueError, match=rf"{bad}:3: param_set .*expected a JSON object of"):
+        read_public_grid(bad)
+    bad.write_text(header + 'x,cifar100/500,linear_8,"{""lr"": 0.001}",50,0,\n')
+    with pytest.raises(ValueError, match=rf"{bad}:2: method 'linear_8': a capacity suffix"):
+        read_public_grid(bad)
+    bad.write_text(header + 'x,cifar100/500,lora_8_2,"{""lr"": 0.001}",50,1,70\n')
+    (point,) = read_public_grid(bad)
+    assert (point.method, point.settings, point.rerun, point.task) == \
+        ("lora", {"rank": 8, "lr": 0.001}, True, "cifar100_n500")

@@ -320,8 +320,10 @@ def _margin_rows(margins: Mapping[tuple[str, str], SelectionMargin]) -> list[Row
     for method, ms in sorted(by_method.items()):
         within = sum(m.within_noise for m in ms)
         gaps = [m.gap for m in ms if m.gap is not None]
+        ties = sum(m.gap == 0 for m in ms)
         cells = [Cell(str(len(ms)), str(len(ms)), "pairs", None, method, ["num"]),
                  Cell(str(within), str(within), "within_noise", None, method, ["num"]),
+                 Cell(str(ties), str(ties), "ties", None, method, ["num"]),
                  _num(statistics.median(gaps) if gaps else None, "median_gap", None, method)]
         rows.append(Row(method, cells, method=method))
     return rows
@@ -382,6 +384,7 @@ def reproduction_landing(results: StudyResults, study: Mapping,
                        if not p.compared],
         "not_published": rep.not_published,
         "margins_within": sum(m.within_noise for m in margins), "margins_total": len(margins),
+        "margins_ties": sum(m.gap == 0 for m in margins),
         "margin_rows": _margin_rows(rep.margins),
     }
 
