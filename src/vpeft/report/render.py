@@ -27,6 +27,7 @@ from vpeft.report.landing import landing_context
 from vpeft.report.landscape import task_landscapes
 from vpeft.report.pages import TASK_DIR, task_anchor, task_page
 from vpeft.report.provenance import report_date
+from vpeft.report.reproduction import Reproduction, reproduction_charts, reproduction_of
 from vpeft.report.taskpage import task_contexts
 from vpeft.report.view import GROUP_TITLES, td
 
@@ -66,8 +67,14 @@ def render_html(results: StudyResults, study: Mapping, *, published_csv: Path | 
                 provenance: Mapping | None = None, published_grid: Path | None = None) -> str:
     """The landing page (index.html) as a string (see :func:`render_report`)."""
     provenance = dict(provenance or {})
+    return _landing_page(results, study, published_csv, provenance,
+                         reproduction_of(results, study, published_grid))
+
+
+def _landing_page(results: StudyResults, study: Mapping, published_csv: Path | None,
+                  provenance: dict, reproduction: Reproduction | None) -> str:
     context = landing_context(results, study, published_csv, provenance,
-                              _common_context(study, provenance), published_grid)
+                              _common_context(study, provenance), reproduction)
     return environment().get_template("report.html.j2").render(**context)
 
 
@@ -81,7 +88,12 @@ def _render_task_page(context: dict) -> str:
     """One task page from its context (runs in a worker process: module level, picklable).
     The landscape charts, a third of the page's work, are drawn here from their inputs."""
     charts = task_landscapes(context["task"], context["landscapes"])
-    return _task_template().render(**(context | {"landscapes": charts}))
+    reproduction = context["reproduction"]
+    if reproduction:   # the same landscapes with the paper's points
+        reproduction = reproduction | {
+            "charts": reproduction_charts(context["task"], reproduction["charts"])}
+    return _task_template().render(**(context | {"landscapes": charts,
+                                                 "reproduction": reproduction}))
 
 
 def render_pages(results: StudyResults, study: Mapping, *, published_csv: Path | None = None,
@@ -96,13 +108,14 @@ def render_pages(results: StudyResults, study: Mapping, *, published_csv: Path |
     from vpeft.report.parallel import ordered_map
 
     provenance = dict(provenance or {})
+    reproduction = reproduction_of(results, study, published_grid)  # once, for every page
     contexts = list(task_contexts(results, study, _common_context(study, provenance),
-                                  published_grid))
+                                  reproduction))
     html_pages = ordered_map(_render_task_page, [ctx for _, ctx in contexts], workers,
                              cells=results.results.num_rows)
     pages = {path: page for (path, _), page in zip(contexts, html_pages)}
-    pages[REPORT_INDEX] = render_html(results, study, published_csv=published_csv,
-                                      provenance=provenance, published_grid=published_grid)
+    pages[REPORT_INDEX] = _landing_page(results, study, published_csv, provenance,
+                                        reproduction)
     return pages
 
 

@@ -28,7 +28,8 @@ from vpeft.report.published_grid import PublishedPoint, grid_key, read_published
 from vpeft.report.view import Cell, Row, exact_text, fmt_delta
 
 __all__ = ["PAIR_HEADERS", "PairComparison", "Reproduction", "VAL_IMAGES", "compare_study", "difference_band",
-           "reproduction_landing", "reproduction_tasks", "selection_margins"]
+           "reproduction_charts", "reproduction_landing", "reproduction_of", "reproduction_tasks",
+           "selection_margins"]
 
 Z95 = 1.959963984540054   # two-sided 95 %
 VAL_IMAGES = 200          # val200
@@ -141,6 +142,8 @@ class Reproduction:
     pairs: list[PairComparison]
     not_published: list[tuple[str, str]]       # study pairs the published grid lacks
     margins: dict[tuple[str, str], SelectionMargin]
+    tasks: list[str] = field(default_factory=list)   # the study's, in its order
+    source: str | None = None                  # the published grid's file name
 
 
 def _settings_text(lr: float, wd: float, hparams: Mapping[str, Any], keys: Sequence[str]) -> str:
@@ -242,7 +245,8 @@ def compare_study(results: StudyResults, study: Mapping,
                 continue
             pairs.append(_compare_pair(task, method, points, grid.get((task, method), []),
                                        rows.get((task, method))))
-    return Reproduction(pairs, absent, selection_margins(published))
+    return Reproduction(pairs, absent, selection_margins(published),
+                        [t for t, _ in study_tasks(study)])
 
 
 # --------------------------------------------------------------------------------------------
@@ -355,19 +359,21 @@ def _task_rows(pairs: Sequence[PairComparison], tasks: Sequence[str]) -> list[Ro
     return rows
 
 
-def read_grid(path: Path | None) -> list[PublishedPoint] | None:
-    """The published grid at ``path`` (None: the study declares none)."""
-    return None if path is None else read_published_grid(path)
+def reproduction_of(results: StudyResults, study: Mapping,
+                    path: Path | None) -> Reproduction | None:
+    """The study against the published grid at ``path`` (None: the study declares none)."""
+    if path is None:
+        return None
+    rep = compare_study(results, study, read_published_grid(path))
+    rep.source = Path(path).name
+    return rep
 
 
-def reproduction_landing(results: StudyResults, study: Mapping,
-                         path: Path | None) -> dict[str, Any]:
+def reproduction_landing(rep: Reproduction | None) -> dict[str, Any]:
     """The landing page's section: ``declared`` False (one line) without a published grid."""
-    published = read_grid(path)
-    if published is None:
+    if rep is None:
         return {"declared": False}
-    source = path.name  # type: ignore[union-attr]
-    rep = compare_study(results, study, published)
+    source = rep.source
     compared = [p for p in rep.pairs if p.compared]
     protocols = sorted({p.protocol for p in compared if p.protocol})
     margins = list(rep.margins.values())
@@ -378,7 +384,7 @@ def reproduction_landing(results: StudyResults, study: Mapping,
         "num_flips": sum(p.same_selection is False for p in compared),
         "protocols": [(name, sum(p.protocol == name for p in compared),
                        PROTOCOL_NOTE.get(name, "an unknown protocol")) for name in protocols],
-        "task_rows": _task_rows(rep.pairs, [t for t, _ in study_tasks(study)]),
+        "task_rows": _task_rows(rep.pairs, rep.tasks),
         "departures": _departure_rows(compared),
         "uncompared": [(p.task, p.method, "; ".join(p.notes)) for p in rep.pairs
                        if not p.compared],
@@ -389,30 +395,36 @@ def reproduction_landing(results: StudyResults, study: Mapping,
     }
 
 
-def reproduction_tasks(results: StudyResults, study: Mapping,
-                       path: Path | None) -> dict[str, dict[str, Any]]:
+def reproduction_tasks(rep: Reproduction | None, results: StudyResults,
+                       study: Mapping) -> dict[str, dict[str, Any]]:
     """Per task: its page's table (a row per method) and landscapes with the paper's points."""
-    published = read_grid(path)
-    if published is None:
+    if rep is None:
         return {}
-    from vpeft.report import numbers
-    from vpeft.report.landscape import landscape
-
-    rep = compare_study(results, study, published)
     grid: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for g in results.grid.to_pylist():
         grid.setdefault((g["task"], g["method"]), []).append(g)
     out: dict[str, dict[str, Any]] = {}
     for task, _ in study_tasks(study):
         pairs = [p for p in rep.pairs if p.task == task]
-        charts = [c for p in pairs if p.reference and (c := landscape(
-            task, p.method, grid.get((task, p.method), []), numbers.fmt_acc, p.reference))]
+        # drawn by the worker that renders the page (reproduction_charts), as the landscapes are
+        charts = [(p.method, grid.get((task, p.method), []), p.reference)
+                  for p in pairs if p.reference]
         margins = [rep.margins[(task, p.method)] for p in pairs if (task, p.method) in rep.margins]
         out[task] = {"rows": [pair_row(p, p.method) for p in pairs], "charts": charts,
                      "protocols": sorted({p.protocol for p in pairs if p.protocol}),
                      "margins": [_task_margin_row(m) for m in margins],
                      "not_published": [m for t, m in rep.not_published if t == task]}
     return out
+
+
+def reproduction_charts(task: str, inputs: Sequence[tuple[str, list[dict[str, Any]],
+                                                           Mapping[str, Any]]]) -> list:
+    """The task's landscapes with the paper's points, from :func:`reproduction_tasks`'s inputs."""
+    from vpeft.report import numbers
+    from vpeft.report.landscape import landscape
+
+    return [c for method, rows, reference in inputs
+            if (c := landscape(task, method, rows, numbers.fmt_acc, reference)) is not None]
 
 
 def _task_margin_row(m: SelectionMargin) -> Row:
