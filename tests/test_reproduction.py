@@ -180,8 +180,13 @@ def test_without_a_published_grid_the_section_is_one_line(study_dir, tmp_path):
 
 
 def test_published_grid_key_resolves_shipped_names_and_names_the_key(tmp_path):
+    from vpeft.config import load_study
     from vpeft.errors import UserError
 
+    # the paper's study declares the shipped grid; the demo studies declare none (one line)
+    vtab = load_study("vtab1k", ["study.data.root=/data/vtab-1k", "model.weights=/w/v.npz"])
+    assert published_csv(vtab.cfg.study.published_grid, "study.published_grid") == PUBLISHED_GRID
+    assert load_study("demo", []).cfg.study.published_grid is None
     assert published_csv("vtab1k_published_grid.csv", "study.published_grid") == PUBLISHED_GRID
     with pytest.raises(UserError, match=r"study.published_grid: 'nope.csv' is neither"):
         published_csv("nope.csv", "study.published_grid")
