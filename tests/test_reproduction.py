@@ -186,7 +186,7 @@ def test_published_grid_key_resolves_shipped_names_and_names_the_key(tmp_path):
     # the paper's study declares the shipped grid; the demo studies declare none (one line)
     vtab = load_study("vtab1k", ["study.data.root=/data/vtab-1k", "model.weights=/w/v.npz"])
     assert published_csv(vtab.cfg.study.published_grid, "study.published_grid") == PUBLISHED_GRID
-    assert load_study("demo", []).cfg.study.published_grid is None
+    assert load_study("demo", []).cfg.study.get("published_grid") is None
     assert published_csv("vtab1k_published_grid.csv", "study.published_grid") == PUBLISHED_GRID
     with pytest.raises(UserError, match=r"study.published_grid: 'nope.csv' is neither"):
         published_csv("nope.csv", "study.published_grid")
