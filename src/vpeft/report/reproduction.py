@@ -122,7 +122,8 @@ class PairComparison:
     shift: float | None = None        # median of (this run − paper) val200 over common points
     common: int = 0                   # grid points both ran with a val200
     outside: int = 0                  # of those, differences outside the val200 band
-    reference: dict[str, tuple[float | None, bool]] = field(default_factory=dict)  # my point ->
+    # this run's grid point -> (the paper's val200 there, whether the paper selected it)
+    reference: dict[str, tuple[float | None, bool]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)   # what could not be compared, and why
 
     @property
