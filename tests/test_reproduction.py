@@ -206,6 +206,7 @@ def test_the_papers_own_selection_is_decided_within_noise_in_302_of_304_pairs():
     assert len(margins) == 304
     assert sum(m.within_noise for m in margins.values()) == 302
     assert sum(m.gap == 0 for m in margins.values()) == 83
+    assert [sum(m.gap <= g for m in margins.values()) for g in (0.5, 1.0)] == [184, 226]
     outside = sorted((m.task, m.method) for m in margins.values() if not m.within_noise)
     assert [method for _, method in outside] == ["full", "full"]
 
