@@ -9,8 +9,9 @@ point both ran (a *shift* of the whole landscape: the data or the protocol, not 
 A difference is flagged only outside its noise band: the 95 % band of a difference of two
 accuracies measured on ``n`` images each (val200: n = 200; test: the test split's size), with
 Agresti and Caffo's adjustment (one success and one failure added to each side, so that 100 %
-still has a band). Only the images are resampled, not the seeds: a band is the least a rerun
-would move. The same band decides, from the published grid alone, whether the paper's own
+still has a band). The two accuracies are treated as independent samples: the seed's noise is
+not in the band (it would widen it) and neither is the pairing of the images both score (it would
+narrow it). The same band decides, from the published grid alone, whether the paper's own
 selection was decided within noise (best vs second-best val200 point).
 """
 from __future__ import annotations
