@@ -216,6 +216,7 @@ class Study:
     title: Optional[str] = None
     description: Optional[str] = None
     published: Optional[str] = None      # the study's published figures (CSV) to compare against
+    published_grid: Optional[str] = None  # the study's published grid (CSV): every point it ran
     data: Data = field(default_factory=Data)
     tasks: List[str] = MISSING
     methods: List[str] = MISSING

@@ -56,5 +56,7 @@ def write_report(plan: StudyPlan) -> Path:
                {r["method"]: {k: v for k, v in r.items() if k != "method"} for r in summary})
     render_report(results, study, out / layout.REPORT_INDEX,
                   published_csv=published_csv(plan.cfg.study.get("published")),
-                  provenance={"versions": versions(), "git_commit": git_commit()})
+                  provenance={"versions": versions(), "git_commit": git_commit()},
+                  published_grid=published_csv(plan.cfg.study.get("published_grid"),
+                                               "study.published_grid"))
     return out / layout.REPORT_INDEX

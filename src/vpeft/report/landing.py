@@ -21,6 +21,7 @@ from vpeft.report.pages import split_columns
 from vpeft.report.provenance import consistency_notes, input_data_rows, representative_config, \
     shared_facts
 from vpeft.report.published import PUBLISHED_TITLE, published_table, read_published
+from vpeft.report.reproduction import PAIR_HEADERS, Reproduction, reproduction_landing
 from vpeft.report.seednoise import seed_noise_view
 from vpeft.report.view import fmt_hparam
 
@@ -34,8 +35,10 @@ PUBLISHED_COLUMNS = 16
 
 
 def landing_context(results: StudyResults, study: Mapping, published_csv: Path | None,
-                    provenance: Mapping, common: Mapping) -> dict:
-    """The landing page's template context: ``common`` (what every page shares) and its own."""
+                    provenance: Mapping, common: Mapping,
+                    reproduction: Reproduction | None = None) -> dict:
+    """The landing page's template context: ``common`` (what every page shares) and its own;
+    ``reproduction``: the runs against the study's published grid, if it declares one."""
     from vpeft.report.manyshot import manyshot_curves
     from vpeft.report.robustness import robustness_view
 
@@ -56,6 +59,8 @@ def landing_context(results: StudyResults, study: Mapping, published_csv: Path |
         published=published,
         published_parts=split_columns(published, PUBLISHED_COLUMNS) if published else [],
         published_title=PUBLISHED_TITLE,
+        reproduction=reproduction_landing(reproduction),
+        reproduction_headers=PAIR_HEADERS,
         provenance=[(str(k), fmt_hparam(v)) for k, v in provenance.items() if k != "date"],
         shared_facts=(facts := shared_facts(results, study))[0],
         fact_exceptions=facts[1],

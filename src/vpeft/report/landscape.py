@@ -7,6 +7,11 @@ values and whose rows are the combinations of the others; a single grid point gi
 matrix. A diverged point is drawn as such (a red cross, a grey "div." cell), never as 0. The
 selected point is outlined. Every mark carries the grid row's point name, status and raw
 ``val_top1`` (``data-*``) so the page can be checked against ``grid.parquet``.
+
+With a ``reference`` (the paper's val200 at the same grid points, vpeft.report.reproduction) the
+same chart carries the paper's points too: a dashed line of open diamonds, or a second line in
+each matrix cell with the difference (this run − paper) and a dashed box on the paper's selected
+point; a shift of every point is then told at a glance from a flip of the selected one.
 """
 from __future__ import annotations
 
@@ -104,19 +109,50 @@ def _mark_attrs(task: str, method: str, p: _Point) -> str:
             f'data-value="{esc(raw)}"')
 
 
-def _title(p: _Point, axes: Sequence[str], fmt_acc) -> str:
+# A point's paper value and whether the paper selected it (None: no paper value there).
+Reference = Mapping[str, tuple[float | None, bool]]
+
+
+def _title(p: _Point, axes: Sequence[str], fmt_acc, reference: Reference | None = None) -> str:
     where = ", ".join(f"{a}={_label(p.settings.get(a))}" for a in axes) or p.point
     what = "diverged" if p.status == "diverged" else f"val200 top-1 {fmt_acc(p.value)} %"
-    return f"{where}: {what}{' (selected)' if p.selected else ''}"
+    text = f"{where}: {what}{' (selected)' if p.selected else ''}"
+    if reference is not None and p.point in reference:
+        value, chosen = reference[p.point]
+        text += (f"; paper {'–' if value is None else fmt_acc(value) + ' %'}"
+                 f"{' (paper selected)' if chosen else ''}")
+    return text
+
+
+def _paper_marks(task: str, method: str, points: list[_Point], reference: Reference,
+                 x_of, y_of) -> list[str]:
+    """The paper's values on a line chart: a dashed line of open diamonds (the paper's selected
+    one filled orange)."""
+    placed = sorted(((x_of(p), reference[p.point]) for p in points
+                     if reference.get(p.point, (None, False))[0] is not None),
+                    key=lambda t: t[0])
+    parts = []
+    if len(placed) > 1:
+        path = " ".join(f"{x:.1f},{y_of(v):.1f}" for x, (v, _) in placed)
+        parts.append(f'<polyline points="{path}" class="pline"/>')
+    for x, (v, chosen) in placed:
+        y = y_of(v)
+        parts.append(f'<path d="M{x:.1f},{y - 6:.1f} l6,6 l-6,6 l-6,-6 z" '
+                     f'class="paperpoint{" selected" if chosen else ""}" data-task="{esc(task)}" '
+                     f'data-method="{esc(method)}" data-value="{esc(repr(float(v)))}"/>')
+    return parts
 
 
 
 
-def _line(task: str, method: str, axis: str, points: list[_Point], fmt_acc) -> Markup:
+def _line(task: str, method: str, axis: str, points: list[_Point], fmt_acc,
+          reference: Reference | None = None) -> Markup:
     values = sorted({_key(p.settings.get(axis)): p.settings.get(axis) for p in points}.values(),
                     key=_order)
     pos = {_key(v): i for i, v in enumerate(values)}
     finite = [p.value for p in points if p.value is not None]
+    if reference is not None:   # one y scale for both, so a shift reads as a gap
+        finite += [v for p in points if (v := reference.get(p.point, (None, False))[0]) is not None]
     lo = math.floor(min(finite) / 5) * 5 if finite else 0.0
     hi = math.ceil(max(finite) / 5) * 5 if finite else 100.0
     if hi - lo < 10:
@@ -157,9 +193,13 @@ def _line(task: str, method: str, axis: str, points: list[_Point], fmt_acc) -> M
     if len(ok) > 1:
         path = " ".join(f"{sx(p.settings.get(axis)):.1f},{sy(p.value):.1f}" for p in ok)
         parts.append(f'<polyline points="{path}" class="lline"/>')
+    if reference is not None:
+        parts += _paper_marks(task, method, points, reference,
+                              lambda p: sx(p.settings.get(axis)), sy)
+        parts.append(f'<text x="{width - 4}" y="14" class="hint peak">● this run ◇ paper</text>')
     for p in points:
         x = sx(p.settings.get(axis))
-        title = f"<title>{esc(_title(p, [axis], fmt_acc))}</title>"
+        title = f"<title>{esc(_title(p, [axis], fmt_acc, reference))}</title>"
         attrs = _mark_attrs(task, method, p)
         if p.value is None:   # diverged: a cross in the band below the axis, never a 0
             parts.append(f'<path d="M{x - 5:.1f},{band_y - 5:.1f} l10,10 m0,-10 l-10,10" '
@@ -172,7 +212,8 @@ def _line(task: str, method: str, axis: str, points: list[_Point], fmt_acc) -> M
     return Markup("".join(parts))
 
 
-def _matrix(task: str, method: str, axes: list[str], points: list[_Point], fmt_acc) -> Markup:
+def _matrix(task: str, method: str, axes: list[str], points: list[_Point], fmt_acc,
+            reference: Reference | None = None) -> Markup:
     def distinct(axis: str) -> list[Any]:
         return sorted({_key(p.settings.get(axis)): p.settings.get(axis)
                        for p in points}.values(), key=_order)
@@ -192,13 +233,15 @@ def _matrix(task: str, method: str, axes: list[str], points: list[_Point], fmt_a
     finite = [p.value for p in points if p.value is not None]
     lo, hi = (min(finite), max(finite)) if finite else (0.0, 1.0)
 
-    cw, ch = 48, 24
+    cw, ch = 48, (24 if reference is None else 36)   # a paper reference adds a line per cell
     # Row labels are set in the monospace face, whose width is bounded (svg.mono_width): an
     # estimate for the proportional face clipped long labels on the left.
     label_w = max(40.0, max(mono_width(t) for t in row_labels) + 12)
     top = 44
-    width = int(max(label_w + cw * len(cols) + 12, 230))
+    width = int(max(label_w + cw * len(cols) + 12, 230 if reference is None else 250))
     height = top + ch * len(row_keys) + 26   # + the colour key below
+    if reference is not None:
+        height += 12                          # + the reference's key, a line of its own
     parts = [f'<svg class="chart landscape matrix" width="{width}" height="{height}" '
              f'viewBox="0 0 {width} {height}" role="img" data-task="{esc(task)}" '
              f'data-method="{esc(method)}" data-axes="{esc(",".join(axes))}" '
@@ -213,12 +256,12 @@ def _matrix(task: str, method: str, axes: list[str], points: list[_Point], fmt_a
     for i, text in enumerate(row_labels):
         parts.append(f'<text x="{label_w - 6:.1f}" y="{top + ch * i + ch / 2 + 4:.1f}" '
                      f'class="label mono">{esc(text)}</text>')
-    selected = None
+    selected = paper_selected = None
     for p in points:
         i = row_index[row_of(p)]
         j = col_index[_key(p.settings.get(col_axis))] if col_axis else 0
         x, y = label_w + cw * j, top + ch * i
-        title = f"<title>{esc(_title(p, axes, fmt_acc))}</title>"
+        title = f"<title>{esc(_title(p, axes, fmt_acc, reference))}</title>"
         if p.value is None:
             fill, text, cls = "#eaeef2", "div.", "gridpoint diverged"
             dark = False
@@ -228,25 +271,59 @@ def _matrix(task: str, method: str, axes: list[str], points: list[_Point], fmt_a
             dark = t > 0.55
         parts.append(f'<rect x="{x:.1f}" y="{y}" width="{cw}" height="{ch}" fill="{fill}" '
                      f'class="{cls}" {_mark_attrs(task, method, p)}>{title}</rect>')
-        parts.append(f'<text x="{x + cw / 2:.1f}" y="{y + ch / 2 + 4:.1f}" '
+        text_y = y + ch / 2 + 4 if reference is None else y + 14
+        parts.append(f'<text x="{x + cw / 2:.1f}" y="{text_y:.1f}" '
                      f'class="cellvalue{" dark" if dark else ""}'
                      f'{" div" if p.value is None else ""}">{esc(text)}</text>')
+        if reference is not None:
+            paper, chosen = reference.get(p.point, (None, False))
+            parts.append(_paper_delta(x + cw / 2, y + 29, p.value, paper, dark, task, method))
+            if chosen:
+                paper_selected = (x, y)
         if p.selected:
             selected = (x, y)
-    if finite:
-        key = (f"colour: {fmt_acc(lo)} (light) to {fmt_acc(hi)} (dark)" if hi > lo
-               else f"every point: {fmt_acc(hi)}")
-        parts.append(f'<text x="4" y="{height - 6}" class="hint">{esc(key)}</text>')
+    parts += _matrix_keys(finite, lo, hi, height, fmt_acc, reference is not None)
     if selected:   # drawn last so no neighbour covers the outline
         parts.append(f'<rect x="{selected[0] + 1:.1f}" y="{selected[1] + 1}" width="{cw - 2}" '
                      f'height="{ch - 2}" class="selbox"/>')
+    if paper_selected:
+        parts.append(f'<rect x="{paper_selected[0] + 4:.1f}" y="{paper_selected[1] + 4}" '
+                     f'width="{cw - 8}" height="{ch - 8}" class="paperbox"/>')
     parts.append("</svg>")
     return Markup("".join(parts))
 
 
+def _matrix_keys(finite: list[float], lo: float, hi: float, height: int, fmt_acc,
+                 with_reference: bool) -> list[str]:
+    """The colour key below a matrix and, with a paper reference, the key of its marks."""
+    parts = []
+    if finite:
+        key = (f"colour: {fmt_acc(lo)} (light) to {fmt_acc(hi)} (dark)" if hi > lo
+               else f"every point: {fmt_acc(hi)}")
+        below = height - 18 if with_reference else height - 6
+        parts.append(f'<text x="4" y="{below}" class="hint">{esc(key)}</text>')
+    if with_reference:
+        parts.append(f'<text x="4" y="{height - 6}" class="hint">2nd line: run − paper; '
+                     f'dashed: paper\'s pick</text>')
+    return parts
+
+
+def _paper_delta(x: float, y: float, mine: float | None, paper: float | None, dark: bool,
+                 task: str, method: str) -> str:
+    """A matrix cell's second line: this run − paper at the point ("no paper" without one)."""
+    if paper is None:
+        return f'<text x="{x:.1f}" y="{y:.1f}" class="cellvalue delta{" dark" if dark else ""}">' \
+               f'no paper</text>'
+    text = "–" if mine is None else f"{mine - paper:+.1f}".replace("-", "−")
+    return (f'<text x="{x:.1f}" y="{y:.1f}" class="cellvalue delta{" dark" if dark else ""}" '
+            f'data-task="{esc(task)}" data-method="{esc(method)}" '
+            f'data-paper="{esc(repr(float(paper)))}">{esc(text)}</text>')
+
+
 def landscape(task: str, method: str, grid_rows: Sequence[Mapping[str, Any]],
-              fmt_acc) -> Landscape | None:
-    """The landscape of one task x method from its ``grid.parquet`` rows (None without rows)."""
+              fmt_acc, reference: Reference | None = None) -> Landscape | None:
+    """The landscape of one task x method from its ``grid.parquet`` rows (None without rows);
+    ``reference``: the paper's ``{point: (val200, selected)}`` to draw on the same axes."""
     if not grid_rows:
         return None
     points = []
@@ -257,9 +334,9 @@ def landscape(task: str, method: str, grid_rows: Sequence[Mapping[str, Any]],
                              float(value) if ok else None, bool(r["selected"])))
     axes = swept_axes([p.settings for p in points])
     if len(axes) == 1:
-        chart = _line(task, method, axes[0], points, fmt_acc)
+        chart = _line(task, method, axes[0], points, fmt_acc, reference)
     else:
-        chart = _matrix(task, method, axes, points, fmt_acc)
+        chart = _matrix(task, method, axes, points, fmt_acc, reference)
     return Landscape(task, method, axes, chart)
 
 

@@ -19,8 +19,9 @@ PUBLISHED_TITLE = "Published (ViT-B/16 IN-21K)"
 REFERENCE_DIR = Path(__file__).parent / "reference"  # published tables shipped with vpeft
 
 
-def published_csv(name: str | None) -> Path | None:
-    """``study.published``: a CSV path, or the name of one shipped in vpeft/report/reference."""
+def published_csv(name: str | None, key: str = "study.published") -> Path | None:
+    """``study.published`` (or the config ``key`` given, e.g. ``study.published_grid``): a CSV
+    path, or the name of one shipped in vpeft/report/reference."""
     from vpeft.errors import UserError
 
     if not name:
@@ -29,7 +30,7 @@ def published_csv(name: str | None) -> Path | None:
     if not path.is_file():
         path = REFERENCE_DIR / name
     if not path.is_file():
-        raise UserError(f"study.published: {name!r} is neither a file nor a CSV shipped with vpeft")
+        raise UserError(f"{key}: {name!r} is neither a file nor a CSV shipped with vpeft")
     return path
 
 

@@ -4,7 +4,12 @@ test top-1 — shipped as ``vpeft/report/reference/vtab1k_published_grid.csv``.
 
 The CSV spells hyper-parameters as the study's names shortened (``rank``, ``prompts``,
 ``bottleneck``, ``scale``, ``convpass_xavier_init``); :data:`HPARAM_NAMES` maps them to vpeft's
-method parameters, so a published point and a vpeft grid point compare key by key."""
+method parameters, so a published point and a vpeft grid point compare key by key.
+
+The many-shot and robustness grids the public code committed (``tune_output/<study>``) ship as
+``manyshot_robustness_published_grid.csv``, in the public code's names (:func:`read_public_grid`
+maps them: ``lora_8`` is lora at rank 8, ``rand_h_adapter_N`` the adapter at bottleneck N,
+``fact_scaler`` FacT's scale, ``drop_path_rate`` the optimiser's drop_path)."""
 from __future__ import annotations
 
 import csv
@@ -14,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-__all__ = ["HPARAM_NAMES", "PUBLISHED_GRID", "PublishedPoint", "grid_key", "read_published_grid"]
+__all__ = ["HPARAM_NAMES", "PUBLIC_GRID", "PUBLIC_TASKS", "PUBLISHED_GRID", "PublicPoint",
+           "PublishedPoint", "grid_key", "read_public_grid", "read_published_grid"]
 
 PUBLISHED_GRID = Path(__file__).parent / "reference" / "vtab1k_published_grid.csv"
 
@@ -107,3 +113,85 @@ def grid_key(lr: float, weight_decay: float, hparams: Mapping[str, Any],
     hyper-parameters), numbers as floats (``10`` and ``10.0`` are one value)."""
     return (float(lr), float(weight_decay),
             tuple((k, _canonical(hparams.get(k))) for k in sorted(keys)))
+
+
+# --------------------------------------------------------------------------------------------
+# the many-shot and robustness grids, as the public code names them
+# --------------------------------------------------------------------------------------------
+
+PUBLIC_GRID = Path(__file__).parent / "reference" / "manyshot_robustness_published_grid.csv"
+
+# the public code's setting -> vpeft's task (resisc/225, a 225-image RESISC45 subset, has none)
+PUBLIC_TASKS = {"cifar100/500": "cifar100_n500", "cifar100/full": "cifar100",
+                "resisc/full": "resisc45", "clevr/clevr": "clevr_dist", "fs/imagenet": "imagenet"}
+# a method folder named with its capacity (``lora_8``) -> vpeft's method and capacity parameter
+PUBLIC_CAPACITY = {"lora": ("lora", "rank"), "rand_h_adapter": ("adapter", "bottleneck"),
+                   "fact_tk": ("fact_tk", "dim")}
+# the public code's parameter -> vpeft's (optimiser settings and method hyper-parameters alike)
+PUBLIC_PARAMS = {"lr": "lr", "wd": "weight_decay", "drop_path_rate": "drop_path",
+                 "adapter_scaler": "scale", "fact_scaler": "scale"}
+_PUBLIC_COLUMNS = ("study", "setting", "method", "param_set", "val_top1", "selected",
+                   "test_top1_if_selected")
+
+
+@dataclass(frozen=True)
+class PublicPoint:
+    """One grid point of the many-shot / robustness grids (settings in vpeft's names)."""
+
+    study: str
+    setting: str
+    task: str | None          # vpeft's task, None where vpeft has none
+    folder: str               # the public code's method folder, e.g. ``lora_8``
+    method: str               # vpeft's method
+    rerun: bool               # a folder ``<method>_<capacity>_<n>``: a partial rerun
+    settings: Mapping[str, Any]
+    val_top1: float | None
+    selected: bool
+    test_top1: float | None
+
+
+def _public_method(folder: str, where: str) -> tuple[str, dict[str, Any], bool]:
+    """(vpeft method, its capacity setting, is a rerun) of a public method folder."""
+    parts = folder.split("_")
+    for base, (method, key) in PUBLIC_CAPACITY.items():
+        rest = folder[len(base) + 1:].split("_") if folder.startswith(base + "_") else []
+        if rest and all(r.isdigit() for r in rest) and len(rest) <= 2:
+            return method, {key: int(rest[0])}, len(rest) == 2
+    if any(p.isdigit() for p in parts):
+        raise ValueError(f"{where}: method {folder!r}: a capacity suffix on a method without one; "
+                         f"expected one of {sorted(PUBLIC_CAPACITY)} followed by _<n>")
+    return folder, {}, False
+
+
+def read_public_grid(path: Path = PUBLIC_GRID) -> list[PublicPoint]:
+    """Every row of the many-shot / robustness published grid; a bad row names ``file:line``."""
+    with Path(path).open(newline="", encoding="utf-8") as fh:
+        lines = [(n, line) for n, line in enumerate(fh, start=1) if not line.startswith("#")]
+    reader = csv.DictReader(line for _, line in lines)
+    missing = sorted(set(_PUBLIC_COLUMNS) - set(reader.fieldnames or ()))
+    if missing:
+        raise ValueError(f"{path}: header lacks the column(s) {missing}; "
+                         f"expected {list(_PUBLIC_COLUMNS)}")
+    out = []
+    for i, rec in enumerate(reader):
+        where = f"{path}:{lines[i + 1][0]}"
+        method, settings, rerun = _public_method(rec["method"].strip(), where)
+        try:
+            raw = json.loads(rec["param_set"] or "{}")
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{where}: param_set is not a JSON object: {err}") from None
+        unknown = sorted(set(raw) - set(PUBLIC_PARAMS)) if isinstance(raw, dict) else None
+        if unknown is None or unknown:
+            raise ValueError(f"{where}: param_set {rec['param_set']!r}: expected a JSON object "
+                             f"of {sorted(PUBLIC_PARAMS)}")
+        settings.update({PUBLIC_PARAMS[k]: v for k, v in raw.items()})
+        selected = rec["selected"].strip()
+        if selected not in ("0", "1"):
+            raise ValueError(f"{where}: selected {selected!r}; expected 0 or 1")
+        out.append(PublicPoint(
+            study=rec["study"].strip(), setting=rec["setting"].strip(),
+            task=PUBLIC_TASKS.get(rec["setting"].strip()), folder=rec["method"].strip(),
+            method=method, rerun=rerun, settings=settings,
+            val_top1=_number(rec["val_top1"], where, "val_top1"), selected=selected == "1",
+            test_top1=_number(rec["test_top1_if_selected"], where, "test_top1_if_selected")))
+    return out

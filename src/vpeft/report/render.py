@@ -27,6 +27,7 @@ from vpeft.report.landing import landing_context
 from vpeft.report.landscape import task_landscapes
 from vpeft.report.pages import TASK_DIR, task_anchor, task_page
 from vpeft.report.provenance import report_date
+from vpeft.report.reproduction import Reproduction, reproduction_charts, reproduction_of
 from vpeft.report.taskpage import task_contexts
 from vpeft.report.view import GROUP_TITLES, td
 
@@ -63,11 +64,17 @@ def _common_context(study: Mapping, provenance: Mapping) -> dict:
 
 
 def render_html(results: StudyResults, study: Mapping, *, published_csv: Path | None = None,
-                provenance: Mapping | None = None) -> str:
+                provenance: Mapping | None = None, published_grid: Path | None = None) -> str:
     """The landing page (index.html) as a string (see :func:`render_report`)."""
     provenance = dict(provenance or {})
+    return _landing_page(results, study, published_csv, provenance,
+                         reproduction_of(results, study, published_grid))
+
+
+def _landing_page(results: StudyResults, study: Mapping, published_csv: Path | None,
+                  provenance: dict, reproduction: Reproduction | None) -> str:
     context = landing_context(results, study, published_csv, provenance,
-                              _common_context(study, provenance))
+                              _common_context(study, provenance), reproduction)
     return environment().get_template("report.html.j2").render(**context)
 
 
@@ -81,12 +88,17 @@ def _render_task_page(context: dict) -> str:
     """One task page from its context (runs in a worker process: module level, picklable).
     The landscape charts, a third of the page's work, are drawn here from their inputs."""
     charts = task_landscapes(context["task"], context["landscapes"])
-    return _task_template().render(**(context | {"landscapes": charts}))
+    reproduction = context["reproduction"]
+    if reproduction:   # the same landscapes with the paper's points
+        reproduction = reproduction | {
+            "charts": reproduction_charts(context["task"], reproduction["charts"])}
+    return _task_template().render(**(context | {"landscapes": charts,
+                                                 "reproduction": reproduction}))
 
 
 def render_pages(results: StudyResults, study: Mapping, *, published_csv: Path | None = None,
-                 provenance: Mapping | None = None, workers: int | None = None
-                 ) -> dict[str, str]:
+                 provenance: Mapping | None = None, workers: int | None = None,
+                 published_grid: Path | None = None) -> dict[str, str]:
     """Every page of the report, ``{path relative to the report dir: html}``: ``index.html``
     and one ``tasks/<task>.html`` per study task (:func:`vpeft.report.pages.task_page`).
 
@@ -96,18 +108,20 @@ def render_pages(results: StudyResults, study: Mapping, *, published_csv: Path |
     from vpeft.report.parallel import ordered_map
 
     provenance = dict(provenance or {})
-    contexts = list(task_contexts(results, study, _common_context(study, provenance)))
+    reproduction = reproduction_of(results, study, published_grid)  # once, for every page
+    contexts = list(task_contexts(results, study, _common_context(study, provenance),
+                                  reproduction))
     html_pages = ordered_map(_render_task_page, [ctx for _, ctx in contexts], workers,
                              cells=results.results.num_rows)
     pages = {path: page for (path, _), page in zip(contexts, html_pages)}
-    pages[REPORT_INDEX] = render_html(results, study, published_csv=published_csv,
-                                      provenance=provenance)
+    pages[REPORT_INDEX] = _landing_page(results, study, published_csv, provenance,
+                                        reproduction)
     return pages
 
 
 def render_report(results: StudyResults, study: Mapping, out_html: Path, *,
                   published_csv: Path | None = None, provenance: Mapping | None = None,
-                  workers: int | None = None) -> None:
+                  workers: int | None = None, published_grid: Path | None = None) -> None:
     """Render the study report: ``out_html`` (the landing page) and, beside it, ``tasks/`` with
     one self-contained page per task.
 
@@ -116,11 +130,13 @@ def render_report(results: StudyResults, study: Mapping, out_html: Path, *,
     listed in the provenance section. Every page is rendered before anything is written; the
     task pages replace ``tasks/`` as one directory, then the landing page is replaced, so a
     failure leaves no partial file (at worst new task pages beside the previous landing page).
-    ``workers``: see :func:`render_pages`.
+    ``workers``: see :func:`render_pages`. ``published_grid`` (a published grid CSV,
+    vpeft.report.published_grid) compares the runs with the paper's grid point by grid point
+    (vpeft.report.reproduction); without it that section says the study declares none.
     """
     out_html = Path(out_html)
     pages = render_pages(results, study, published_csv=published_csv, provenance=provenance,
-                         workers=workers)
+                         workers=workers, published_grid=published_grid)
     with atomic_dir(out_html.parent / TASK_DIR) as tmp:
         for path, page in pages.items():
             if path != REPORT_INDEX:

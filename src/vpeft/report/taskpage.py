@@ -17,6 +17,7 @@ from vpeft.report.numbers import fmt_acc
 from vpeft.report.pages import task_anchor, task_page
 from vpeft.report.provenance import config_differences, representative_config, \
     runs_in_study_order
+from vpeft.report.reproduction import PAIR_HEADERS, Reproduction, reproduction_tasks
 from vpeft.report.seednoise import seed_noise_view
 from vpeft.report.view import GROUP_TITLES, Cell, Row, VtabTable, exact_text, fmt_hparam, \
     fmt_seconds
@@ -80,11 +81,13 @@ def _task_results_rows(main: VtabTable, task: str) -> list[Row]:
             for r in main.rows + main.footer]
 
 
-def task_contexts(results: StudyResults, study: Mapping, common: Mapping
-                  ) -> Iterator[tuple[str, dict]]:
+def task_contexts(results: StudyResults, study: Mapping, common: Mapping,
+                  reproduction: Reproduction | None = None) -> Iterator[tuple[str, dict]]:
     """(path relative to the report dir, template context) of every task page: ``common``
-    (what every page shares) and the page's own."""
+    (what every page shares) and the page's own; ``reproduction``: the runs against the
+    study's published grid, if it declares one (vpeft.report.reproduction)."""
     main = main_table(results, study)
+    per_task = reproduction_tasks(reproduction, results, study)
     analysis = {a.task: a for a in analysis_sections(results, study)}
     landscapes = landscape_inputs(results, study)
     hparams, grid = _hparam_rows(results, study), _grid_rows(results)
@@ -106,4 +109,6 @@ def task_contexts(results: StudyResults, study: Mapping, common: Mapping
             landscapes=landscapes.get(task, []),   # inputs; drawn when the page is rendered (render.py)
             config=config,
             config_diffs=[r for r in diffs if r.task == task],
+            reproduction=per_task.get(task),
+            reproduction_headers=PAIR_HEADERS,
         )
