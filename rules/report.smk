@@ -1,5 +1,11 @@
 # Collect every final evaluation into Parquet tables and render the study's HTML report.
 from vpeft.report.pages import task_page
+from vpeft.report.published import published_csv
+
+# The published test top-1 and grid the report compares with: a user's own CSV is an input, so
+# editing it re-renders the report (a name shipped with vpeft resolves inside the package).
+REFERENCE_INPUTS = [str(path) for key in ("published", "published_grid")
+                    if (path := published_csv(CFG.study.get(key), f"study.{key}"))]
 
 
 rule report:
@@ -11,6 +17,7 @@ rule report:
         [f for task in PLAN.tasks for f in
          run_files(layout.analysis_dir(CFG, task), [*layout.analysis_files(), layout.REPORT_PART])],
         REPORT_EXTRA_INPUTS,  # e.g. the robustness study's WiSE-FT tables
+        REFERENCE_INPUTS,
     output:
         report(REPORT, caption="report-caption.rst", category="Study report"),
         # its tables (the analysis tables over all tasks among them) and JSON for DVC

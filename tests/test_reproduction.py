@@ -262,3 +262,18 @@ def test_a_bad_public_grid_row_names_file_line_and_what_was_expected(tmp_path):
     (point,) = read_public_grid(bad)
     assert (point.method, point.settings, point.rerun, point.task) == \
         ("lora", {"rank": 8, "lr": 0.001}, True, "cifar100_n500")
+
+
+def test_a_users_published_grid_is_an_input_of_the_report(tmp_path):
+    """Editing one's own published grid CSV must re-render the report: Snakemake's report job
+    lists the file among its inputs (a name shipped with vpeft resolves inside the package)."""
+    from conftest import run_snakemake, workflow_copy
+
+    grid = tmp_path / "my_grid.csv"
+    grid.write_text(PUBLISHED_GRID.read_text(encoding="utf-8"), encoding="utf-8")
+    done = run_snakemake(workflow_copy(tmp_path), "-n", "report", "--config", "study=smoke",
+                         f'overrides=["+study.published_grid={grid}"]')
+    assert done.returncode == 0, done.stderr[-2000:]
+    report_job = done.stdout.split("rule report:", 1)[1].split("\n\n", 1)[0]
+    inputs = next(line for line in report_job.splitlines() if line.strip().startswith("input:"))
+    assert str(grid) in inputs
