@@ -104,7 +104,7 @@ def _weight_file_problem(path: Path) -> str | None:
     return None
 
 
-def _check_weight_files(plan: StudyPlan) -> list[TaskCheck]:
+def check_weight_files(plan: StudyPlan) -> list[TaskCheck]:
     """Every weights file the study names besides model.weights (its kind's ``weight_files``):
     present and readable, or written by a rule of the pipeline."""
     checks = []
@@ -225,7 +225,7 @@ def check_study(plan: StudyPlan, *, decode: bool = True) -> StudyCheck:
     tasks = _check_tasks(plan, decode)
     weights = _check_weights(plan)
     return StudyCheck(plan.name, tasks, weights, count_jobs(plan), estimate_disk(plan, tasks),
-                      _check_weight_files(plan))
+                      check_weight_files(plan))
 
 
 # ---------------------------------------------------------------------------------------------
