@@ -176,10 +176,14 @@ def digest_files(paths: Sequence[Path], *, workers: int | None = None,
                 bar.update()
             return results
         import multiprocessing
+        import threading
         from concurrent.futures import ProcessPoolExecutor
 
-        # spawn: the parent may hold torch's threads, which a forked child must not inherit
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        # fork starts a worker in milliseconds; with other Python threads running (a lock held
+        # at the fork would stay held in the child) start clean interpreters instead
+        method = ("fork" if threading.active_count() == 1
+                  and "fork" in multiprocessing.get_all_start_methods() else "spawn")
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
             chunk = max(1, min(64, len(names) // (workers * 8)))
             for result in pool.map(_digest_one, names, chunksize=chunk):
                 results.append(result)
