@@ -2,7 +2,8 @@
 conversion to RGB and bicubic resize every prepared image goes through.
 
 :func:`decode_image` also digests the decoded source pixels, so equal images are recognised
-whatever their file names or encodings; :func:`undecodable` checks files without keeping pixels.
+whatever their file names or encodings; :func:`digest_files` decodes many files on every core
+without keeping pixels (`vpeft check`), and :func:`decode_problem` words a failure.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 __all__ = ["DECODE_ERRORS", "Decoded", "strict_decoding", "content_digest", "decode_image",
-           "decode_problem", "read_image", "undecodable", "load_image", "decode_workers",
+           "decode_problem", "read_image", "load_image", "decode_workers",
            "digest_files"]
 
 
@@ -117,19 +118,6 @@ def decode_image(data: bytes, size: int | None) -> Decoded:
     arr = np.asarray(rgb, dtype=np.uint8)
     assert arr.shape == (size, size, 3), arr.shape
     return Decoded(arr.tobytes(), mode, content)
-
-
-def undecodable(images: Iterable[tuple[str, Path]]) -> list[str]:
-    """``"<where>: cannot decode <file>: ..."`` for every (where, file) that does not decode fully
-    (missing, truncated, not an image); what ``vpeft check`` reports without writing anything."""
-    errors: list[str] = []
-    with strict_decoding():
-        for where, file in images:
-            try:
-                decode_image(read_image(Path(file)), None)
-            except (*DECODE_ERRORS, OSError) as exc:
-                errors.append(f"{where}: cannot decode {file}: {decode_problem(exc)}")
-    return errors
 
 
 # ---------------------------------------------------------------------------------------------
