@@ -275,3 +275,28 @@ def test_imagenet_val_copied_from_train_refused_alike(tmp_path, monkeypatch):
     # (the 24 train images left out of the few-shot split are not training images)
     assert any("64 of 72 test images (89 %) have the same pixels" in p for p in task), task
     assert shift == checks["sketch"].problems == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding on every core gives what one process gives, in order
+# ---------------------------------------------------------------------------------------------
+
+def test_decoding_on_a_pool_matches_one_process_in_order(tmp_path):
+    from vpeft.data.decode import SERIAL_BELOW, digest_files
+
+    paths = []
+    for i in range(SERIAL_BELOW + 40):  # enough for the pool to start
+        path = tmp_path / f"{i:04d}.png"
+        _png(path, i % 50)              # repeats: equal pixels give equal digests
+        paths.append(path)
+    paths[7].write_bytes(b"")
+    paths[100].write_bytes(b"GIF89a broken")
+    (tmp_path / "folder.png").mkdir()
+    paths.append(tmp_path / "folder.png")
+    serial = digest_files(paths, workers=1)
+    pooled = digest_files(paths, workers=2)
+    assert pooled == serial
+    assert serial[7] == ("error", "empty file (0 bytes)", "")
+    assert serial[100][0] == "error" and " at 0x" not in serial[100][1]
+    assert serial[-1] == ("error", "is a directory, not an image file", "")
+    assert serial[1] == serial[51] and serial[1][:2] == ("ok", "RGB")
