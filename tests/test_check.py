@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import timm
+import torch
 from safetensors.torch import save_file
 
 from conftest import REPO, run_snakemake, workflow_copy
@@ -117,3 +118,32 @@ def test_disk_estimate_counts_each_head_as_a_build_per_task_would(method) -> Non
         built = _trainable_split(plan.cfg, method, point.hparams, classes, whole=True)[0]
         assert _trainable_with_head(plan.cfg, method, point.hparams, classes, cache) == built
     assert len(cache) == 1
+
+
+def test_every_weight_file_the_robustness_study_names_is_checked(tmp_path, monkeypatch) -> None:
+    # study.robustness.clip.weights (the open_clip checkpoint the zero-shot head is made from)
+    # and model.init_head (the zero-shot head, written by rule zeroshot-head) beside model.weights.
+    from vpeft.check import check_weight_files
+    from vpeft.config import load_study
+
+    monkeypatch.setenv("VPEFT_PARAMS", str(REPO / "params"))
+
+    def checks(clip: Path) -> dict:
+        plan = load_study("robustness", [f"paths.models={tmp_path / 'models'}",
+                                         "model.weights=/w/clip_vit_b16.safetensors",
+                                         f"study.robustness.clip.weights={clip}"])
+        return {c.task: c for c in check_weight_files(plan)}
+
+    missing = checks(tmp_path / "open_clip_pytorch_model.bin")
+    assert missing["study.robustness.clip.weights"].problems == [
+        f"study.robustness.clip.weights: {tmp_path / 'open_clip_pytorch_model.bin'}: file not found"]
+    assert missing["model.init_head"].problems == []
+    assert "written by the pipeline (rule zeroshot-head)" in missing["model.init_head"].notes[0]
+    empty = tmp_path / "clip.safetensors"
+    empty.write_bytes(b"")
+    assert checks(empty)["study.robustness.clip.weights"].problems[0].endswith("empty file (0 bytes)")
+    empty.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}      ")
+    assert "not a readable safetensors file" in checks(empty)["study.robustness.clip.weights"].problems[0]
+    save_file({"w": torch.zeros(2)}, str(empty))
+    good = checks(empty)["study.robustness.clip.weights"]
+    assert good.problems == [] and "present" in good.notes[0]

@@ -523,6 +523,28 @@ def test_input_data_provenance_shows_content_record(collected: StudyResults, tmp
     assert "&lt;b&gt;" in page and "neither <b>" not in page
 
 
+def test_test_images_also_in_training_shown_beside_the_accuracy_and_in_provenance(
+        collected: StudyResults, tmp_path: Path) -> None:
+    study = json.loads(json.dumps(STUDY))
+    task = study["tasks"][1]["name"]
+    study["tasks"][1]["content"] = {
+        "train800val200_layout": "own copies", "train800val200_union": "exact",
+        "missing_from_train800val200": 0, "extra_in_train800val200": 0, "relabelled": 0,
+        "examples": [], "duplicates": {
+            "policy": "recorded: test images also in training; val200 vs train800 refused",
+            "val200_in_train800": 0, "test_in_training": 3,
+            "examples": [f"/v/{task}/test.txt:9: test image images/test/000008.jpg has the same "
+                         f"pixels as /v/{task}/train800.txt:2 (images/train800/000001.jpg)"]}}
+    page = render(tmp_path, collected, study)
+    main = [c for c in parse_cells(page, "main-table") if c["attrs"].get("data-column") == "test_in_training"]
+    counted = {c["attrs"].get("data-task"): c["text"] for c in main if c["attrs"].get("data-task")}
+    assert counted[task] == "3" and set(counted.values()) == {"3", ""}
+    assert any("3 test images also appear in training" in c["attrs"].get("title", "") for c in main)
+    notes = [c["text"] for c in parse_cells(page, "input-data-table")
+             if c["attrs"].get("data-task") == task]
+    assert "3 test images also appear in training" in notes[2] and "test.txt:9:" in notes[2]
+
+
 # ------------------------------------------------------------------------------------------
 # each study's report fits its study
 # ------------------------------------------------------------------------------------------

@@ -143,6 +143,22 @@ def test_malformed_line(task_dir: Path, out_dir: Path) -> None:
     _expect_error(task_dir, out_dir, "test.txt:3: malformed", "test.txt:5: malformed")
 
 
+@pytest.mark.parametrize("encoding,needle", [
+    # Notepad's "UTF-8 with BOM"; PowerShell 5's `Out-File` / `>` (UTF-16 LE with its mark);
+    # a tool writing UTF-16 without a mark.
+    ("utf-8-sig", "starts with a UTF-8 byte order mark (bytes EF BB BF)"),
+    ("utf-16", "starts with a UTF-16 (little-endian) byte order mark (bytes FF FE)"),
+    ("utf-16-be", "holds NUL bytes: probably UTF-16"),
+])
+def test_list_file_in_another_encoding_names_it(task_dir: Path, out_dir: Path, encoding: str,
+                                                needle: str) -> None:
+    text = "\r\n".join(_lines(task_dir, "val200")) + "\r\n"
+    (task_dir / "val200.txt").write_bytes(text.encode(encoding))
+    err = _expect_error(task_dir, out_dir, f"val200.txt:1: the file {needle}" if "mark" in needle
+                        else f"val200.txt:1: {needle}")
+    assert "malformed" not in str(err) and "\\x" not in str(err)
+
+
 def test_blank_trailing_lines_ok_but_inner_blank_is_error(task_dir: Path, out_dir: Path) -> None:
     lines = _lines(task_dir, "test")
     _set_lines(task_dir, "test", lines + ["", "  ", ""])
@@ -232,8 +248,23 @@ def test_truncated_tail_of_larger_jpeg(task_dir: Path, out_dir: Path) -> None:
 
 def test_garbage_image(task_dir: Path, out_dir: Path) -> None:
     (task_dir / "images/test/000001.jpg").write_bytes(b"this is not a jpeg" * 10)
+    (task_dir / "images/test/000003.jpg").write_bytes(b"<!DOCTYPE html>")  # a failed download
+    err = _expect_error(task_dir, out_dir, "test.txt:2:", "images/test/000001.jpg", "test.txt:4:",
+                        "not an image file PIL can read")
+    assert " at 0x" not in str(err) and "BytesIO" not in str(err)  # never an object's repr
+
+
+def test_empty_image_file_and_a_directory_in_its_place(task_dir: Path, out_dir: Path) -> None:
+    # An interrupted copy leaves 0-byte files; an unpacked archive can leave a folder by that name.
     (task_dir / "images/train800/000005.jpg").write_bytes(b"")
-    _expect_error(task_dir, out_dir, "test.txt:2:", "images/test/000001.jpg", "train800.txt:6:")
+    image = task_dir / "images/test/000002.jpg"
+    image.unlink()
+    image.mkdir()
+    err = _expect_error(task_dir, out_dir, "train800.txt:6:", "images/train800/000005.jpg")
+    message = str(err)
+    assert "train800.txt:6: image images/train800/000005.jpg: empty file (0 bytes)" in message
+    assert "test.txt:3: image images/test/000002.jpg: is a directory, not an image file" in message
+    assert "image not found" not in message
 
 
 @pytest.mark.parametrize("bad", ["/etc/passwd", "../outside.jpg", "images/../../outside.jpg"])

@@ -89,15 +89,49 @@ def test_val_image_copied_into_train_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
-def test_test_image_in_training_refused_unless_duplicates_allowed(tmp_path: Path) -> None:
-    records = task_arrays(CLASSES, SIZES, grey=True)
+def test_test_image_in_training_is_recorded_as_a_property_of_the_data(tmp_path: Path) -> None:
+    # A dataset's own duplicates across its official train and test splits (audits found them in
+    # CIFAR-100 and ImageNet): recorded in the manifest, not refused, without any switch.
+    sizes = {**SIZES, "test": 20}
+    records = task_arrays(CLASSES, sizes, grey=True)
     records["test"][1] = records["train800"][7]
     task_dir = write_vtab_tree(tmp_path / "toy", records)
-    with pytest.raises(DataError, match=r"test\.txt:2: test image .* same pixels as .*train800\.txt:8"):
+    manifest = prepare_task(task_dir, tmp_path / "out", task="toy", image_size=8,
+                            num_classes=CLASSES, group="structured", split_sizes=sizes)
+    duplicates = manifest["content"]["duplicates"]
+    training = [a.tobytes() for s in ("train800", "val200") for a, _ in records[s]]
+    expected = sum(a.tobytes() in training for a, _ in records["test"])  # the toy's own, and ours
+    assert (duplicates["test_in_training"], duplicates["val200_in_train800"]) == (expected, 0)
+    assert 1 <= expected <= 0.1 * sizes["test"]
+    assert "test.txt:2: test image" in duplicates["examples"][0]
+    assert "train800.txt:8" in duplicates["examples"][0]
+
+
+def test_most_of_a_split_duplicated_is_refused_unless_duplicates_allowed(tmp_path: Path) -> None:
+    records = task_arrays(CLASSES, SIZES, grey=True)
+    for i in range(3):  # 3 of 8 test images: far beyond any dataset's own duplicates
+        records["test"][i] = records["train800"][i + 4]
+    task_dir = write_vtab_tree(tmp_path / "toy", records)
+    with pytest.raises(DataError, match=r"3 of 8 test images \(38 %\) have the same pixels"):
         _prepare(task_dir, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     content = _prepare(task_dir, tmp_path / "out", allow_duplicates=True)["content"]
-    assert len(content["allowed_overlaps"]) == 1 and "test.txt:2:" in content["allowed_overlaps"][0]
+    assert content["duplicates"]["test_in_training"] == 3
+    assert "allow_duplicates" in content["duplicates"]["policy"]
+
+
+def test_same_file_listed_as_test_and_training_is_refused(tmp_path: Path) -> None:
+    sizes = {**SIZES, "test": 20}
+    task_dir = write_vtab_tree(tmp_path / "toy", task_arrays(CLASSES, sizes, grey=False))
+    lines = (task_dir / "test.txt").read_text().splitlines()
+    label = (task_dir / "train800.txt").read_text().splitlines()[0].split()[1]
+    lines[3] = f"images/train800/000000.jpg {label}"  # the user's list points at a training file
+    (task_dir / "test.txt").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"test\.txt:4: test image images/train800/000000\.jpg has "
+                                        r"the same pixels .*\(the same file is listed in both splits\)"):
+        prepare_task(task_dir, tmp_path / "out", task="toy", image_size=8, num_classes=CLASSES,
+                     group="structured", split_sizes=sizes)
+    assert not (tmp_path / "out").exists()
 
 
 def test_cmyk_jpeg_is_read(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +38,11 @@ class StudyCheck:
     weights: TaskCheck
     jobs: dict[str, int]
     disk_bytes: dict[str, int]
+    other_weights: list[TaskCheck] = field(default_factory=list)  # CLIP weights, zero-shot head
 
     @property
     def problems(self) -> list[str]:
-        return [p for t in (*self.tasks, self.weights) for p in t.problems]
+        return [p for t in (*self.tasks, self.weights, *self.other_weights) for p in t.problems]
 
     @property
     def ok(self) -> bool:
@@ -82,6 +83,42 @@ def _check_weights(plan: StudyPlan) -> TaskCheck:
                            if info.get("file_classes") else ""))
     result.notes += list(info.get("notes") or [])
     return result
+
+
+def _weight_file_problem(path: Path) -> str | None:
+    """What makes ``path`` unusable as a weights file, read no further than its header."""
+    if not path.exists():
+        return "file not found"
+    if path.is_dir():
+        return "is a directory, not a weights file"
+    if path.stat().st_size == 0:
+        return "empty file (0 bytes)"
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="numpy") as fh:
+                fh.keys()
+        except Exception as exc:  # safetensors raises its own SafetensorError
+            return f"not a readable safetensors file ({str(exc).splitlines()[0]})"
+    return None
+
+
+def check_weight_files(plan: StudyPlan) -> list[TaskCheck]:
+    """Every weights file the study names besides model.weights (its kind's ``weight_files``):
+    present and readable, or written by a rule of the pipeline."""
+    checks = []
+    for key, path, rule in study_kind(plan.cfg).weight_files():
+        result = TaskCheck(key, None)
+        problem = _weight_file_problem(path)
+        if problem == "file not found" and rule is not None:
+            result.notes.append(f"{path}: written by the pipeline (rule {rule})")
+        elif problem is not None:
+            result.problems.append(f"{key}: {path}: {problem}")
+        else:
+            result.notes.append(f"{path}: present ({_human(path.stat().st_size)})")
+        checks.append(result)
+    return checks
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,7 +224,8 @@ def check_study(plan: StudyPlan, *, decode: bool = True) -> StudyCheck:
     check_method_hparams(plan)
     tasks = _check_tasks(plan, decode)
     weights = _check_weights(plan)
-    return StudyCheck(plan.name, tasks, weights, count_jobs(plan), estimate_disk(plan, tasks))
+    return StudyCheck(plan.name, tasks, weights, count_jobs(plan), estimate_disk(plan, tasks),
+                      check_weight_files(plan))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,7 +251,7 @@ def format_check(check: StudyCheck) -> str:
     widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(columns)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     out = [f"study {check.study}", line(columns), line(["-" * w for w in widths]), *map(line, rows), ""]
-    for t in (*check.tasks, check.weights):
+    for t in (*check.tasks, check.weights, *check.other_weights):
         for note in t.notes:
             out.append(f"note    {t.task}: {note}")
         for problem in t.problems:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vpeft.data.errors import DataError, raise_collected
-from vpeft.data.listfile import LIST_LINE_RE, check_relpath
+from vpeft.data.listfile import LIST_LINE_RE, check_relpath, image_file_problem, list_lines_of
 
 __all__ = ["IMAGE_EXTENSIONS", "LabelledFile", "is_hidden", "read_class_folders", "read_list_file"]
 
@@ -109,9 +109,9 @@ def read_list_file(path: Path, root: Path | None = None, num_classes: int | None
         raise DataError(f"{path}: list file not found")
     if num_classes is not None and num_classes < 1:
         raise DataError(f"{path}: num_classes must be >= 1, got {num_classes}")
-    raw_lines = path.read_bytes().decode("utf-8", errors="replace").split("\n")
-    while raw_lines and not raw_lines[-1].strip():  # blank lines only at the end
-        raw_lines.pop()
+    raw_lines, problem = list_lines_of(path)
+    if problem is not None:
+        raise DataError(problem)
     if not raw_lines:
         raise DataError(f"{path}: list file is empty; expected '<relpath> <label>' lines")
     errors: list[str] = []
@@ -138,8 +138,11 @@ def read_list_file(path: Path, root: Path | None = None, num_classes: int | None
             errors.append(f"{where}: duplicate image path {rel} (first at line {seen[rel]})")
             continue
         seen[rel] = lineno
-        if root is not None and not (Path(root) / rel).is_file():
+        problem = None if root is None else image_file_problem(Path(root) / rel)
+        if problem == "image not found":
             errors.append(f"{where}: image not found: {rel} (looked for {Path(root) / rel})")
+        elif problem is not None:
+            errors.append(f"{where}: image {rel}: {problem} ({Path(root) / rel})")
         files.append(LabelledFile(rel.replace("\\", "/"), label))
     raise_collected(errors)
     return files

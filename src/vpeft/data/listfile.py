@@ -7,12 +7,15 @@ instead of stopping at the first, so a whole task can be checked in one pass.
 """
 from __future__ import annotations
 
+import codecs
 import posixpath
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-__all__ = ["LIST_LINE_RE", "Entry", "ParsedList", "check_relpath", "parse_list"]
+__all__ = ["LIST_LINE_RE", "Entry", "ParsedList", "check_relpath", "image_file_problem",
+           "list_lines_of", "parse_list"]
 
 LIST_LINE_RE = re.compile(r"^(\S+) (-?\d+)$")
 
@@ -36,6 +39,59 @@ def check_relpath(raw: str) -> str | None:
     return posixpath.normpath(raw)
 
 
+# Longest first: a UTF-32 LE mark begins with the UTF-16 LE one.
+_BYTE_ORDER_MARKS = ((codecs.BOM_UTF32_LE, "UTF-32 (little-endian)"),
+                     (codecs.BOM_UTF32_BE, "UTF-32 (big-endian)"),
+                     (codecs.BOM_UTF8, "UTF-8"),
+                     (codecs.BOM_UTF16_LE, "UTF-16 (little-endian)"),
+                     (codecs.BOM_UTF16_BE, "UTF-16 (big-endian)"))
+
+
+def list_lines_of(list_file: Path) -> tuple[list[str], str | None]:
+    """The lines of a list file (blank lines at the end dropped), or ([], the problem) when it is
+    not plain UTF-8: a byte order mark (Windows editors and PowerShell's ``Out-File`` write one)
+    or UTF-16 text would otherwise show up as invisible characters in a "malformed line"."""
+    data = list_file.read_bytes()
+    for mark, encoding in _BYTE_ORDER_MARKS:
+        if data.startswith(mark):
+            return [], (f"{list_file}:1: the file starts with a {encoding} byte order mark "
+                        f"(bytes {mark.hex(' ').upper()}); list files must be UTF-8 without a byte "
+                        "order mark: save it again as plain UTF-8"
+                        + ("" if encoding == "UTF-8" else f" (e.g. iconv -f {encoding.split()[0]} -t UTF-8)"))
+    if b"\x00" in data:
+        line = data[:data.index(b"\x00")].count(b"\n") + 1
+        return [], (f"{list_file}:{line}: holds NUL bytes: probably UTF-16 or UTF-32 text without "
+                    "a byte order mark; list files must be UTF-8")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        return [], (f"{list_file}:{line}: not valid UTF-8 (byte 0x{data[exc.start]:02X}); list "
+                    "files must be UTF-8")
+    lines = text.split("\n")
+    while lines and not lines[-1].strip():  # blank lines are allowed only at the end
+        lines.pop()
+    return lines, None
+
+
+def image_file_problem(file: Path) -> str | None:
+    """What makes ``file`` unusable as an image before decoding it (None when it looks usable):
+    missing, a directory, not a regular file, or empty (an interrupted download or copy)."""
+    try:
+        st = file.stat()
+    except FileNotFoundError:
+        return "image not found"
+    except OSError as exc:
+        return f"cannot read it ({exc.strerror or type(exc).__name__})"
+    if stat.S_ISDIR(st.st_mode):
+        return "is a directory, not an image file"
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file"
+    if st.st_size == 0:
+        return "empty file (0 bytes)"
+    return None
+
+
 @dataclass
 class ParsedList:
     """A parsed list file: its valid entries and what the checks that span files need to know."""
@@ -48,10 +104,10 @@ class ParsedList:
 def parse_list(task_dir: Path, list_file: Path, num_classes: int, errors: list[str]) -> ParsedList:
     """Entries of ``list_file`` (paths relative to ``task_dir``, labels in [0, num_classes)),
     appending a ``file:line:`` message to ``errors`` for every line at fault and every missing image."""
-    raw_lines = list_file.read_bytes().decode("utf-8", errors="replace").split("\n")
-    # Blank lines are allowed only at the end of the file.
-    while raw_lines and not raw_lines[-1].strip():
-        raw_lines.pop()
+    raw_lines, problem = list_lines_of(list_file)
+    if problem is not None:
+        errors.append(problem)
+        return ParsedList([], 0, True)
     entries: list[Entry] = []
     seen: dict[str, int] = {}
     records = 0
@@ -86,7 +142,10 @@ def parse_list(task_dir: Path, list_file: Path, num_classes: int, errors: list[s
             continue
         seen[relpath] = lineno
         file = task_dir / relpath
-        if not file.is_file():
+        problem = image_file_problem(file)
+        if problem == "image not found":
             errors.append(f"{where}: image not found: {relpath} (looked for {file})")
+        elif problem is not None:
+            errors.append(f"{where}: image {relpath}: {problem} ({file})")
         entries.append(Entry(relpath, label, lineno, file))
     return ParsedList(entries, records, broken)

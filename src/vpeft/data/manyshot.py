@@ -257,9 +257,10 @@ def _split_settings(cfg: Any) -> dict[str, Any]:
             "val_max": None if val_max is None else int(val_max)}
 
 
-def ensure_split(cfg: Any, task: ManyShotTask, train_files: Sequence[LabelledFile]
-                 ) -> dict[str, Any]:
-    """The task's saved index file, written on first use; later calls read it and never redraw.
+def ensure_split(cfg: Any, task: ManyShotTask, train_files: Sequence[LabelledFile], *,
+                 save: bool = True) -> dict[str, Any]:
+    """The task's saved index file, written on first use (``save``; `vpeft check` draws it in
+    memory instead, exactly as it would be written); later calls read it and never redraw.
 
     A saved file drawn from another train listing (the data changed) or with other settings is an
     error, not something to silently replace: the user deletes it to draw again.
@@ -289,44 +290,12 @@ def ensure_split(cfg: Any, task: ManyShotTask, train_files: Sequence[LabelledFil
                        seed=settings["seed"], size=task.size, val_fraction=settings["val_fraction"],
                        val_max=settings["val_max"], test_fraction=task.dataset.test_fraction)
     record = {**expected, **split}
+    if not save:
+        return record
     write_json(path, record)
     log.info("%s: wrote subset index %s (%d train, %d val)", task.name, path,
              len(split["train"]), len(split["val"]))
     return record
-
-
-def check_task(cfg: Any, task_name_: str, *, decode: bool = True) -> dict[str, int]:
-    """``vpeft check`` for a many-shot task: its parts read and checked, the images it will use
-    decoded (``decode``), its split sizes counted; nothing is written (an index file not yet
-    saved is drawn in memory, exactly as ``vpeft subsets`` would draw it)."""
-    from vpeft.data.decode import undecodable
-
-    task = resolve_task(cfg, task_name_)
-    ds = task.dataset
-    train_part = ds.train.read(ds.num_classes, ds.classes)
-    train_files = train_part.files
-    test_part = (ds.test.read(ds.num_classes, train_part.classes or ds.classes)
-                 if ds.test is not None else None)
-    if subset_file(cfg, task.name).is_file():
-        split = ensure_split(cfg, task, train_files)  # reads and checks the saved file
-    else:
-        settings = _split_settings(cfg)
-        split = draw_split(np.array([f.label for f in train_files], dtype=np.int64), ds.num_classes,
-                           dataset=ds.name, seed=settings["seed"], size=task.size,
-                           val_fraction=settings["val_fraction"], val_max=settings["val_max"],
-                           test_fraction=ds.test_fraction)
-    test_count = len(test_part.files) if test_part is not None else len(split["test"])
-    if decode:
-        used = [(ds.train, train_files[i]) for i in split["train"]]
-        if test_part is not None:
-            used += [(ds.test, f) for f in test_part.files]  # type: ignore[misc]
-        else:
-            used += [(ds.train, train_files[i]) for i in split["test"]]
-        errors = undecodable((src.describe(), src.image_root / f.path)
-                             for src, f in used if src.holds_image_files)
-        raise_collected(errors)
-    return {"train800": len(split["train"]) - len(split["val"]), "val200": len(split["val"]),
-            "train800val200": len(split["train"]), "test": test_count}
 
 
 def write_png(path: Path, pixels: np.ndarray) -> None:
@@ -349,10 +318,13 @@ def _png_writer(parts: Mapping[str, tuple[Part, Sequence[LabelledFile]]]):
     return write
 
 
-def write_view(cfg: Any, task_name_: str, out_dir: Path) -> dict[str, int]:
+def write_view(cfg: Any, task_name_: str, out_dir: Path, *, save_index: bool = True
+               ) -> dict[str, int]:
     """Read the task's dataset, draw or read its saved index file, and publish the VTAB-layout
     view ``out_dir`` atomically (list files + an ``images`` link to the dataset root; a part
-    given by pixels instead has its listed images written into the view as PNGs)."""
+    given by pixels instead has its listed images written into the view as PNGs).
+    ``save_index=False``: an index file not yet saved is drawn in memory (`vpeft check`, which
+    writes the view into a scratch folder and checks it as `vpeft prepare` will)."""
     task = resolve_task(cfg, task_name_)
     ds = task.dataset
     train_part = ds.train.read(ds.num_classes, ds.classes)
@@ -363,7 +335,7 @@ def write_view(cfg: Any, task_name_: str, out_dir: Path) -> dict[str, int]:
         test_files, test_classes = test_part.files, test_part.classes
         if class_list is not None and test_classes is not None and test_classes != class_list:
             raise DataError(f"{ds.test.describe()}: test classes differ from the train classes")
-    split = ensure_split(cfg, task, train_files)
+    split = ensure_split(cfg, task, train_files, save=save_index)
     if ds.test is None:
         test_files = [train_files[i] for i in split["test"]]
     train = [train_files[i] for i in split["train"]]

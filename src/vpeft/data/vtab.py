@@ -24,7 +24,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from vpeft.data.decode import DECODE_ERRORS, Decoded, decode_image, strict_decoding
+from vpeft.data.decode import (DECODE_ERRORS, Decoded, decode_image, decode_problem, digest_files,
+                               read_image, strict_decoding)
+from vpeft.data.duplicates import Overlap, judge_overlaps
 from vpeft.data.errors import MAX_SHOWN_ERRORS, DataError, raise_collected
 from vpeft.data.listfile import Entry, ParsedList, parse_list
 from vpeft.data.shards import FORMAT, SPLITS, ShardWriter, shard_schema
@@ -175,6 +177,11 @@ DECODE_CACHE_BYTES = 1 << 30
 MAX_SHOWN_EXAMPLES = 5
 
 
+def _decode_error(list_file: Path, e: Entry, problem: str) -> str:
+    """The one wording of an image that does not decode (prepare and check alike)."""
+    return f"{list_file}:{e.line}: cannot decode image {e.path}: {problem}"
+
+
 def _decode_entries(task_dir: Path, entries: Mapping[str, list[Entry]], image_size: int | None,
                     errors: list[str]) -> Iterator[tuple[str, int, Entry, Decoded]]:
     """Decode every entry of every split, in SPLITS order, appending failures to ``errors``.
@@ -190,9 +197,9 @@ def _decode_entries(task_dir: Path, entries: Mapping[str, list[Entry]], image_si
             list_file = Path(task_dir).absolute() / f"{split}.txt"
             for index, e in enumerate(entries[split]):
                 try:
-                    data = e.file.read_bytes()
+                    data = read_image(e.file)
                 except OSError as exc:
-                    errors.append(f"{list_file}:{e.line}: cannot read image {e.path}: {exc}")
+                    errors.append(_decode_error(list_file, e, decode_problem(exc)))
                     continue
                 key = hashlib.blake2b(data, digest_size=16).digest()
                 decoded = by_bytes.get(key)
@@ -200,8 +207,7 @@ def _decode_entries(task_dir: Path, entries: Mapping[str, list[Entry]], image_si
                     try:
                         decoded = decode_image(data, image_size)
                     except DECODE_ERRORS as exc:
-                        errors.append(f"{list_file}:{e.line}: cannot decode image {e.path}: "
-                                      f"{type(exc).__name__}: {exc}")
+                        errors.append(_decode_error(list_file, e, decode_problem(exc)))
                         continue
                     size = len(decoded.pixels or b"")
                     if split in ("train800", "val200") and cached + size <= DECODE_CACHE_BYTES:
@@ -214,24 +220,30 @@ def _where(task_dir: Path, split: str, e: Entry) -> str:
     return f"{Path(task_dir).absolute() / (split + '.txt')}:{e.line}"
 
 
+def _same_file(a: Entry, b: Entry) -> bool:
+    try:
+        return a.file.resolve() == b.file.resolve()
+    except OSError:
+        return False
+
+
 def content_report(task_dir: Path, entries: Mapping[str, list[Entry]],
-                   contents: Mapping[str, Sequence[str]], *, allow_duplicates: bool = False
-                   ) -> tuple[list[str], dict[str, Any]]:
+                   contents: Mapping[str, Sequence[str]], *, allow_duplicates: bool = False,
+                   drawn_splits: bool = False) -> tuple[list[str], dict[str, Any]]:
     """Compare the splits by image content (``contents[split][i]`` is entry i's pixel digest).
 
-    Returns (errors, record). Errors are what would corrupt the protocol: a val200 image that is
-    also in train800 (selection would score training images) and a test image in any training
-    split (the one evaluation would score training images); with ``allow_duplicates`` (a dataset
-    whose source holds genuine duplicates) they are recorded instead. train800val200 must equal
-    train800 ⊎ val200 as a multiset of (content, label); where it does not, the record says what
-    differs (counts and a few ``file:line`` examples) and training goes on: the final run simply
-    trains on what the list names.
+    Returns (errors, record). A val200 image also in train800 and a test image also in a training
+    split are judged by :mod:`vpeft.data.duplicates`: a property of the dataset (recorded in
+    ``record["duplicates"]``) or a mistake in the splits (an error); ``drawn_splits``: vpeft drew
+    the train / val split from a dataset's official parts, ``allow_duplicates``: record them all.
+    train800val200 must equal train800 ⊎ val200 as a multiset of (content, label); where it does
+    not, the record says what differs (counts and a few ``file:line`` examples) and training goes
+    on: the final run simply trains on what the list names.
     """
     def pairs(split: str) -> list[tuple[str, int]]:
         return [(c, e.label) for c, e in zip(contents[split], entries[split])]
 
-    errors: list[str] = []
-    overlaps: list[str] = []
+    overlaps: list[Overlap] = []
     first_seen: dict[str, tuple[str, Entry]] = {}
     for split in ("train800", "val200", "train800val200"):
         for c, e in zip(contents[split], entries[split]):
@@ -239,23 +251,22 @@ def content_report(task_dir: Path, entries: Mapping[str, list[Entry]],
     train = dict(zip(contents["train800"], entries["train800"]))
     for c, e in zip(contents["val200"], entries["val200"]):
         if c in train:
-            overlaps.append(f"{_where(task_dir, 'val200', e)}: image {e.path} has the same pixels as "
-                            f"{_where(task_dir, 'train800', train[c])} ({train[c].path}); "
-                            "train800 and val200 must be disjoint")
+            overlaps.append(Overlap("val200", (
+                f"{_where(task_dir, 'val200', e)}: image {e.path} has the same pixels as "
+                f"{_where(task_dir, 'train800', train[c])} ({train[c].path}); "
+                "train800 and val200 must be disjoint"), _same_file(e, train[c])))
     for c, e in zip(contents["test"], entries["test"]):
         if c in first_seen:
             split, other = first_seen[c]
-            overlaps.append(f"{_where(task_dir, 'test', e)}: test image {e.path} has the same pixels "
-                            f"as {_where(task_dir, split, other)} ({other.path}); test images must "
-                            "not be in a training split")
-    if allow_duplicates:
-        for message in overlaps:
-            log.warning("%s (allowed: study.data.allow_duplicates)", message)
-    elif overlaps:
-        errors.extend(overlaps)
-        errors.append(f"{task_dir}: {len(overlaps)} image(s) shared between splits; if the source "
-                      "genuinely holds pixel-identical images (e.g. blank frames), set "
-                      "study.data.allow_duplicates=true to record them instead")
+            overlaps.append(Overlap("test", (
+                f"{_where(task_dir, 'test', e)}: test image {e.path} has the same pixels "
+                f"as {_where(task_dir, split, other)} ({other.path}); test images must "
+                "not be in a training split"), _same_file(e, other)))
+    errors, duplicates = judge_overlaps(task_dir, overlaps, {s: len(v) for s, v in entries.items()},
+                                        drawn_splits=drawn_splits, allow=allow_duplicates)
+    if not errors:
+        for o in overlaps:
+            log.warning("%s (%s)", o.message, duplicates["policy"])
 
     union = Counter(pairs("train800") + pairs("val200"))
     both = Counter(pairs("train800val200"))
@@ -280,7 +291,7 @@ def content_report(task_dir: Path, entries: Mapping[str, list[Entry]],
         "extra_in_train800val200": sum(extra.values()),
         "relabelled": len(relabelled),
         "examples": examples,
-        "allowed_overlaps": overlaps if allow_duplicates else [],
+        "duplicates": duplicates,
     }
     if missing or extra:
         log.warning("%s: train800val200 differs from train800 + val200 by content: %d missing, "
@@ -300,20 +311,30 @@ def _checked_prepare_args(image_size: int | None, shard_rows: int, group: str) -
 
 def inspect_task(task_dir: Path, *, task: str, num_classes: int,
                  split_sizes: Mapping[str, int | None] | None = None,
-                 allow_duplicates: bool = False) -> dict[str, Any]:
+                 allow_duplicates: bool = False, drawn_splits: bool = False,
+                 workers: int | None = None, progress: bool = False) -> dict[str, Any]:
     """Everything :func:`prepare_task` checks, without writing anything: the lists, every image
-    (decoded, not resized) and the splits' contents. Returns split counts, source modes and the
-    content record; raises one :class:`DataError` listing every problem."""
+    (decoded, not resized, on ``workers`` processes: default every core; ``progress``: a progress
+    bar with an ETA on a terminal) and the splits' contents. Returns split counts, source modes
+    and the content record; raises one :class:`DataError` listing every problem, worded as
+    :func:`prepare_task` words it."""
     entries = validate_task(task_dir, task, num_classes, split_sizes)
+    task_dir = Path(task_dir)
+    flat = [(split, e) for split in SPLITS for e in entries[split]]
+    results = digest_files([e.file for _, e in flat], workers=workers,
+                           progress=f"{task}: decoding" if progress else None)
     errors: list[str] = []
     contents: dict[str, list[str]] = {s: [] for s in SPLITS}
     modes: Counter[str] = Counter()
-    for split, _, _, decoded in _decode_entries(Path(task_dir), entries, None, errors):
-        contents[split].append(decoded.content)
-        modes[decoded.mode] += 1
+    for (split, e), (status, mode, content) in zip(flat, results):
+        if status != "ok":
+            errors.append(_decode_error(task_dir.absolute() / f"{split}.txt", e, mode))
+            continue
+        contents[split].append(content)
+        modes[mode] += 1
     raise_collected(errors)
-    errors, record = content_report(Path(task_dir), entries, contents,
-                                    allow_duplicates=allow_duplicates)
+    errors, record = content_report(task_dir, entries, contents, allow_duplicates=allow_duplicates,
+                                    drawn_splits=drawn_splits)
     raise_collected(errors)
     return {"task": task, "num_classes": num_classes,
             "counts": {s: len(entries[s]) for s in SPLITS}, "modes": dict(sorted(modes.items())),
@@ -322,7 +343,8 @@ def inspect_task(task_dir: Path, *, task: str, num_classes: int,
 
 def prepare_task(task_dir: Path, out_dir: Path, *, task: str, image_size: int, num_classes: int,
                  group: str, split_sizes: Mapping[str, int | None] | None = None,
-                 shard_rows: int = 4096, allow_duplicates: bool = False) -> dict[str, Any]:
+                 shard_rows: int = 4096, allow_duplicates: bool = False,
+                 drawn_splits: bool = False) -> dict[str, Any]:
     """Validate ``task_dir``, decode/convert/resize every image and publish ``out_dir`` atomically.
 
     Returns the manifest. On any failure no new ``out_dir`` is published and the temp dir is
@@ -338,13 +360,13 @@ def prepare_task(task_dir: Path, out_dir: Path, *, task: str, image_size: int, n
     with atomic_dir(out_dir) as tmp:
         manifest = _build(task_dir, tmp, entries, task=task, image_size=image_size,
                           num_classes=num_classes, group=group, shard_rows=shard_rows,
-                          allow_duplicates=allow_duplicates)
+                          allow_duplicates=allow_duplicates, drawn_splits=drawn_splits)
     return manifest
 
 
 def _build(task_dir: Path, tmp: Path, entries: Mapping[str, list[Entry]], *, task: str,
            image_size: int, num_classes: int, group: str, shard_rows: int,
-           allow_duplicates: bool) -> dict[str, Any]:
+           allow_duplicates: bool, drawn_splits: bool) -> dict[str, Any]:
     errors: list[str] = []
     contents: dict[str, list[str]] = {s: [] for s in SPLITS}
     conversions: dict[str, str] = {}  # distinct source image (by content) -> its mode, when not RGB
@@ -368,7 +390,8 @@ def _build(task_dir: Path, tmp: Path, entries: Mapping[str, list[Entry]], *, tas
             row["label"] = e.label
         writers[split].add(**row)
     raise_collected(errors)
-    errors, content = content_report(task_dir, entries, contents, allow_duplicates=allow_duplicates)
+    errors, content = content_report(task_dir, entries, contents, allow_duplicates=allow_duplicates,
+                                     drawn_splits=drawn_splits)
     raise_collected(errors)
 
     splits: dict[str, Any] = {}

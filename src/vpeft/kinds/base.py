@@ -15,7 +15,8 @@ study's ``study.json`` rather than a config, asks :func:`recorded_kind`.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -154,8 +155,24 @@ class StudyKind:
                             image_size=self.stored_image_size(task),
                             num_classes=entry.num_classes, group=entry.group,
                             split_sizes=self.split_sizes(task),
-                            allow_duplicates=bool(self.cfg.study.data.get("allow_duplicates",
-                                                                          False)))
+                            allow_duplicates=self.allow_duplicates,
+                            drawn_splits=self.drawn_splits(task))
+
+    @property
+    def allow_duplicates(self) -> bool:
+        """``study.data.allow_duplicates``: record duplicates that would be refused."""
+        return bool(self.cfg.study.data.get("allow_duplicates", False))
+
+    def drawn_splits(self, task: str) -> bool:
+        """Whether vpeft draws ``task``'s train / val split itself from a dataset's official
+        parts (then val vs train duplicates are the dataset's own: vpeft.data.duplicates). A
+        VTAB-1K tree's splits are the user's."""
+        return False
+
+    def weight_files(self) -> list[tuple[str, Path, str | None]]:
+        """Weight files the study reads besides ``model.weights`` (which check loads into the
+        model): (config key, path, the rule that writes it, or None when the user brings it)."""
+        return []
 
     # -- generated data (`vpeft synth`, rule synth) ------------------------------------------
 
@@ -210,32 +227,60 @@ class StudyKind:
 
     def check_task(self, task: str, classes: int, decode: bool) -> TaskCheck:
         """One task's list files and images checked as VTAB-1K's (the default layout)."""
+        return self.check_tree(task, self.raw_task(task), classes, decode)
+
+    def check_tree(self, task: str, task_dir: Path, classes: int, decode: bool) -> TaskCheck:
+        """``task_dir`` (a VTAB-layout tree: the task's own, or the view ``vpeft subsets`` /
+        ``imagenet-split`` would write) checked exactly as :meth:`prepare` checks it."""
+        from vpeft.data.duplicates import duplicate_note
         from vpeft.data.vtab import inspect_task, validate_task
 
         result = TaskCheck(task, classes)
-        task_dir = self.raw_task(task)
         sizes = self.split_sizes(task)
-        allow_duplicates = bool(self.cfg.study.data.get("allow_duplicates", False))
         try:
-            if decode:
-                info = inspect_task(task_dir, task=task, num_classes=classes, split_sizes=sizes,
-                                    allow_duplicates=allow_duplicates)
-                result.counts = info["counts"]
-                content = info["content"]
-                result.notes.append(
-                    f"train800val200 stored as {content['train800val200_layout']}; "
-                    f"{'equals' if content['train800val200_union'] == 'exact' else 'DIFFERS from'}"
-                    " train800 + val200 by content")
-                result.notes += content["examples"] + content["allowed_overlaps"]
-                modes = {m: n for m, n in info["modes"].items() if m != "RGB"}
-                if modes:
-                    result.notes.append("converted to RGB: "
-                                        + ", ".join(f"{n} {m}" for m, n in modes.items()))
-            else:
+            if not decode:
                 entries = validate_task(task_dir, task, classes, sizes)
                 result.counts = {s: len(v) for s, v in entries.items()}
+                return result
+            info = inspect_task(task_dir, task=task, num_classes=classes, split_sizes=sizes,
+                                allow_duplicates=self.allow_duplicates,
+                                drawn_splits=self.drawn_splits(task), progress=True)
         except UserError as err:
             result.problems += problems_of(err)
+            return result
+        result.counts = info["counts"]
+        content = info["content"]
+        result.notes.append(
+            f"train800val200 stored as {content['train800val200_layout']}; "
+            f"{'equals' if content['train800val200_union'] == 'exact' else 'DIFFERS from'}"
+            " train800 + val200 by content")
+        result.notes += content["examples"]
+        note = duplicate_note(content["duplicates"])
+        if note:
+            result.notes.append(f"{note} ({content['duplicates']['policy']}), e.g. "
+                                + "; ".join(content["duplicates"]["examples"][:2]))
+        modes = {m: n for m, n in info["modes"].items() if m != "RGB"}
+        if modes:
+            result.notes.append("converted to RGB: " + ", ".join(f"{n} {m}" for m, n in modes.items()))
+        return result
+
+    def check_staged(self, task: str, classes: int, decode: bool,
+                     write: Callable[[Path], object]) -> TaskCheck:
+        """A task whose view a step writes (``vpeft subsets``, ``imagenet-split``) checked the
+        way :meth:`prepare` will read it: ``write(folder)`` is that step's own writer, run on a
+        scratch folder (nothing of the study is written), and the view is checked by
+        :meth:`check_tree`; messages name the view where the step will put it."""
+        view = str(Path(self.raw_task(task)).absolute())
+        with tempfile.TemporaryDirectory(prefix="vpeft-check-") as scratch:
+            staged = Path(scratch).absolute() / Path(view).name
+            try:
+                write(staged)
+            except UserError as err:
+                return TaskCheck(task, classes, problems=problems_of(err))
+            result = self.check_tree(task, staged, classes, decode)
+        move = lambda text: text.replace(str(staged), view)  # noqa: E731
+        result.problems = [move(p) for p in result.problems]
+        result.notes = [move(n) for n in result.notes]
         return result
 
     # -- training and the report -------------------------------------------------------------

@@ -12,9 +12,8 @@ from typing import Any, ClassVar
 from omegaconf import OmegaConf
 
 from vpeft import layout
-from vpeft.errors import UserError
 from vpeft.kinds.base import (MainColumns, ReportShape, StudyKind, TaskCheck, TaskEntry,
-                              any_split_sizes, problems_of, register)
+                              any_split_sizes, register)
 from vpeft.kinds.synthetic import synthetic_entry
 
 
@@ -82,17 +81,18 @@ class ManyShotKind(StudyKind):
         parts = [ds.train] + ([ds.test] if ds.test is not None else [])
         return [str(path) for p in parts for path in p.inputs]
 
+    def drawn_splits(self, task: str) -> bool:
+        return task != layout.SOURCE_TASK  # vpeft draws every subset from the official parts
+
     def check_task(self, task: str, classes: int, decode: bool) -> TaskCheck:
+        """The view `vpeft subsets` would write (the saved index file read, or drawn in memory
+        as it would be), checked as `vpeft prepare` reads it."""
         if task == layout.SOURCE_TASK:
             return super().check_task(task, classes, decode)
-        from vpeft.data import manyshot
+        from vpeft.data.manyshot import write_view
 
-        result = TaskCheck(task, classes)
-        try:
-            result.counts = manyshot.check_task(self.cfg, task, decode=decode)
-        except UserError as err:
-            result.problems += problems_of(err)
-        return result
+        return self.check_staged(task, classes, decode,
+                                 lambda out: write_view(self.cfg, task, out, save_index=False))
 
     def augment_flips(self, task: str, default: Sequence[str]) -> tuple[str, ...]:
         from vpeft.data.manyshot import resolve_task

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import cached_property
+from pathlib import Path
 from typing import ClassVar
 
+from omegaconf import OmegaConf
+
+from vpeft import layout
 from vpeft.errors import UserError
 from vpeft.kinds.base import (MainColumns, ReportShape, StudyKind, TaskCheck, TaskEntry,
                               data_kind_of, problems_of, register)
@@ -58,18 +62,43 @@ class RobustnessKind(StudyKind):
     def extra_jobs(self, tasks: int) -> dict[str, int]:
         return self.data.extra_jobs(tasks) if self.data is not None else {}
 
+    def drawn_splits(self, task: str) -> bool:
+        return task != layout.SOURCE_TASK  # imagenet-split draws the few-shot split
+
+    def weight_files(self) -> list[tuple[str, Path, str | None]]:
+        section = self.cfg.study.get(self.section)
+        if section is None:
+            return []
+        miniature = section.get("miniature") is not None
+        clip = OmegaConf.select(self.cfg, f"study.{self.section}.clip.weights", default=None)
+        files = [("model.init_head", Path(str(self.cfg.model.init_head)), "zeroshot-head")]
+        if clip is not None:
+            files.insert(0, (f"study.{self.section}.clip.weights", Path(str(clip)),
+                             "fit-clip" if miniature else None))
+        return files
+
     def check_data(self, tasks: Sequence[str], decode: bool) -> list[TaskCheck]:
-        """Every input set of the section read and checked (the miniature's are generated)."""
+        """The few-shot task view `imagenet-split` would write (its test part: the
+        in-distribution set), checked as `prepare` reads it, and every shift set as
+        `prepare-shift` reads it (the miniature's are generated)."""
         section = self.cfg.study.get(self.section)
         if section is None:
             return super().check_data(tasks, decode)
         if section.get("miniature") is not None:
             return [TaskCheck("robustness miniature", None,
                               notes=["its image trees are written by the pipeline (robust-synth)"])]
-        from vpeft.robustness.inputs import input_checks
+        from vpeft.robustness.inputs import shift_checks, write_split_view
 
         checks = []
-        for name, check in input_checks(self.cfg):
+        for task in tasks:
+            try:
+                classes = self.task_entry(task).num_classes
+            except UserError as err:
+                checks.append(TaskCheck(task, None, problems=problems_of(err)))
+                continue
+            checks.append(self.check_staged(task, classes, decode,
+                                            lambda out: write_split_view(self.cfg, out)))
+        for name, check in shift_checks(self.cfg):
             result = TaskCheck(name, None)
             try:
                 result.counts, result.classes = check(decode)

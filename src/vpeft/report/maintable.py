@@ -10,7 +10,9 @@
 A cell shows the mean over seeds (``± std`` with two or more seeds) and, below it, the 95 %
 bootstrap interval from ``results.stats``; a value not significantly above chance is marked
 "≈ chance". ``data-value`` is the unrounded mean over seeds. Below the table, a bar chart of
-each method's mean test top-1 (:func:`mean_bars`).
+each method's mean test top-1 (:func:`mean_bars`). A task whose test set shares images with its
+training data (a dataset's own duplicates, recorded by ``prepare``) shows their count under its
+accuracies.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from typing import Any, Mapping
 
 from markupsafe import Markup
 
+from vpeft.data.duplicates import duplicate_note
 from vpeft.kinds import MainColumns
 from vpeft.report.collect import StudyResults, report_shape, study_methods, study_tasks
 from vpeft.report.numbers import fmt_acc
@@ -129,7 +132,29 @@ def main_table(results: StudyResults, study: Mapping) -> VtabTable:
     return VtabTable(groups=groups, mean_groups=[GROUP_TITLES[g] for g in mean_groups],
                      extra_headers=["Trainable params", "% of backbone"], rows=rows,
                      task_labels=labels, show_mean=show_mean,
-                     footer=_chance_footer(results, groups, mean_groups, show_mean, stats))
+                     footer=_chance_footer(results, groups, mean_groups, show_mean, stats)
+                     + _duplicates_footer(study, groups, len(mean_groups) + show_mean))
+
+
+def _duplicates_footer(study: Mapping, groups: list[tuple[str, list[str]]], means: int) -> list[Row]:
+    """One row, when a task's test set shares images with its training data (recorded, not
+    refused: vpeft.data.duplicates): their count under the task's accuracies."""
+    records = {str(t.get("name")): (t.get("content") or {}).get("duplicates") or {}
+               for t in study.get("tasks") or []}
+    if not any(r.get("test_in_training") for r in records.values()):
+        return []
+    cells = []
+    for _, ts in groups:
+        for t in ts:
+            r = records.get(t) or {}
+            n = int(r.get("test_in_training") or 0)
+            cell = Cell(str(n) if n else "", str(n), "test_in_training", t, None, ["num", "chance"])
+            if n:
+                cell.title = (f"{duplicate_note(r)} (pixel-identical; {r.get('policy')}): "
+                              "the accuracy counts them")
+            cells.append(cell)
+    cells += [Cell("", None, "test_in_training") for _ in range(means + 2)]
+    return [Row("test images also in training", cells)]
 
 
 def _chance_footer(results: StudyResults, groups: list[tuple[str, list[str]]],

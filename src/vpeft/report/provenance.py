@@ -12,6 +12,7 @@ import json
 import os
 from typing import Any, Iterator, Mapping
 
+from vpeft.data.duplicates import duplicate_note
 from vpeft.report.collect import StudyResults, study_methods, study_tasks
 from vpeft.report.view import Cell, Row, exact_text
 
@@ -56,8 +57,12 @@ def input_data_rows(study: Mapping) -> list[Row]:
                  f"differs: {content.get('missing_from_train800val200', 0)} missing, "
                  f"{content.get('extra_in_train800val200', 0)} extra "
                  f"({content.get('relabelled', 0)} relabelled)")
+        duplicates = content.get("duplicates") or {}
+        note = duplicate_note(duplicates)
         notes = list(content.get("examples") or []) + [
-            f"allowed duplicate: {m}" for m in content.get("allowed_overlaps") or []]
+            f"allowed duplicate: {m}" for m in content.get("allowed_overlaps") or []] + (
+            [f"{note} ({duplicates.get('policy')}), e.g. "
+             + "; ".join(duplicates.get("examples") or [])] if note else [])
         rows.append(Row(task, [
             Cell(str(content.get("train800val200_layout", "–")), column="layout", task=task),
             Cell(union, column="union", task=task, classes=["warn"] if differs else []),

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from vpeft.data.formats import parse_source
 from vpeft.errors import UserError
 from vpeft.robustness.imagenet import (EvalSet, LabelSpace, few_shot_split, imagenet_label_space,
-                                       read_eval_set)
+                                       read_eval_set, write_task_view)
 
 SECTION = "study.robustness"
 
@@ -46,32 +46,38 @@ def read_set(name: str, spec: DictConfig, space: LabelSpace, where: str) -> Eval
     return read_eval_set(name, source, space, expected_subset=block.get("expected_subset"))
 
 
-def input_checks(cfg: DictConfig):
-    """``vpeft check`` for the robustness study: (name, check) per input set, where
-    ``check(decode)`` reads the set (and decodes its images) and returns (split counts, classes)."""
-    from vpeft.data.decode import undecodable
+def write_split_view(cfg: DictConfig, out_dir: Path) -> Path:
+    """Draw the seeded few-shot split and write it as a VTAB-layout task view at ``out_dir``
+    (``imagenet-split``; `vpeft check` writes it into a scratch folder and checks it as
+    ``prepare`` will read it)."""
+    r = settings(cfg)
+    space = label_space(cfg)
+    train_set = read_set("train", r.train, space, f"{SECTION}.train")
+    train, val = few_shot_split(train_set.files, int(r.shots), int(r.val_shots),
+                                int(r.split_seed), len(space))
+    test = read_set(str(r.test.name), r.test, space, f"{SECTION}.test")
+    info = {"shots": int(r.shots), "val_shots": int(r.val_shots), "seed": int(r.split_seed),
+            "train_root": str(r.train.root), "test_root": str(r.test.root)}
+    return write_task_view(out_dir, train_set.root, train, val, test, info)
+
+
+def shift_checks(cfg: DictConfig):
+    """``vpeft check`` for the shift sets: (name, check) per set, where ``check(decode)`` reads
+    the set as ``prepare-shift`` does (and decodes its images, worded as it words failures) and
+    returns (its count, its classes)."""
     from vpeft.data.errors import raise_collected
+    from vpeft.robustness.shifts import eval_set_problems
 
     r = settings(cfg)
 
-    def reader(name: str, spec: DictConfig, where: str, few_shot: bool):
+    def reader(name: str, spec: DictConfig, where: str):
         def check(decode: bool) -> tuple[dict[str, int], int]:
             space = label_space(cfg)
             found = read_set(name, spec, space, where)
-            files = found.files
-            if few_shot:
-                train, val = few_shot_split(files, int(r.shots), int(r.val_shots),
-                                            int(r.split_seed), len(space))
-                files, counts = train + val, {"train800": len(train), "val200": len(val),
-                                              "train800val200": len(train) + len(val)}
-            else:
-                counts = {"test": len(files)}
             if decode:
-                raise_collected(undecodable((name, found.root / f.path) for f in files))
-            return counts, len(found.subset) if found.subset is not None else len(space)
+                raise_collected(eval_set_problems(found))
+            return {"test": len(found.files)}, len(found.subset or space)
         return check
 
-    yield "imagenet (few-shot train/val)", reader("train", r.train, f"{SECTION}.train", True)
-    yield str(r.test.name), reader(str(r.test.name), r.test, f"{SECTION}.test", False)
     for name, spec in r.shifts.items():
-        yield str(name), reader(str(name), spec, f"{SECTION}.shifts.{name}", False)
+        yield str(name), reader(str(name), spec, f"{SECTION}.shifts.{name}")

@@ -22,8 +22,7 @@ from vpeft import layout
 from vpeft.config import StudyPlan
 from vpeft.errors import UserError
 from vpeft.io import write_json, write_parquet
-from vpeft.robustness.imagenet import few_shot_split, write_task_view
-from vpeft.robustness.inputs import SECTION, label_space, read_set, settings
+from vpeft.robustness.inputs import SECTION, label_space, read_set, settings, write_split_view
 from vpeft.robustness.tables import WISE_RUN_SCHEMA
 from vpeft.runs import MethodRuns
 
@@ -53,15 +52,7 @@ def shift_dir(cfg: DictConfig, name: str) -> Path:
 
 def imagenet_split(cfg: DictConfig, task: str) -> Path:
     """Draw the seeded few-shot split and write the task view (list files = the saved split)."""
-    r = settings(cfg)
-    space = label_space(cfg)
-    train_set = read_set("train", r.train, space, f"{SECTION}.train")
-    train, val = few_shot_split(train_set.files, int(r.shots), int(r.val_shots),
-                                int(r.split_seed), len(space))
-    test = read_set(str(r.test.name), r.test, space, f"{SECTION}.test")
-    info = {"shots": int(r.shots), "val_shots": int(r.val_shots), "seed": int(r.split_seed),
-            "train_root": str(r.train.root), "test_root": str(r.test.root)}
-    return write_task_view(layout.data_root_dir(cfg, task), train_set.root, train, val, test, info)
+    return write_split_view(cfg, layout.data_root_dir(cfg, task))
 
 
 def prepare_shift(cfg: DictConfig, name: str) -> dict[str, Any]:

@@ -15,7 +15,8 @@ from typing import Any, Sequence
 import numpy as np
 import pyarrow as pa
 
-from vpeft.data.decode import DECODE_ERRORS, load_image, strict_decoding
+from vpeft.data.decode import (DECODE_ERRORS, decode_problem, digest_files, load_image, read_image,
+                               strict_decoding)
 from vpeft.data.errors import raise_collected
 from vpeft.data.shards import FORMAT, shard_schema, ShardWriter, read_manifest
 from vpeft.io import atomic_dir, write_json, write_parquet
@@ -42,6 +43,20 @@ def top1(logits, labels: np.ndarray, subset: Sequence[int] | None) -> float:
     return float(100.0 * np.mean(masked_argmax(logits, subset) == labels))
 
 
+def _decode_error(eval_set: EvalSet, path: str, problem: str) -> str:
+    """The one wording of a shift-set image that does not decode (prepare-shift and check)."""
+    return f"{eval_set.root / path}: cannot decode: {problem}"
+
+
+def eval_set_problems(eval_set: EvalSet) -> list[str]:
+    """Every image of ``eval_set`` that :func:`prepare_eval_set` would refuse, decoded on every
+    core with a progress bar (`vpeft check`); nothing is written."""
+    results = digest_files([eval_set.root / f.path for f in eval_set.files],
+                           progress=f"{eval_set.name}: decoding")
+    return [_decode_error(eval_set, f.path, problem)
+            for f, (status, problem, _) in zip(eval_set.files, results) if status != "ok"]
+
+
 def prepare_eval_set(eval_set: EvalSet, out_dir: str | Path, *, image_size: int,
                      num_classes: int, shard_rows: int = 4096) -> dict[str, Any]:
     """Decode, convert and resize every image of ``eval_set``; publish ``out_dir`` atomically."""
@@ -50,9 +65,9 @@ def prepare_eval_set(eval_set: EvalSet, out_dir: str | Path, *, image_size: int,
         writer = ShardWriter(tmp, "test", shard_schema(image_size, labelled=False), shard_rows)
         for index, f in enumerate(eval_set.files):
             try:
-                pixels, _ = load_image((eval_set.root / f.path).read_bytes(), image_size)
+                pixels, _ = load_image(read_image(eval_set.root / f.path), image_size)
             except DECODE_ERRORS as exc:
-                errors.append(f"{eval_set.root / f.path}: cannot decode: {type(exc).__name__}: {exc}")
+                errors.append(_decode_error(eval_set, f.path, decode_problem(exc)))
                 continue
             writer.add(index=index, path=f.path, image=pixels)
         raise_collected(errors)
