@@ -117,3 +117,23 @@ def test_disk_estimate_counts_each_head_as_a_build_per_task_would(method) -> Non
         built = _trainable_split(plan.cfg, method, point.hparams, classes, whole=True)[0]
         assert _trainable_with_head(plan.cfg, method, point.hparams, classes, cache) == built
     assert len(cache) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("override", ["+study.grid.lora.hparams.rnak=4",
+                                      "study.grid.lora.hparams.rnak=4"])
+def test_a_misspelled_hyper_parameter_stops_plan_snakemake_and_check(tmp_path, override) -> None:
+    """Typed on the command line, the typo is refused before anything is planned, by each of
+    the three front doors, naming the override and the method's keys."""
+    expected = (f"unknown config key 'study.grid.lora.hparams.rnak' (from the override "
+                f"'{override}'). Did you mean 'study.grid.lora.hparams.rank'? Valid keys of "
+                f"study.grid.lora.hparams: rank, alpha, dropout")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO / "src")}
+    for verb in ("plan", "check"):
+        proc = subprocess.run([sys.executable, "-m", "vpeft", verb, "--study", "smoke", "-o", override],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2 and expected in proc.stderr, (verb, proc.stdout + proc.stderr)
+    dry = run_snakemake(workflow_copy(tmp_path), "-n", "all", "--config", "study=smoke",
+                        f"overrides=['{override}']")
+    assert dry.returncode != 0 and expected in dry.stdout + dry.stderr, dry.stdout + dry.stderr
+    assert "train_grid" not in dry.stdout  # nothing planned
