@@ -165,6 +165,16 @@ def test_a_hyper_parameter_out_of_range_is_refused_by_check_naming_the_method_fi
         check_method_hparams(plan)
 
 
+def test_a_hyper_parameter_out_of_range_on_the_command_line_names_the_override():
+    from vpeft.check import check_method_hparams
+
+    plan = load_study("smoke", ["study.grid.lora.hparams.rank=[0]"])
+    with pytest.raises(ConfigError, match=r"^the override 'study\.grid\.lora\.hparams\.rank=\[0\]' "
+                                          r"over params/method/lora\.yaml.*: method 'lora': rank=0 "
+                                          r"out of range"):
+        check_method_hparams(plan)
+
+
 # A misspelled hyper-parameter stops the composition itself (vpeft plan, the Snakefile, check),
 # naming where it was written and the method's keys: from vpeft.hparams, without torch.
 _RNAK = (r"unknown config key '{key}' \(from {origin}\)\. Did you mean '{parent}\.rank'\? "

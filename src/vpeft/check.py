@@ -194,6 +194,9 @@ def check_method_hparams(plan: StudyPlan) -> None:
         where = f"params/method/{method}.yaml"
         if OmegaConf.select(plan.cfg, f"study.grid.{method}.hparams", default=None) is not None:
             where += f" with study.grid.{method} of params/study/{plan.name}.yaml"
+        typed = [o for o in plan.overrides if f".{method}.hparams" in o.split("=", 1)[0]]
+        if typed:  # a value given on the command line: name it first
+            where = f"the override {', '.join(map(repr, typed))} over {where}"
         for point in plan.points[method]:
             try:
                 make_config(method, **dict(point.hparams))

@@ -139,6 +139,7 @@ class StudyPlan:
     tasks: list[str]
     methods: list[str]
     points: dict[str, list[GridPoint]] = field(default_factory=dict)
+    overrides: tuple[str, ...] = ()  # the command line's, as given: errors name them
 
     def point(self, method: str, point_id: str) -> GridPoint:
         for p in self.points[method]:
@@ -338,7 +339,8 @@ def load_study(study: str, overrides: Sequence[str] = ()) -> StudyPlan:
     with open_dict(cfg):  # keep the study's methods: the config recorded beside each result
         for name in set(cfg.method) - set(methods):
             del cfg.method[name]
-    plan = StudyPlan(cfg=cfg, name=study, tasks=list(cfg.study.tasks), methods=methods)
+    plan = StudyPlan(cfg=cfg, name=study, tasks=list(cfg.study.tasks), methods=methods,
+                     overrides=tuple(overrides))
     for method in methods:
         plan.points[method] = grid_points(method_config(cfg, method))
     return plan
