@@ -144,15 +144,14 @@ def _trainable_split(cfg: DictConfig, method: str, hparams: Mapping[str, Any], c
     import torch
 
     from vpeft import methods
-    from vpeft.errors import UserError as BuildError
-    from vpeft.models.backbone import create_backbone
+    from vpeft.models.backbone import WeightsError, create_backbone
 
     kwargs = dict(cfg.model.get("kwargs") or {})
     with torch.device("meta"):
         try:  # timm's weight init is most of a meta build (0.4 s of 0.5 s for ViT-B): counts need none
             model = create_backbone(cfg.model.name, None, classes,
                                     kwargs={**kwargs, "weight_init": "skip"})
-        except BuildError:  # a model without timm's weight_init argument: as configured
+        except WeightsError:  # a model without timm's weight_init argument: as configured
             model = create_backbone(cfg.model.name, None, classes, kwargs=kwargs)
         methods.apply(model, method, **dict(hparams))
     counts = methods.count_trainable(model)
