@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import REPO, run_snakemake, workflow_copy
+from vpeft.hparams import METHODS as HPARAMS
 from vtab_trees import task_arrays, write_vtab_tree
 
 SIZES = {"train800": 12, "val200": 6, "train800val200": 18, "test": 8}
@@ -147,3 +148,61 @@ def test_every_weight_file_the_robustness_study_names_is_checked(tmp_path, monke
     save_file({"w": torch.zeros(2)}, str(empty))
     good = checks(empty)["study.robustness.clip.weights"]
     assert good.problems == [] and "present" in good.notes[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("override", ["+study.grid.lora.hparams.rnak=4",
+                                      "study.grid.lora.hparams.rnak=4"])
+def test_a_misspelled_hyper_parameter_stops_plan_snakemake_and_check(tmp_path, override) -> None:
+    """Typed on the command line, the typo is refused before anything is planned, by each of
+    the three front doors, naming the override and the method's keys."""
+    expected = (f"unknown config key 'study.grid.lora.hparams.rnak' (from the override "
+                f"'{override}'). Did you mean 'study.grid.lora.hparams.rank'? Valid keys of "
+                f"study.grid.lora.hparams: rank, alpha, dropout")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO / "src")}
+    for verb in ("plan", "check"):
+        proc = subprocess.run([sys.executable, "-m", "vpeft", verb, "--study", "smoke", "-o", override],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2 and expected in proc.stderr, (verb, proc.stdout + proc.stderr)
+    dry = run_snakemake(workflow_copy(tmp_path), "-n", "all", "--config", "study=smoke",
+                        f"overrides=['{override}']")
+    assert dry.returncode != 0 and expected in dry.stdout + dry.stderr, dry.stdout + dry.stderr
+    assert "train_grid" not in dry.stdout  # nothing planned
+
+
+# Two valid values of every declared hyper-parameter (vpeft.hparams), for the tiny smoke ViT.
+_VALUES = {"rank": (1, 4), "bottleneck": (2, 4), "dim": (2, 4), "num_prompts": (1, 3),
+           "scale": (0.1, 10.0), "dropout": (0.0, 0.5), "alpha": (None, 2.0),
+           "xavier_init": (True, False), "drop_prompts_after_block0": (False, True),
+           "tuner": ("lora", "dora"), "target": (["qkv"], ["qkv", "fc1"])}
+
+
+def _real_count(cfg, method: str, hparams: dict, classes: int) -> int:
+    """Trainable parameters of a model built for real: on the CPU, timm's own initialisation."""
+    from vpeft import methods
+    from vpeft.models.backbone import create_backbone
+
+    model = create_backbone(cfg.model.name, None, classes, kwargs=dict(cfg.model.kwargs))
+    methods.apply(model, method, **hparams)
+    return methods.count_trainable(model)["trainable_params_with_head"]
+
+
+@pytest.mark.parametrize("method", sorted(HPARAMS))
+def test_disk_estimate_counts_equal_real_builds_and_build_once_per_shape(method) -> None:
+    """The preflight builds a model once per distinct *shape* hyper-parameters (vpeft.hparams):
+    changing any other one (a scale, a dropout, an init) must leave the count unchanged. Every
+    hyper-parameter is changed alone from a base point, and the derived counts (any head size)
+    equal a real build's."""
+    from vpeft.check import _trainable_with_head
+    from vpeft.config import load_study
+
+    cfg = load_study("smoke").cfg
+    spec = HPARAMS[method]
+    base = {k: _VALUES[k][0] for k in spec.names}
+    points = [base, *({**base, k: _VALUES[k][1]} for k in spec.names)]
+    cache: dict = {}
+    for hparams in points:
+        for classes in (5, 3):
+            assert _trainable_with_head(cfg, method, hparams, classes, cache) == \
+                _real_count(cfg, method, hparams, classes), (hparams, classes)
+    assert len(cache) == 1 + len(spec.shape)  # the base, and one per changed shape parameter

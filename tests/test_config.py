@@ -1,6 +1,8 @@
 """Hydra composition of params/ and grid expansion."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from vpeft.config import ConfigError, grid_points, load_study
@@ -149,18 +151,121 @@ def test_a_misspelled_key_in_a_method_file_names_the_file(tmp_path, monkeypatch)
         load_study("smoke")
 
 
-def test_a_misspelled_hyper_parameter_is_refused_by_check_naming_the_method_file(tmp_path,
-                                                                               monkeypatch):
-    """hparams are typed by each method's own dataclass (torch-side): `vpeft check` and the jobs
-    refuse an unknown one, naming the file and the allowed keys."""
+def test_a_hyper_parameter_out_of_range_is_refused_by_check_naming_the_method_file(tmp_path,
+                                                                                 monkeypatch):
+    """hparams' values are typed by each method's own dataclass (torch-side): `vpeft check` and
+    the jobs refuse a value out of range, naming the file and the range."""
     from vpeft.check import check_method_hparams
 
     lora = _params_copy(tmp_path, monkeypatch) / "method" / "lora.yaml"
-    lora.write_text(lora.read_text().replace("dropout:", "dropuot:"))
+    lora.write_text(lora.read_text().replace("dropout: 0.1", "dropout: 1.5"))
     plan = load_study("smoke")
     with pytest.raises(ConfigError, match=r"params/method/lora\.yaml with study\.grid\.lora of "
-                                          r"params/study/smoke\.yaml: .*\['dropuot'\].*dropout"):
+                                          r"params/study/smoke\.yaml: .*dropout=1\.5 out of range"):
         check_method_hparams(plan)
+
+
+def test_a_hyper_parameter_out_of_range_on_the_command_line_names_the_override():
+    from vpeft.check import check_method_hparams
+
+    plan = load_study("smoke", ["study.grid.lora.hparams.rank=[0]"])
+    with pytest.raises(ConfigError, match=r"^the override 'study\.grid\.lora\.hparams\.rank=\[0\]' "
+                                          r"over params/method/lora\.yaml.*: method 'lora': rank=0 "
+                                          r"out of range"):
+        check_method_hparams(plan)
+
+
+# A misspelled hyper-parameter stops the composition itself (vpeft plan, the Snakefile, check),
+# naming where it was written and the method's keys: from vpeft.hparams, without torch.
+_RNAK = (r"unknown config key '{key}' \(from {origin}\)\. Did you mean '{parent}\.rank'\? "
+         r"Valid keys of {parent}: rank, alpha, dropout$")
+
+
+@pytest.mark.parametrize("override", ["+study.grid.lora.hparams.rnak=4",
+                                      "study.grid.lora.hparams.rnak=4",
+                                      "study.grid.lora.hparams={rnak: 4}"])
+def test_a_misspelled_hyper_parameter_on_the_command_line_names_the_override(override):
+    message = _RNAK.format(key=r"study\.grid\.lora\.hparams\.rnak",
+                           origin=f"the override '{re.escape(override)}'",
+                           parent=r"study\.grid\.lora\.hparams")
+    with pytest.raises(ConfigError, match=message):
+        load_study("smoke", [override])
+    # a method file's value changed from the command line, misspelled
+    with pytest.raises(ConfigError, match=r"'method\.lora\.hparams\.rnak' \(from the override "
+                                          r"'method\.lora\.hparams\.rnak=4'\)\. Did you mean "
+                                          r"'method\.lora\.hparams\.rank'\?"):
+        load_study("vtab1k", [*_USER_KEYS["vtab1k"], "method.lora.hparams.rnak=4"])
+
+
+def test_a_misspelled_hyper_parameter_in_a_study_file_names_the_file(tmp_path, monkeypatch):
+    study = _params_copy(tmp_path, monkeypatch) / "study" / "smoke.yaml"
+    study.write_text(study.read_text().replace("{rank: [2]}", "{rnak: [2]}"))
+    message = _RNAK.format(key=r"study\.grid\.lora\.hparams\.rnak",
+                           origin=r"params/study/smoke\.yaml", parent=r"study\.grid\.lora\.hparams")
+    with pytest.raises(ConfigError, match=message):
+        load_study("smoke")
+
+
+def test_a_misspelled_hyper_parameter_in_a_method_file_names_the_file(tmp_path, monkeypatch):
+    lora = _params_copy(tmp_path, monkeypatch) / "method" / "lora.yaml"
+    lora.write_text(lora.read_text().replace("rank:", "rnak:"))
+    message = _RNAK.format(key=r"method\.lora\.hparams\.rnak", origin=r"params/method/lora\.yaml",
+                           parent=r"method\.lora\.hparams")
+    with pytest.raises(ConfigError, match=message):
+        load_study("smoke")
+    # a study that does not train lora still composes every method file: refused too
+    with pytest.raises(ConfigError, match=message):
+        load_study("demo", ["study.methods=[linear]"])
+
+
+def test_a_method_without_hyper_parameters_says_it_takes_none():
+    with pytest.raises(ConfigError, match=r"'study\.grid\.linear\.hparams\.rank' \(from the "
+                                          r"override .*Valid keys of study\.grid\.linear\.hparams: none"):
+        load_study("smoke", ["study.grid.linear.hparams.rank=[4]"])
+
+
+def test_the_torch_free_hyper_parameter_table_equals_the_methods_typed_configs():
+    import dataclasses
+
+    from vpeft import methods
+    from vpeft.hparams import METHODS
+
+    assert set(METHODS) == set(methods.names())
+    for name in methods.names():
+        fields = tuple(f.name for f in dataclasses.fields(methods.spec(name).config_cls))
+        assert METHODS[name].names == fields, name
+        assert set(METHODS[name].shape) <= set(fields), name
+
+
+def test_planning_imports_no_torch():
+    """`vpeft plan` (and so each Snakemake DAG build) checks hyper-parameter names without torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from vpeft.cli import main; "
+            "rc = main(['plan', '--study', 'smoke', '-o', '+study.grid.lora.hparams.rnak=4']); "
+            "assert rc == 2, rc; assert 'torch' not in sys.modules, 'torch imported'")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          timeout=120, env={**__import__("os").environ, "PYTHONPATH": str(REPO / "src")})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "study.grid.lora.hparams.rnak" in proc.stderr and "Did you mean" in proc.stderr
+
+
+@pytest.mark.parametrize("study", sorted(p.stem for p in (REPO / "params" / "study").glob("*.yaml")))
+def test_documented_keys_need_no_plus_in_any_study(study):
+    """docs/data.md shows `study.data.allow_duplicates=true` and docs/config.md
+    `study.grid.lora.hparams.rank=[4,8]`: valid without Hydra's `+` whether or not the study's
+    files write the key; a misspelled one is still refused, naming the override."""
+    plan = load_study(study, [*_USER_KEYS.get(study, []), "study.data.allow_duplicates=true",
+                              "study.grid.lora.hparams.rank=[4,8]", "train.augment.scale=[0.5,1.0]"])
+    assert plan.cfg.study.data.allow_duplicates is True
+    assert plan.cfg.train.augment.scale == [0.5, 1.0]
+    if "lora" in plan.methods:
+        assert sorted({p.hparams["rank"] for p in plan.points["lora"]}) == [4, 8]
+    with pytest.raises(ConfigError, match=r"'study\.data\.allow_duplicate' \(from the override "
+                                          r"'study\.data\.allow_duplicate=true'\)\. Did you mean "
+                                          r"'study\.data\.allow_duplicates'\?"):
+        load_study(study, [*_USER_KEYS.get(study, []), "study.data.allow_duplicate=true"])
 
 
 def test_method_is_a_hydra_group_composed_under_method_and_narrowed_by_the_study():

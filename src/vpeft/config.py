@@ -47,10 +47,23 @@ def compose(study: str, overrides: Sequence[str] = ()) -> DictConfig:
     try:
         with initialize_config_dir(config_dir=str(params_dir()), version_base="1.3"):
             cfg = hydra_compose(config_name="config",
-                                overrides=[cfg_overrides[0], *every_method, *cfg_overrides[1:]])
+                                overrides=[cfg_overrides[0], *every_method,
+                                           *map(_set_or_add, overrides)])
     except HydraException as err:
         raise ConfigError(f"cannot compose params/ with overrides {cfg_overrides}: {err}") from err
     return cfg
+
+
+_PLAIN_KEY = re.compile(r"(?!hydra\.)[A-Za-z_]\w*(\.\w+)+=")
+
+
+def _set_or_add(override: str) -> str:
+    """``a.b=v`` as ``++a.b=v``: set the key, or add it where the composed files leave it out.
+    A documented key (``study.data.allow_duplicates``, a study's grid block) is then valid without
+    Hydra's ``+`` in every study, whichever files happen to write it; a misspelled one is still
+    refused, by the schema check, naming this override. Group choices (``train=...``), deletions
+    and overrides already prefixed are left as written."""
+    return f"++{override}" if _PLAIN_KEY.match(override) else override
 
 
 def method_names_in_params() -> list[str]:
@@ -126,6 +139,7 @@ class StudyPlan:
     tasks: list[str]
     methods: list[str]
     points: dict[str, list[GridPoint]] = field(default_factory=dict)
+    overrides: tuple[str, ...] = ()  # the command line's, as given: errors name them
 
     def point(self, method: str, point_id: str) -> GridPoint:
         for p in self.points[method]:
@@ -141,6 +155,9 @@ def _origin(key: str, overrides: Sequence[str], files: Sequence[Path]) -> str:
     key = re.sub(r"\[\d+\]", "", key)  # a list element: where its list was set
     for o in overrides:
         if key in o.split("=", 1)[0]:
+            return f"the override {o!r}"
+    for o in overrides:  # a block set whole: study.grid.lora.hparams={rnak: 4}
+        if key.startswith(o.split("=", 1)[0].lstrip("+~") + "."):
             return f"the override {o!r}"
     leaf = key.rpartition(".")[2]
     for path in files:
@@ -257,7 +274,7 @@ def _unknown_key(key: str, valid: list[str], origin: Callable[[str], str]) -> Co
         f" Did you mean '{close[0]}'?" if close else "")
     scope = f"Valid keys of {parent}" if parent else "Valid top-level keys"
     return ConfigError(f"unknown config key '{key}' (from {origin(key)}).{hint} {scope}: "
-                       f"{', '.join(valid)}")
+                       f"{', '.join(valid) or 'none'}")
 
 
 def _type_error(key: str, value: Any, expected: str, origin: Callable[[str], str]) -> ConfigError:
@@ -285,6 +302,25 @@ def _check_study_schema(cfg: DictConfig, study: str, overrides: Sequence[str]) -
         if method not in known:
             raise ConfigError(f"study.grid.{method} (from {origin(f'study.grid.{method}')}): no "
                               f"such method; known methods: {', '.join(known)}")
+    for method, block in plain["method"].items():
+        _check_hparam_names(method, block, f"method.{method}", origin)
+    for method, block in (plain["study"].get("grid") or {}).items():
+        _check_hparam_names(method, block, f"study.grid.{method}", origin)
+
+
+def _check_hparam_names(method: str, block: Any, key: str, origin: Callable[[str], str]) -> None:
+    """The hyper-parameter names of a method file or a study's grid block against the method's
+    declaration (:mod:`vpeft.hparams`, torch-free): a typo stops here, before anything is
+    planned. Their values are checked by the method's typed config (``vpeft check``, the jobs)."""
+    from vpeft.hparams import declared
+
+    spec = declared(method)
+    hparams = block.get("hparams") if isinstance(block, Mapping) else None
+    if spec is None or not isinstance(hparams, Mapping):
+        return
+    for name in hparams:
+        if name not in spec.names:
+            raise _unknown_key(f"{key}.hparams.{name}", list(spec.names), origin)
 
 
 def load_study(study: str, overrides: Sequence[str] = ()) -> StudyPlan:
@@ -303,7 +339,8 @@ def load_study(study: str, overrides: Sequence[str] = ()) -> StudyPlan:
     with open_dict(cfg):  # keep the study's methods: the config recorded beside each result
         for name in set(cfg.method) - set(methods):
             del cfg.method[name]
-    plan = StudyPlan(cfg=cfg, name=study, tasks=list(cfg.study.tasks), methods=methods)
+    plan = StudyPlan(cfg=cfg, name=study, tasks=list(cfg.study.tasks), methods=methods,
+                     overrides=tuple(overrides))
     for method in methods:
         plan.points[method] = grid_points(method_config(cfg, method))
     return plan

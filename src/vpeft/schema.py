@@ -9,7 +9,8 @@ names the key, where it came from and the valid keys (:func:`vpeft.config.load_s
 The check only validates: the config the pipeline runs on is the composed one, unchanged, so a key
 a study leaves out stays out (``Optional`` fields here mean "may be left out", not a default).
 Method hyper-parameters (``hparams``) are typed by each method's own config dataclass
-(:mod:`vpeft.methods`): ``vpeft check`` and every training job check them against it.
+(:mod:`vpeft.methods`): ``vpeft check`` and every training job check them against it; their names,
+declared torch-free in :mod:`vpeft.hparams`, are checked at every composition.
 """
 from __future__ import annotations
 
