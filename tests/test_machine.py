@@ -58,6 +58,15 @@ def test_cpu_info_never_fails_without_proc_cpuinfo(tmp_path: Path) -> None:
     assert machine.summary(None) == "not recorded" and machine.machine_key({}) == "unknown"
 
 
+def test_nvidia_driver_version_as_the_kernel_module_writes_it(tmp_path: Path) -> None:
+    (tmp_path / "version").write_text(
+        "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  550.54.15  Release Build  "
+        "(dvs-builder@U16-I3-B03-4-3)  Tue Mar  5 22:18:35 UTC 2024\n"
+        "GCC version:  gcc version 12.2.0 (Debian 12.2.0-14)\n")
+    assert machine.nvidia_driver(tmp_path / "version") == "550.54.15"
+    assert machine.nvidia_driver(tmp_path / "missing") == "unknown"
+
+
 def test_a_real_run_records_its_machine(tmp_path, prepared_task, tiny_weights) -> None:
     plan = smoke_plan(tmp_path, prepared_task, tiny_weights, methods="linear")
     run_point(plan, "count", "linear", plan.points["linear"][0], "grid")

@@ -7,8 +7,8 @@ different CPU types: torch picks its kernels (ATen's AVX2/AVX-512 paths, MKL's, 
 CPU it finds, and they round differently. Every probe is cheap and none can fail: what cannot be
 read is ``"unknown"``.
 
-``train.cpu_kernels: portable`` pins those choices to the x86-64 AVX2 level through the libraries'
-own switches (:data:`PORTABLE_ENV`), which must be set before torch runs its first operation;
+``train.cpu_kernels: portable`` pins those choices (ATen and oneDNN to AVX2, MKL to its
+vendor-independent branch) through the libraries' own switches (:data:`PORTABLE_ENV`), which must be set before torch runs its first operation;
 :func:`apply_cpu_kernels` sets them at process start and :func:`check_cpu_kernels` refuses a run
 whose torch already chose otherwise. docs/benchmarks.md has what it costs and what it was
 shown to change.
@@ -24,13 +24,15 @@ from typing import Any, Mapping
 from vpeft.errors import ConfigError, UserError
 
 __all__ = ["CPU_KERNELS", "PORTABLE_ENV", "apply_cpu_kernels", "check_cpu_kernels", "cpu_info",
-           "describe", "machine_key", "summary", "torch_info"]
+           "describe", "machine_key", "nvidia_driver", "summary", "torch_info"]
 
 CPU_KERNELS = ("native", "portable")
 # The libraries' documented switches: ATen's kernel dispatch level, MKL's Conditional Numerical
-# Reproducibility code path, oneDNN's highest instruction set. AVX2 rather than the scalar
-# ``default``: every x86 CPU of the last decade has it, and it is what AMD EPYC runs natively.
-PORTABLE_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+# Reproducibility branch, oneDNN's highest instruction set. AVX2 rather than ATen's scalar
+# ``default``: every x86 CPU of the last decade has it. MKL's branch is COMPATIBLE, not AVX2:
+# MKL documents its AVX2 branch for Intel CPUs only (elsewhere it falls back to AUTO).
+PORTABLE_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE",
+                "ONEDNN_MAX_CPU_ISA": "AVX2"}
 PORTABLE_CAPABILITY = "AVX2"  # what torch.backends.cpu.get_cpu_capability() must then say
 # The environment that decides kernels and threads, recorded as the run saw it.
 _KERNEL_ENV = (*PORTABLE_ENV, "OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -96,17 +98,21 @@ def _numpy_blas() -> str:
         return UNKNOWN
 
 
+def nvidia_driver(path: Path = Path("/proc/driver/nvidia/version")) -> str:
+    """The NVIDIA kernel driver's version, read without an nvidia-smi subprocess."""
+    try:
+        first = path.read_text(errors="replace").splitlines()[0]
+    except (OSError, IndexError):
+        return UNKNOWN
+    return next((w for w in first.split() if w[:1].isdigit() and "." in w), UNKNOWN)
+
+
 def _gpu(torch: Any) -> dict[str, Any] | None:
     try:
         if not torch.cuda.is_available():
             return None
         names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-        driver = UNKNOWN
-        version_file = Path("/proc/driver/nvidia/version")  # no nvidia-smi subprocess needed
-        if version_file.exists():
-            first = version_file.read_text(errors="replace").splitlines()[0]
-            driver = next((w for w in first.split() if w[:1].isdigit() and "." in w), UNKNOWN)
-        return {"names": names, "driver": driver, "cuda": torch.version.cuda or UNKNOWN,
+        return {"names": names, "driver": nvidia_driver(), "cuda": torch.version.cuda or UNKNOWN,
                 "cudnn": str(torch.backends.cudnn.version() or UNKNOWN)}
     except Exception as err:  # a broken driver must not lose the result being recorded
         return {"error": f"{type(err).__name__}: {err}"}
