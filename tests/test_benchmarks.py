@@ -54,3 +54,23 @@ def test_harness_writes_json_and_markdown_for_a_method_and_its_reference(tmp_pat
     table = [line for line in md.splitlines() if line.startswith("| lora |")]
     assert len(table) == 1 and table[0].count("|") == 14 and "×" in table[0]
     assert "| timm + peft LoRA |" in md
+
+
+@pytest.mark.slow
+def test_cpu_kernels_benchmark_compares_the_modes(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.cpu_kernels", "--rounds", "1",
+                           "--steps", "1", "--batch", "4", "--out", str(tmp_path)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads((tmp_path / "cpu_kernels.json").read_text())
+    modes = doc["modes"]
+    # each mode ran in its own process with its own switches: the kernel level shows it
+    assert modes["scalar"]["cpu_capability"] == "DEFAULT"
+    if "avx2" in doc["machine"]["cpu"]["vector_extensions"]:
+        assert modes["portable"]["cpu_capability"] == "AVX2"
+    assert doc["portable_over_native"] > 0 and doc["scalar_over_native"] > 0
+    assert doc["portable_equals_native"] == (modes["portable"]["logits_sha256"]
+                                             == modes["native"]["logits_sha256"])
+    assert "portable/native step time" in proc.stdout

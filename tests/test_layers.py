@@ -33,7 +33,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
               "vpeft.robustness.inputs", "vpeft.robustness.shifts", "vpeft.demo.synthetic",
               "vpeft.demo.manyshot")),
     ("layout", ("vpeft", "vpeft.layout", "vpeft.schema", "vpeft.io", "vpeft.errors",
-                "vpeft._compat", "vpeft.runs", "vpeft.plugins", "vpeft.hparams")),
+                "vpeft._compat", "vpeft.runs", "vpeft.plugins", "vpeft.hparams",
+                "vpeft.machine")),
 ]
 
 # layer (a subpackage or module of vpeft) -> the vpeft modules it must never import

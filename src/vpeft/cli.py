@@ -22,8 +22,12 @@ log = logging.getLogger("vpeft")
 
 def _plan(args: argparse.Namespace):
     from vpeft.config import load_study
+    from vpeft.machine import apply_cpu_kernels
 
-    return load_study(args.study, args.override)
+    plan = load_study(args.study, args.override)
+    # before any torch operation: the kernel switches are read once, at torch's first use
+    apply_cpu_kernels(plan.cfg.train.get("cpu_kernels", "native"))
+    return plan
 
 
 def _claim_gpu(plan) -> None:

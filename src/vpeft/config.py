@@ -329,6 +329,7 @@ def load_study(study: str, overrides: Sequence[str] = ()) -> StudyPlan:
     _check_study_schema(cfg, study, overrides)
     _require(cfg, ["study.name", "study.tasks", "study.methods", "study.data.root", "model.name",
                    "model.weights"])
+    check_cpu_kernels_value(cfg, study, overrides)
     if cfg.study.name != study:
         raise ConfigError(f"params/study/{study}.yaml sets study.name={cfg.study.name!r}; "
                           f"expected {study!r}")
@@ -344,6 +345,19 @@ def load_study(study: str, overrides: Sequence[str] = ()) -> StudyPlan:
     for method in methods:
         plan.points[method] = grid_points(method_config(cfg, method))
     return plan
+
+
+def check_cpu_kernels_value(cfg: DictConfig, study: str, overrides: Sequence[str]) -> None:
+    """``train.cpu_kernels`` is one of vpeft.machine.CPU_KERNELS (the schema checks its type)."""
+    from vpeft.machine import CPU_KERNELS
+
+    value = cfg.train.get("cpu_kernels", "native")
+    if value not in CPU_KERNELS:
+        root = params_dir()
+        files = [root / "study" / f"{study}.yaml", *sorted((root / "train").glob("*.yaml"))]
+        raise ConfigError(f"config key 'train.cpu_kernels' (from "
+                          f"{_origin('train.cpu_kernels', overrides, files)}): {value!r}; "
+                          f"expected one of {', '.join(CPU_KERNELS)}")
 
 
 def _require(cfg: DictConfig, keys: Iterable[str]) -> None:

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import vpeft
-from vpeft import layout
+from vpeft import layout, machine
 from vpeft.config import GridPoint, StudyPlan, to_plain
 from vpeft.data.shards import read_split, read_test_labels, read_manifest
 from vpeft.errors import UserError
@@ -153,6 +153,7 @@ def run_points(plan: StudyPlan, task: str, method: str, points: Sequence[GridPoi
         raise ValueError(f"{task}/{method}: the final phase trains exactly one point")
     protocol = Protocol.from_config(plan.cfg)  # switches and seeds checked before anything trains
     seed = protocol.run_seed(f"{task}/{method}", phase, seed)
+    machine.check_cpu_kernels(plan.cfg.train.get("cpu_kernels", "native"))
     started = time.perf_counter()
     inputs = _job_inputs(plan.cfg, task, phase, seed, protocol)
     jobs = [_start_point(plan.cfg, task, method, point, inputs) for point in points]
@@ -319,6 +320,7 @@ def _record(plan: StudyPlan, task: str, method: str, manifest: Mapping[str, Any]
     return {"study": plan.name, "task": task, "method": method, "point": fields.pop("point"),
             "group": manifest.get("group"), "phase": phase, "train_split": PHASES[phase][0],
             **fields, "config": to_plain(plan.cfg), "versions": versions(),
+            "machine": machine.describe(plan.cfg.train.get("cpu_kernels", "native")),
             "git_commit": git_commit()}
 
 

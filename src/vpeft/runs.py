@@ -145,6 +145,7 @@ class RunMetrics(Record):
     fused_points: int | None = None
     config: Mapping[str, Any] | None = None  # the composed config the run was made with
     versions: Mapping[str, str] | None = None
+    machine: Mapping[str, Any] | None = None  # vpeft.machine.describe: CPU, torch build, GPU
     git_commit: str | None = None
 
 

@@ -77,6 +77,7 @@ class Train:
     methods_per_job: int = MISSING
     precision: str = MISSING
     compile: bool = MISSING
+    cpu_kernels: str = MISSING  # vpeft.machine.CPU_KERNELS: native | portable
     protocol: Protocol = field(default_factory=Protocol)
     augment: Optional[Augment] = None
 

@@ -214,6 +214,7 @@ def _final_columns(row: dict[str, Any], final: RunDir, base: Mapping[str, Any],
         "protocol": m.protocol,
         "git_commit": m.git_commit,
         "versions_json": _dumps(m.versions or {}),
+        "machine_json": _dumps(m.machine) if m.machine else None,
         "config_json": _dumps(m.config or {}),
     }
     row["trainable_pct"] = _trainable_pct(row["trainable_params"],

@@ -1,7 +1,9 @@
 """The report's provenance: where every run came from and how it was configured.
 
-Per fact (git commit, library versions, protocol, seeds) the value most runs share, with the runs
-that differ listed beside it; warnings when runs came from different code or library versions;
+Per fact (git commit, library versions, machine, protocol, seeds) the value most runs share, with
+the runs that differ listed beside it; warnings when runs came from different code or library
+versions or from different CPU types / devices (vpeft.machine: their numbers are not comparable
+bit for bit);
 how each task's train800val200 was stored; the resolved config of one representative run and,
 per run, how its config differs from that one (on the task pages); the date on every page.
 """
@@ -13,6 +15,7 @@ import os
 from typing import Any, Iterator, Mapping
 
 from vpeft.data.duplicates import duplicate_note
+from vpeft import machine
 from vpeft.report.collect import StudyResults, study_methods, study_tasks
 from vpeft.report.view import Cell, Row, exact_text
 
@@ -74,7 +77,7 @@ def input_data_rows(study: Mapping) -> list[Row]:
 # The per-run facts of the provenance section: (results column, label, display text).
 _FACTS: tuple[tuple[str, str], ...] = (
     ("git_commit", "Git commit"), ("versions_json", "Library versions"),
-    ("protocol", "Protocol"), ("seed", "Seed (final/)"), ("num_seeds", "Seeds with a result"))
+    ("machine_json", "Machine"), ("protocol", "Protocol"), ("seed", "Seed (final/)"), ("num_seeds", "Seeds with a result"))
 
 
 def _fact_text(column: str, value: Any) -> str:
@@ -82,6 +85,8 @@ def _fact_text(column: str, value: Any) -> str:
         return _short_commit(value)
     if column == "versions_json":
         return _versions_text(value)
+    if column == "machine_json":
+        return machine.summary(json.loads(value) if value else None)
     return "–" if value is None else str(value)
 
 
@@ -181,6 +186,27 @@ def consistency_notes(results: StudyResults) -> list[str]:
     versions = {r["versions_json"] for r in rows if r["versions_json"]}
     if len(versions) > 1:
         notes.append(f"Runs used {len(versions)} different sets of library versions.")
+    return notes + _machine_notes(rows)
+
+
+def _machine_notes(rows: list[dict]) -> list[str]:
+    """Runs from different CPU types, kernel levels, thread counts or GPUs: the same code, seed
+    and data round differently there, so their numbers are valid but not bit-comparable."""
+    keys: dict[str, int] = {}
+    for r in rows:
+        if r["machine_json"]:
+            key = machine.machine_key(json.loads(r["machine_json"]))
+            keys[key] = keys.get(key, 0) + 1
+    notes = []
+    if len(keys) > 1:
+        notes.append(f"Runs came from {len(keys)} different machines (CPU type, kernel level, "
+                     f"threads or GPU): " + "; ".join(f"{k} ({n} run{'s' * (n != 1)})" for k, n in keys.items())
+                     + ". Their numbers are not bit-comparable: a rerun on another machine type "
+                     "gives other, equally valid numbers.")
+    unrecorded = sum(1 for r in rows if not r["machine_json"])
+    if keys and unrecorded:
+        notes.append(f"{unrecorded} run(s) have no machine record (made before vpeft recorded "
+                     "it): whether they match the others' machine is unknown.")
     return notes
 
 

@@ -56,6 +56,7 @@ RESULTS_SCHEMA = pa.schema([
     ("num_diverged", pa.int64()),
     ("git_commit", pa.string()),
     ("versions_json", pa.string()),
+    ("machine_json", pa.string()),       # vpeft.machine.describe of the final run
     ("config_json", pa.string()),
 ])
 
