@@ -37,7 +37,7 @@ class Overlap:
     """An image of ``split`` whose pixels equal an image of an earlier split."""
 
     split: str        # "val200" (equal to a train800 image) or "test" (equal to any training image)
-    message: str      # "file:line: ... has the same pixels as file:line ..."
+    message: str      # "file:line: ... has the same pixels as file:line (...)", no verdict
     same_file: bool   # both lines name one file on disk
 
 
@@ -59,10 +59,12 @@ def judge_overlaps(task_dir: Path, overlaps: Sequence[Overlap], sizes: Mapping[s
     errors: list[str] = []
     if not allow:
         for o in overlaps:
+            rule = ("train800 and val200 must be disjoint" if o.split == "val200" else
+                    "test images must not be in a training split")
             if o.same_file:
-                errors.append(f"{o.message} (the same file is listed in both splits)")
+                errors.append(f"{o.message} (the same file is listed in both splits); {rule}")
             elif o.split == "val200" and not drawn_splits:
-                errors.append(o.message)
+                errors.append(f"{o.message}; {rule}")
         counts = Counter(o.split for o in overlaps)
         for split, n in sorted(counts.items()):
             size = sizes.get(split, 0)
@@ -70,8 +72,8 @@ def judge_overlaps(task_dir: Path, overlaps: Sequence[Overlap], sizes: Mapping[s
                 errors.append(
                     f"{task_dir}: {n} of {size} {split} images ({100 * n / size:.0f} %) have the "
                     "same pixels as a training image; a dataset's own duplicates are far fewer "
-                    f"(at most {MAX_DUPLICATE_SHARE:.0%} is accepted): the splits list the same "
-                    "images twice")
+                    f"(at most {100 * MAX_DUPLICATE_SHARE:.0f} % is accepted): the splits list "
+                    "the same images twice")
         if errors:
             errors.append(f"{task_dir}: {len(overlaps)} image(s) shared between splits; if the "
                           "source genuinely holds these pixel-identical images, set "
