@@ -10,8 +10,9 @@ refusals:
 * in a task whose splits the user laid out (a VTAB-1K tree), a val200 image equal to a train800
   image: VTAB-1K's generators draw both from one source split, so a copy there is a generator
   or editing mistake, and selection would score training images;
-* more than :data:`MAX_DUPLICATE_SHARE` of a split duplicated: no audited dataset comes close;
-  that is the same images under two names.
+* more than :data:`MAX_DUPLICATE_SHARE` of a split duplicated (and at least
+  :data:`MIN_SHARE_COUNT` images: one or two in a tiny split say nothing): no audited dataset
+  comes close; that is the same images under two names.
 
 Everything else (a test image equal to a training image of the dataset's own train split; in a
 split vpeft drew from a dataset's official parts, also val vs train) is recorded: counted, with
@@ -26,9 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MAX_DUPLICATE_SHARE", "MAX_EXAMPLES", "Overlap", "duplicate_note", "judge_overlaps"]
+__all__ = ["MAX_DUPLICATE_SHARE", "MAX_EXAMPLES", "MIN_SHARE_COUNT", "Overlap", "duplicate_note", "judge_overlaps"]
 
 MAX_DUPLICATE_SHARE = 0.10
+MIN_SHARE_COUNT = 3
 MAX_EXAMPLES = 5
 
 
@@ -68,7 +70,7 @@ def judge_overlaps(task_dir: Path, overlaps: Sequence[Overlap], sizes: Mapping[s
         counts = Counter(o.split for o in overlaps)
         for split, n in sorted(counts.items()):
             size = sizes.get(split, 0)
-            if size and n > MAX_DUPLICATE_SHARE * size:
+            if size and n > MAX_DUPLICATE_SHARE * size and n >= MIN_SHARE_COUNT:
                 errors.append(
                     f"{task_dir}: {n} of {size} {split} images ({100 * n / size:.0f} %) have the "
                     "same pixels as a training image; a dataset's own duplicates are far fewer "
