@@ -106,6 +106,29 @@ def test_cifar100_test_part_mostly_training_images_refused_alike(tmp_path, monke
     assert not layout.prepared_task(cfg, "cifar100").exists()
 
 
+def test_cifar100_own_train_duplicate_split_into_val_and_train_is_recorded(tmp_path, monkeypatch):
+    # Both images come from CIFAR-100's own train part: vpeft's draw put one in val and one in
+    # train, so the pair is the dataset's, not a mistake in anyone's lists.
+    from vpeft.data.manyshot import draw_split
+
+    split = draw_split(np.array(TRAIN_LABELS), 3, dataset="cifar100", seed=0, size=None,
+                       val_fraction=0.2, val_max=5000)
+    val = split["val"][0]
+    twin = next(i for i in split["train"] if i not in split["val"]
+                and TRAIN_LABELS[i] == TRAIN_LABELS[val])
+
+    def edit(part: str, d: dict) -> None:
+        if part == "train":
+            d[b"data"][val] = d[b"data"][twin]
+
+    write_cifar100_python(tmp_path / "raw", edit=edit)
+    cfg, check, refusals = _manyshot_both(monkeypatch, tmp_path, "cifar100")
+    assert check.problems == [] and refusals == []
+    duplicates = read_manifest(layout.prepared_task(cfg, "cifar100"))["content"]["duplicates"]
+    assert (duplicates["val200_in_train800"], duplicates["test_in_training"]) == (1, 0)
+    assert any("1 val200 image also in train800" in n for n in check.notes), check.notes
+
+
 # ---------------------------------------------------------------------------------------------
 # Many-shot: a list-file dataset (the same file named by train and test) and class folders
 # ---------------------------------------------------------------------------------------------

@@ -91,3 +91,30 @@ def test_empty_or_missing_list_file(tmp_path):
         read_list_file(tmp_path / "e.txt")
     with pytest.raises(DataError, match="list file not found"):
         read_list_file(tmp_path / "none.txt")
+
+
+def test_dataset_list_file_encoding_empty_image_and_folder_are_named(tmp_path):
+    # A list saved by PowerShell 5 (`Get-ChildItem ... | Out-File train.txt`: UTF-16 LE with its
+    # byte order mark), then as UTF-8 with Notepad's mark, then plain but naming a 0-byte image
+    # (an interrupted copy), a folder, and a file in a non-UTF-8 legacy encoding.
+    touch(tmp_path, "a.jpg")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "sub.jpg").mkdir()
+    lst = tmp_path / "train.txt"
+    lst.write_bytes("a.jpg 0\r\n".encode("utf-16"))
+    with pytest.raises(DataError, match=r"train\.txt:1: the file starts with a UTF-16 \(little-endian\) "
+                                        r"byte order mark \(bytes FF FE\)"):
+        read_list_file(lst, tmp_path, 2)
+    lst.write_bytes("a.jpg 0\r\n".encode("utf-8-sig"))
+    with pytest.raises(DataError, match=r"UTF-8 byte order mark \(bytes EF BB BF\)"):
+        read_list_file(lst, tmp_path, 2)
+    lst.write_bytes("a.jpg 0\nempty.jpg 1\nsub.jpg 1\ncaf\u00e9.jpg 0\n".encode("latin-1"))
+    with pytest.raises(DataError) as err:
+        read_list_file(lst, tmp_path, 2)
+    assert err.value.errors == [f"{lst}:4: not valid UTF-8 (byte 0xE9); list files must be UTF-8"]
+    lst.write_text("a.jpg 0\nempty.jpg 1\nsub.jpg 1\n")
+    with pytest.raises(DataError) as err:
+        read_list_file(lst, tmp_path, 2)
+    assert err.value.errors == [
+        f"{lst}:2: image empty.jpg: empty file (0 bytes) ({tmp_path / 'empty.jpg'})",
+        f"{lst}:3: image sub.jpg: is a directory, not an image file ({tmp_path / 'sub.jpg'})"]

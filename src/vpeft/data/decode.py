@@ -150,12 +150,20 @@ def digest_files(paths: Sequence[Path], *, workers: int | None = None,
     """:func:`_digest_one` of every path, in order, decoded on ``workers`` processes (default:
     every core this process may use). ``progress``: the label of a progress bar with an ETA on
     stderr (shown only when stderr is a terminal)."""
+    import threading
+
     from tqdm import tqdm
+
+    class Bar(tqdm):
+        monitor_interval = 0  # no monitor thread: it would make the next pool spawn, not fork
 
     workers = decode_workers() if workers is None else max(1, int(workers))
     names = [str(p) for p in paths]
-    bar = tqdm(total=len(names), desc=progress, unit="img", file=sys.stderr, leave=False,
-               disable=progress is None or not sys.stderr.isatty(), dynamic_ncols=True)
+    # fork starts a worker in milliseconds; with other Python threads running (a lock held at
+    # the fork would stay held in the child) start clean interpreters instead
+    fork = threading.active_count() == 1
+    bar = Bar(total=len(names), desc=progress, unit="img", file=sys.stderr, leave=False,
+              disable=progress is None or not sys.stderr.isatty(), dynamic_ncols=True)
     results: list[tuple[str, str, str]] = []
     with bar:
         if workers == 1 or len(names) < SERIAL_BELOW:
@@ -164,13 +172,9 @@ def digest_files(paths: Sequence[Path], *, workers: int | None = None,
                 bar.update()
             return results
         import multiprocessing
-        import threading
         from concurrent.futures import ProcessPoolExecutor
 
-        # fork starts a worker in milliseconds; with other Python threads running (a lock held
-        # at the fork would stay held in the child) start clean interpreters instead
-        method = ("fork" if threading.active_count() == 1
-                  and "fork" in multiprocessing.get_all_start_methods() else "spawn")
+        method = "fork" if fork and "fork" in multiprocessing.get_all_start_methods() else "spawn"
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
             chunk = max(1, min(64, len(names) // (workers * 8)))
             for result in pool.map(_digest_one, names, chunksize=chunk):

@@ -10,8 +10,9 @@ refusals:
 * in a task whose splits the user laid out (a VTAB-1K tree), a val200 image equal to a train800
   image: VTAB-1K's generators draw both from one source split, so a copy there is a generator
   or editing mistake, and selection would score training images;
-* more than :data:`MAX_DUPLICATE_SHARE` of a split duplicated: no audited dataset comes close;
-  that is the same images under two names.
+* more than :data:`MAX_DUPLICATE_SHARE` of a split duplicated (and at least
+  :data:`MIN_SHARE_COUNT` images: one or two in a tiny split say nothing): no audited dataset
+  comes close; that is the same images under two names.
 
 Everything else (a test image equal to a training image of the dataset's own train split; in a
 split vpeft drew from a dataset's official parts, also val vs train) is recorded: counted, with
@@ -26,9 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MAX_DUPLICATE_SHARE", "MAX_EXAMPLES", "Overlap", "duplicate_note", "judge_overlaps"]
+__all__ = ["MAX_DUPLICATE_SHARE", "MAX_EXAMPLES", "MIN_SHARE_COUNT", "Overlap", "duplicate_note", "judge_overlaps"]
 
 MAX_DUPLICATE_SHARE = 0.10
+MIN_SHARE_COUNT = 3
 MAX_EXAMPLES = 5
 
 
@@ -37,7 +39,7 @@ class Overlap:
     """An image of ``split`` whose pixels equal an image of an earlier split."""
 
     split: str        # "val200" (equal to a train800 image) or "test" (equal to any training image)
-    message: str      # "file:line: ... has the same pixels as file:line ..."
+    message: str      # "file:line: ... has the same pixels as file:line (...)", no verdict
     same_file: bool   # both lines name one file on disk
 
 
@@ -59,19 +61,21 @@ def judge_overlaps(task_dir: Path, overlaps: Sequence[Overlap], sizes: Mapping[s
     errors: list[str] = []
     if not allow:
         for o in overlaps:
+            rule = ("train800 and val200 must be disjoint" if o.split == "val200" else
+                    "test images must not be in a training split")
             if o.same_file:
-                errors.append(f"{o.message} (the same file is listed in both splits)")
+                errors.append(f"{o.message} (the same file is listed in both splits); {rule}")
             elif o.split == "val200" and not drawn_splits:
-                errors.append(o.message)
+                errors.append(f"{o.message}; {rule}")
         counts = Counter(o.split for o in overlaps)
         for split, n in sorted(counts.items()):
             size = sizes.get(split, 0)
-            if size and n > MAX_DUPLICATE_SHARE * size:
+            if size and n > MAX_DUPLICATE_SHARE * size and n >= MIN_SHARE_COUNT:
                 errors.append(
                     f"{task_dir}: {n} of {size} {split} images ({100 * n / size:.0f} %) have the "
                     "same pixels as a training image; a dataset's own duplicates are far fewer "
-                    f"(at most {MAX_DUPLICATE_SHARE:.0%} is accepted): the splits list the same "
-                    "images twice")
+                    f"(at most {100 * MAX_DUPLICATE_SHARE:.0f} % is accepted): the splits list "
+                    "the same images twice")
         if errors:
             errors.append(f"{task_dir}: {len(overlaps)} image(s) shared between splits; if the "
                           "source genuinely holds these pixel-identical images, set "

@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from vpeft.data.decode import (DECODE_ERRORS, Decoded, decode_image, decode_problem, digest_files,
                                read_image, strict_decoding)
-from vpeft.data.duplicates import Overlap, judge_overlaps
+from vpeft.data.duplicates import Overlap, duplicate_note, judge_overlaps
 from vpeft.data.errors import MAX_SHOWN_ERRORS, DataError, raise_collected
 from vpeft.data.listfile import Entry, ParsedList, parse_list
 from vpeft.data.shards import FORMAT, SPLITS, ShardWriter, shard_schema
@@ -253,20 +253,16 @@ def content_report(task_dir: Path, entries: Mapping[str, list[Entry]],
         if c in train:
             overlaps.append(Overlap("val200", (
                 f"{_where(task_dir, 'val200', e)}: image {e.path} has the same pixels as "
-                f"{_where(task_dir, 'train800', train[c])} ({train[c].path}); "
-                "train800 and val200 must be disjoint"), _same_file(e, train[c])))
+                f"{_where(task_dir, 'train800', train[c])} ({train[c].path})"),
+                _same_file(e, train[c])))
     for c, e in zip(contents["test"], entries["test"]):
         if c in first_seen:
             split, other = first_seen[c]
             overlaps.append(Overlap("test", (
                 f"{_where(task_dir, 'test', e)}: test image {e.path} has the same pixels "
-                f"as {_where(task_dir, split, other)} ({other.path}); test images must "
-                "not be in a training split"), _same_file(e, other)))
+                f"as {_where(task_dir, split, other)} ({other.path})"), _same_file(e, other)))
     errors, duplicates = judge_overlaps(task_dir, overlaps, {s: len(v) for s, v in entries.items()},
                                         drawn_splits=drawn_splits, allow=allow_duplicates)
-    if not errors:
-        for o in overlaps:
-            log.warning("%s (%s)", o.message, duplicates["policy"])
 
     union = Counter(pairs("train800") + pairs("val200"))
     both = Counter(pairs("train800val200"))
@@ -393,6 +389,10 @@ def _build(task_dir: Path, tmp: Path, entries: Mapping[str, list[Entry]], *, tas
     errors, content = content_report(task_dir, entries, contents, allow_duplicates=allow_duplicates,
                                      drawn_splits=drawn_splits)
     raise_collected(errors)
+    duplicates = content["duplicates"]
+    if duplicates["test_in_training"] or duplicates["val200_in_train800"]:
+        log.warning("%s: %s (%s), e.g. %s", task, duplicate_note(duplicates), duplicates["policy"],
+                    duplicates["examples"][0])
 
     splits: dict[str, Any] = {}
     for split in SPLITS:
