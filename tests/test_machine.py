@@ -161,3 +161,26 @@ def test_portable_refuses_a_process_whose_torch_already_chose_other_kernels() ->
     assert done.returncode != 0
     assert "train.cpu_kernels: portable needs torch's CPU kernels at AVX2" in done.stderr
     assert "this process runs DEFAULT" in done.stderr
+
+
+def test_a_portable_training_job_runs_and_records_the_portable_kernels(
+        tmp_path, prepared_task, tiny_weights) -> None:
+    extra = ["train.cpu_kernels=portable"]
+    plan = smoke_plan(tmp_path, prepared_task, tiny_weights, *extra, methods="linear")
+    overrides = [f"paths.data={tmp_path}/data", f"paths.runs={tmp_path}/runs",
+                 f"model.weights={tiny_weights}", "study.tasks=[count]", "study.methods=[linear]",
+                 "train.epochs=2", "train.batch_size=16", *extra]
+    point = plan.points["linear"][0].id
+    clean = {k: v for k, v in os.environ.items() if k not in machine.PORTABLE_ENV}
+    done = subprocess.run(
+        [sys.executable, "-m", "vpeft", "train", "--study", "smoke", "--task", "count",
+         "--method", "linear", "--phase", "grid", "--point", point, "--threads", "1",
+         *[a for o in overrides for a in ("-o", o)]],
+        capture_output=True, text=True, timeout=600, env=clean | {"PYTHONPATH": str(SRC)})
+    if "needs torch's CPU kernels at AVX2" in done.stderr:
+        pytest.skip("this CPU has no AVX2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    recorded = read_json(layout.grid_dir(plan.cfg, "count", "linear", point)
+                         / layout.METRICS)["machine"]
+    assert recorded["cpu_kernels"] == "portable" and recorded["kernel_env"] == machine.PORTABLE_ENV
+    assert recorded["torch"]["cpu_capability"] == "AVX2" and recorded["torch"]["threads"] == 1
