@@ -115,6 +115,16 @@ def test_report_names_the_machine_and_warns_when_runs_mix_cpu_types(tmp_path: Pa
     assert 'id="provenance-exceptions"' in page  # the odd run is listed with its machine
 
 
+def test_a_gpu_machine_is_keyed_by_its_gpu() -> None:
+    gpu = {"names": ["NVIDIA H200"], "driver": "550.54.15", "cuda": "12.8", "cudnn": "91002"}
+    record = {"cpu": {"model": "Intel(R) Xeon(R) Platinum 8480C"},
+              "torch": {"version": "2.13.0+cu128", "cpu_capability": "AVX512", "threads": 16,
+                        "blas": "mkl", "gpu": gpu}, "cpu_kernels": "native"}
+    assert machine.machine_key(record) == "NVIDIA H200 · CUDA 12.8"
+    assert machine.summary(record) == ("NVIDIA H200 · CUDA 12.8 · torch 2.13.0+cu128 (mkl BLAS) · "
+                                       "cpu_kernels native")
+
+
 def test_report_says_when_some_runs_have_no_machine_record(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     for (task, method), top1 in TEST_TOP1.items():
