@@ -8,9 +8,10 @@ CPU it finds, and they round differently. Every probe is cheap and none can fail
 read is ``"unknown"``.
 
 ``train.cpu_kernels: portable`` pins those choices (ATen and oneDNN to AVX2, MKL to its
-vendor-independent branch) through the libraries' own switches (:data:`PORTABLE_ENV`), which must be set before torch runs its first operation;
-:func:`apply_cpu_kernels` sets them at process start and :func:`check_cpu_kernels` refuses a run
-whose torch already chose otherwise. docs/benchmarks.md has what it costs and what it was
+vendor-independent branch) through the libraries' own switches (:data:`PORTABLE_ENV`), which must
+be set before torch runs its first operation: :func:`apply_cpu_kernels` sets them at process start
+(``python -m vpeft``) and :func:`check_cpu_kernels` refuses a run whose torch already chose
+otherwise. An environment that already sets them is respected in ``native`` mode, and recorded. docs/benchmarks.md has what it costs and what it was
 shown to change.
 """
 from __future__ import annotations
