@@ -11,8 +11,8 @@ read is ``"unknown"``.
 vendor-independent branch) through the libraries' own switches (:data:`PORTABLE_ENV`), which must
 be set before torch runs its first operation: :func:`apply_cpu_kernels` sets them at process start
 (``python -m vpeft``) and :func:`check_cpu_kernels` refuses a run whose torch already chose
-otherwise. An environment that already sets them is respected in ``native`` mode, and recorded. docs/benchmarks.md has what it costs and what it was
-shown to change.
+otherwise. An environment that already sets them is respected in ``native`` mode, and recorded.
+docs/benchmarks.md has what it costs and what it was shown to change.
 """
 from __future__ import annotations
 
