@@ -3,8 +3,9 @@
 Each mode trains the same seeded ViT (the demo's shape: 32 px, patch 8, width 96, depth 4) for a
 few AdamW steps in a fresh process (the kernel switches are read once, at torch's first
 operation), alternating the modes round by round so that a shared machine's load falls on all of
-them alike (the ratios to native are per round, then the median). Per mode: the kernel level torch chose, the CPU seconds per training step (process
-time: one thread, so it barely depends on the other processes), and a SHA-256 of the final logits.
+them alike (the ratios to native are per round, then the median). Per mode: the kernel level
+torch chose, the CPU seconds per training step (process time: one thread, so it barely depends on
+the other processes), and a SHA-256 of the final logits.
 
 Modes: ``native`` (torch's own choice), ``portable`` (vpeft.machine.PORTABLE_ENV), and ``scalar``
 (``ATEN_CPU_CAPABILITY=default``, ATen's non-vectorised kernels): on a CPU whose native level is
@@ -84,7 +85,8 @@ def _run_mode(mode: str, steps: int, batch: int) -> dict:
                            "--steps", str(steps), "--batch", str(batch)],
                           env=_mode_env(mode), capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
-        raise SystemExit(f"benchmarks.cpu_kernels: the {mode} worker failed:\n{proc.stderr[-2000:]}")
+        raise SystemExit(f"benchmarks.cpu_kernels: the {mode} worker failed:\n"
+                         f"{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 

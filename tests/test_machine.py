@@ -48,7 +48,8 @@ def test_cpu_info_reads_model_vendor_and_vector_extensions(tmp_path: Path) -> No
                                          "avx512bw", "avx512f", "f16c", "fma", "sse4_2"]
     (tmp_path / "arm").write_text(ARM)
     arm = machine.cpu_info(tmp_path / "arm")
-    assert arm["vendor"] == "0x41" and arm["vector_extensions"] == ["asimd", "asimdhp", "sve", "sve2"]
+    assert arm["vendor"] == "0x41"
+    assert arm["vector_extensions"] == ["asimd", "asimdhp", "sve", "sve2"]
 
 
 def test_cpu_info_never_fails_without_proc_cpuinfo(tmp_path: Path) -> None:
@@ -103,9 +104,15 @@ def test_report_names_the_machine_and_warns_when_runs_mix_cpu_types(tmp_path: Pa
     for (task, method), top1 in TEST_TOP1.items():
         write_run(runs, task, method, top1)
     _with_machines(runs, {key: "AMD EPYC" for key in TEST_TOP1})
+    # a different core allocation on the same machine type is not a different machine
+    one = runs / "demo" / "eurosat" / "lora" / "final" / "metrics.json"
+    data = json.loads(one.read_text())
+    data["machine"]["cpu"]["usable_cores"] = 1
+    one.write_text(json.dumps(data))
     page = render(tmp_path, collect_study(runs, STUDY))
     assert "AMD EPYC · AVX2 kernels · 1 thread(s) · torch 2.13.0+cpu (mkl BLAS)" in page
-    assert "all 9 runs" in page and "different machines" not in page
+    # one shared Machine row and no per-run exception for it
+    assert "different machines" not in page and page.count('data-column="machine_json"') == 1
 
     _with_machines(runs, {("dtd", "bitfit"): "Intel(R) Xeon(R) Platinum 8480C"})
     page = render(tmp_path / "mixed", collect_study(runs, STUDY))
@@ -113,6 +120,16 @@ def test_report_names_the_machine_and_warns_when_runs_mix_cpu_types(tmp_path: Pa
     assert ("AMD EPYC · AVX2 kernels · 1 thread(s) (8 runs); Intel(R) Xeon(R) Platinum 8480C · "
             "AVX512 kernels · 1 thread(s) (1 run)") in page
     assert 'id="provenance-exceptions"' in page  # the odd run is listed with its machine
+
+
+def test_a_gpu_machine_is_keyed_by_its_gpu() -> None:
+    gpu = {"names": ["NVIDIA H200"], "driver": "550.54.15", "cuda": "12.8", "cudnn": "91002"}
+    record = {"cpu": {"model": "Intel(R) Xeon(R) Platinum 8480C"},
+              "torch": {"version": "2.13.0+cu128", "cpu_capability": "AVX512", "threads": 16,
+                        "blas": "mkl", "gpu": gpu}, "cpu_kernels": "native"}
+    assert machine.machine_key(record) == "NVIDIA H200 · CUDA 12.8"
+    assert machine.summary(record) == ("NVIDIA H200 · CUDA 12.8 · torch 2.13.0+cu128 (mkl BLAS) · "
+                                       "cpu_kernels native")
 
 
 def test_report_says_when_some_runs_have_no_machine_record(tmp_path: Path) -> None:
@@ -161,3 +178,26 @@ def test_portable_refuses_a_process_whose_torch_already_chose_other_kernels() ->
     assert done.returncode != 0
     assert "train.cpu_kernels: portable needs torch's CPU kernels at AVX2" in done.stderr
     assert "this process runs DEFAULT" in done.stderr
+
+
+def test_a_portable_training_job_runs_and_records_the_portable_kernels(
+        tmp_path, prepared_task, tiny_weights) -> None:
+    extra = ["train.cpu_kernels=portable"]
+    plan = smoke_plan(tmp_path, prepared_task, tiny_weights, *extra, methods="linear")
+    overrides = [f"paths.data={tmp_path}/data", f"paths.runs={tmp_path}/runs",
+                 f"model.weights={tiny_weights}", "study.tasks=[count]", "study.methods=[linear]",
+                 "train.epochs=2", "train.batch_size=16", *extra]
+    point = plan.points["linear"][0].id
+    clean = {k: v for k, v in os.environ.items() if k not in machine.PORTABLE_ENV}
+    done = subprocess.run(
+        [sys.executable, "-m", "vpeft", "train", "--study", "smoke", "--task", "count",
+         "--method", "linear", "--phase", "grid", "--point", point, "--threads", "1",
+         *[a for o in overrides for a in ("-o", o)]],
+        capture_output=True, text=True, timeout=600, env=clean | {"PYTHONPATH": str(SRC)})
+    if "needs torch's CPU kernels at AVX2" in done.stderr:
+        pytest.skip("this CPU has no AVX2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    recorded = read_json(layout.grid_dir(plan.cfg, "count", "linear", point)
+                         / layout.METRICS)["machine"]
+    assert recorded["cpu_kernels"] == "portable" and recorded["kernel_env"] == machine.PORTABLE_ENV
+    assert recorded["torch"]["cpu_capability"] == "AVX2" and recorded["torch"]["threads"] == 1

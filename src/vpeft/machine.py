@@ -8,10 +8,11 @@ CPU it finds, and they round differently. Every probe is cheap and none can fail
 read is ``"unknown"``.
 
 ``train.cpu_kernels: portable`` pins those choices (ATen and oneDNN to AVX2, MKL to its
-vendor-independent branch) through the libraries' own switches (:data:`PORTABLE_ENV`), which must be set before torch runs its first operation;
-:func:`apply_cpu_kernels` sets them at process start and :func:`check_cpu_kernels` refuses a run
-whose torch already chose otherwise. docs/benchmarks.md has what it costs and what it was
-shown to change.
+vendor-independent branch) through the libraries' own switches (:data:`PORTABLE_ENV`), which must
+be set before torch runs its first operation: :func:`apply_cpu_kernels` sets them at process start
+(``python -m vpeft``) and :func:`check_cpu_kernels` refuses a run whose torch already chose
+otherwise. An environment that already sets them is respected in ``native`` mode, and recorded.
+docs/benchmarks.md has what it costs and what it was shown to change.
 """
 from __future__ import annotations
 
@@ -146,17 +147,18 @@ def describe(cpu_kernels: str | None = None) -> dict[str, Any]:
 
 
 def machine_key(machine: Mapping[str, Any] | None) -> str:
-    """What makes two runs' numbers comparable bit for bit: CPU model, the kernel level torch
-    chose, the thread count and the GPU. Runs with different keys are not."""
+    """What decides whether two runs' numbers can agree bit for bit: on a GPU machine the GPU
+    model and CUDA version (training runs there); else the CPU model, the kernel level torch
+    chose and the thread count. Runs with different keys give different, equally valid numbers."""
     if not machine:
         return UNKNOWN
     cpu, torch = machine.get("cpu") or {}, machine.get("torch") or {}
     gpu = torch.get("gpu") or {}
-    parts = [str(cpu.get("model", UNKNOWN)), f"{torch.get('cpu_capability', UNKNOWN)} kernels",
-             f"{torch.get('threads', '?')} thread(s)"]
     if gpu.get("names"):
-        parts.append(", ".join(gpu["names"]))
-    return " · ".join(parts)
+        return f"{', '.join(gpu['names'])} · CUDA {gpu.get('cuda', UNKNOWN)}"
+    return " · ".join([str(cpu.get("model", UNKNOWN)),
+                       f"{torch.get('cpu_capability', UNKNOWN)} kernels",
+                       f"{torch.get('threads', '?')} thread(s)"])
 
 
 def summary(machine: Mapping[str, Any] | None) -> str:

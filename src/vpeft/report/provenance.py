@@ -77,7 +77,16 @@ def input_data_rows(study: Mapping) -> list[Row]:
 # The per-run facts of the provenance section: (results column, label, display text).
 _FACTS: tuple[tuple[str, str], ...] = (
     ("git_commit", "Git commit"), ("versions_json", "Library versions"),
-    ("machine_json", "Machine"), ("protocol", "Protocol"), ("seed", "Seed (final/)"), ("num_seeds", "Seeds with a result"))
+    ("machine_json", "Machine"), ("protocol", "Protocol"), ("seed", "Seed (final/)"),
+    ("num_seeds", "Seeds with a result"))
+
+
+def _fact_value(column: str, row: Mapping[str, Any]) -> Any:
+    """The value runs are compared on: the machine by its summary line (vpeft.machine.summary),
+    not its whole record, whose core affinity or environment may differ on the same machine."""
+    if column == "machine_json":
+        return machine.summary(json.loads(row[column]) if row[column] else None)
+    return row[column]
 
 
 def _fact_text(column: str, value: Any) -> str:
@@ -85,8 +94,6 @@ def _fact_text(column: str, value: Any) -> str:
         return _short_commit(value)
     if column == "versions_json":
         return _versions_text(value)
-    if column == "machine_json":
-        return machine.summary(json.loads(value) if value else None)
     return "–" if value is None else str(value)
 
 
@@ -100,7 +107,7 @@ def shared_facts(results: StudyResults, study: Mapping) -> tuple[list[Row], list
     for column, label in _FACTS:
         counts: dict[Any, int] = {}
         for _, _, r in runs:
-            counts[r[column]] = counts.get(r[column], 0) + 1
+            counts[_fact_value(column, r)] = counts.get(_fact_value(column, r), 0) + 1
         if not counts:
             continue
         common = max(counts, key=lambda v: counts[v])   # first seen wins a tie (study order)
@@ -112,11 +119,12 @@ def shared_facts(results: StudyResults, study: Mapping) -> tuple[list[Row], list
                  title=str(common) if column == "git_commit" else None),
             Cell(scope, str(counts[common]), "num_runs", classes=["small"])]))
         for task, method, r in runs:
-            if r[column] != common:
+            value = _fact_value(column, r)
+            if value != common:
                 exceptions.append(Row(task, [
                     Cell(method, method, "method", task, method),
                     Cell(label, column, "fact", task, method),
-                    Cell(_fact_text(column, r[column]), exact_text(r[column]), column, task, method,
+                    Cell(_fact_text(column, value), exact_text(value), column, task, method,
                          ["wrap"])], method=method, task=task))
     return shared, exceptions
 
@@ -199,10 +207,10 @@ def _machine_notes(rows: list[dict]) -> list[str]:
             keys[key] = keys.get(key, 0) + 1
     notes = []
     if len(keys) > 1:
+        each = "; ".join(f"{k} ({n} run{'s' * (n != 1)})" for k, n in keys.items())
         notes.append(f"Runs came from {len(keys)} different machines (CPU type, kernel level, "
-                     f"threads or GPU): " + "; ".join(f"{k} ({n} run{'s' * (n != 1)})" for k, n in keys.items())
-                     + ". Their numbers are not bit-comparable: a rerun on another machine type "
-                     "gives other, equally valid numbers.")
+                     f"threads or GPU): {each}. Their numbers are not bit-comparable: a rerun on "
+                     "another machine type gives other, equally valid numbers.")
     unrecorded = sum(1 for r in rows if not r["machine_json"])
     if keys and unrecorded:
         notes.append(f"{unrecorded} run(s) have no machine record (made before vpeft recorded "
