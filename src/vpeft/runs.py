@@ -133,6 +133,9 @@ class RunMetrics(Record):
     epochs: int | None = None
     steps: int | None = None
     train_images_per_s: float | None = None
+    eval_images_per_s: float | None = None   # the evaluation split's prediction (cached: head only)
+    setup_s: float | None = None             # the job's start-up: data, model, method, features
+    train_s: float | None = None             # the job's training loop (all its fused points)
     peak_memory_bytes: int | None = None
     device: str | None = None
     protocol: str | None = None              # vpeft.train.published.protocol_name
@@ -143,6 +146,7 @@ class RunMetrics(Record):
     fused_attention: bool | None = None
     compiled: bool | None = None
     fused_points: int | None = None
+    rehearsal: Mapping[str, int] | None = None  # train.rehearsal when set: not a real result
     config: Mapping[str, Any] | None = None  # the composed config the run was made with
     versions: Mapping[str, str] | None = None
     git_commit: str | None = None
@@ -191,6 +195,7 @@ class TestEval(Record):
     test_top1: float | None = None           # None when the run diverged
     num_test: int | None = None
     status: str | None = None
+    rehearsal: Mapping[str, int] | None = None  # scored on a rehearsal's first test batches
 
 
 def read(kind: type[R], path: Path | str) -> R:
