@@ -311,6 +311,7 @@ def _finish_point(plan: StudyPlan, task: str, method: str, job: _PointRun, resul
         setup_s=timing["setup_s"], train_s=timing["train_s"],
         # the process's peak: a fused job's points share it (fused_points says how many)
         peak_memory_bytes=peak_memory_bytes(inputs.device),
+        peak_host_rss_bytes=peak_memory_bytes(torch.device("cpu")),
         device=device_description(inputs.device), protocol=inputs.protocol.name,
         loss_curve=result.loss_curve, diverged_at=result.diverged_at,
         feature_cache=job.feature_cache,

@@ -137,6 +137,7 @@ class RunMetrics(Record):
     setup_s: float | None = None             # the job's start-up: data, model, method, features
     train_s: float | None = None             # the job's training loop (all its fused points)
     peak_memory_bytes: int | None = None
+    peak_host_rss_bytes: int | None = None   # the process's peak RSS (= peak_memory_bytes on CPU)
     device: str | None = None
     protocol: str | None = None              # vpeft.train.published.protocol_name
     loss_curve: list[float | None] | None = None
