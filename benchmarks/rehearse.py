@@ -254,7 +254,7 @@ def rehearse(args: argparse.Namespace) -> int:
               "shape": args.shape, "cores": args.cores, "load_avg": os.getloadavg(),
               "jobs": job_benchmarks(work)}
     if result["ok"]:
-        result["calibration"] = str(write_calibration(work, overrides))
+        result["calibration"] = str(write_calibration(work, root, weights, overrides))
     (work / "rehearsal.json").write_text(json.dumps(result, indent=1))
     print(json.dumps({k: result[k] for k in ("ok", "wall_s", "fabricate_s", "load_avg")}))
     if not result["ok"]:
@@ -262,14 +262,15 @@ def rehearse(args: argparse.Namespace) -> int:
     return 0 if result["ok"] else 1
 
 
-def write_calibration(work: Path, overrides: Sequence[str]) -> Path | None:
-    """The calibration file measured from this rehearsal's runs (vpeft.calibration), if that
-    module is present."""
-    try:
-        from vpeft import calibration
-    except ImportError:
-        return None
-    return calibration.calibrate_study(STUDY, list(overrides), work)
+def write_calibration(work: Path, root: Path, weights: Path, overrides: Sequence[str]) -> Path:
+    """The calibration file measured from this rehearsal's runs (vpeft.calibration), in the
+    rehearsal's runs directory; copy it to a study's runs/<study>/calibration.json to use it."""
+    from vpeft import calibration
+    from vpeft.config import load_study
+
+    plan = load_study(STUDY, [*overrides, f"study.data.root={root}", f"model.weights={weights}",
+                              f"paths.runs={work / 'runs'}"])
+    return calibration.write(plan.cfg)
 
 
 if __name__ == "__main__":
