@@ -312,7 +312,8 @@ class Run:
             if self.seen:
                 result.loss_curve.append(self.epoch_loss / self.seen)
             self.finished = True
-            self._log_progress(result.loss_curve[-1], now)
+            if self.last_log != now:  # not just logged above
+                self._log_progress(result.loss_curve[-1], now)
             self._finish()
 
     def _end_epoch(self) -> None:
