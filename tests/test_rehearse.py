@@ -18,6 +18,7 @@ from PIL import Image
 
 from conftest import half_normaliser, run_snakemake, tiny_vit, toy_images, workflow_copy
 from vpeft import calibration
+from vpeft.analysis import PLANNING_NUM_TEST
 from vpeft.config import load_study
 from vpeft.errors import ConfigError, UserError
 from vpeft.requests import FALLBACK_MEM_MB, MEM_SAFETY, TIME_SAFETY, Requests
@@ -124,7 +125,8 @@ def test_requests_follow_the_calibration_file(tmp_path):
     seconds = 30 + 8 * (100 * 800 / 100 + 200 / 400)
     assert got["runtime"] == -(-TIME_SAFETY * seconds // 60)
     state_mb = 7 * (86_000_000 * 4 + 300_000 * 12) / 2**20
-    assert got["mem_mb"] == -(-MEM_SAFETY * (9000 + state_mb) // 1)
+    pixels_mb = (800 + 200) * 224 * 224 * 3 / 2**20  # the splits it reads, as uint8
+    assert got["mem_mb"] == -(-MEM_SAFETY * (9000 + pixels_mb + state_mb) // 1)
     assert got["gpu_mem_mb"] == -(-MEM_SAFETY * (20000 + state_mb) // 1)
     assert req.train("dtd", ["lora"], "grid", points=8, attempt=2)["runtime"] == 2 * got["runtime"]
     # a rehearsal is sized by its cut: one step of 64, one eval batch of 256
@@ -183,5 +185,6 @@ def test_planned_jobs_take_their_resources_from_the_calibration(tmp_path):
     assert "runtime=120" in final_resources() and f"mem_mb={FALLBACK_MEM_MB}" in final_resources()
     write_calibration(tmp_path / "runs" / "vtab1k" / "calibration.json")
     planned = final_resources()
-    assert f"mem_mb={-(-MEM_SAFETY * 9000 // 1):.0f}" in planned
+    pixels_mb = (1000 + PLANNING_NUM_TEST) * 224 * 224 * 3 / 2**20  # dtd not prepared yet
+    assert f"mem_mb={-(-MEM_SAFETY * (9000 + pixels_mb) // 1):.0f}" in planned
     assert f"gpu_mem_mb={-(-MEM_SAFETY * 20000 // 1):.0f}" in planned

@@ -6,8 +6,10 @@ known when the plan is made (``study.data.split_sizes``, else the prepared manif
 
 * ``runtime`` (minutes) = ``TIME_SAFETY`` x (start-up + points x (epochs x training images /
   training images/s + evaluation images / evaluation images/s)), times the attempt number;
-* ``mem_mb`` = ``MEM_SAFETY`` x (measured peak host RSS + (points - 1) x one more point's model
-  state: its parameters, and the gradients and two AdamW moments of its trainable ones);
+* ``mem_mb`` = ``MEM_SAFETY`` x (measured peak host RSS + the job's splits as uint8 pixels +
+  (points - 1) x one more point's model state: its parameters, and the gradients and two AdamW
+  moments of its trainable ones). The splits are added because a rehearsal measures its peak
+  with a few batches; a 73,728-image test split at 224 px holds 11.1 GB;
 * ``gpu_mem_mb`` (only when the calibration ran on CUDA) the same with the device peak: a
   profile maps it to a GPU type (docs/cluster.md).
 
@@ -71,7 +73,9 @@ class Requests:
         if sizes is None:
             return self._fallback(f"split sizes of task '{task}' unknown before prepare", runs,
                                   attempt)
-        seconds, mem, device = 0.0, 0.0, None
+        seconds, device = 0.0, None
+        side = int(self.cfg.study.data.get("image_size") or self.cfg.model.img_size)
+        mem = pixels = sizes[3] * side * side * 3 / 2**20
         for method in methods:
             entry = (self.data["methods"].get(method) or {}).get(phase)
             if entry is None:
@@ -80,7 +84,7 @@ class Requests:
             seconds += self._seconds(entry, sizes, points)
             state = entry["total_params"] * 4 + entry["trainable_params"] * 12
             extra = (points - 1) * state / 2**20
-            mem = max(mem, entry["peak_host_rss_mb"] + extra)
+            mem = max(mem, entry["peak_host_rss_mb"] + pixels + extra)
             if entry.get("peak_device_mb") is not None:
                 device = max(device or 0.0, entry["peak_device_mb"] + extra)
         out = {"runtime": max(MIN_RUNTIME_MIN, math.ceil(TIME_SAFETY * seconds / 60)) * attempt,
@@ -89,15 +93,17 @@ class Requests:
             out["gpu_mem_mb"] = math.ceil(MEM_SAFETY * device)
         return out
 
-    def _seconds(self, entry: Mapping[str, Any], sizes: tuple[int, int, int], points: int) -> float:
-        train_images, eval_images, epochs = sizes
+    def _seconds(self, entry: Mapping[str, Any], sizes: tuple[int, int, int, int],
+                 points: int) -> float:
+        train_images, eval_images, epochs, _ = sizes
         per_point = (epochs * train_images / entry["train_images_per_s"]
                      + eval_images / entry["eval_images_per_s"])
         return entry["setup_s"] + points * per_point
 
-    def _images(self, task: str, phase: str) -> tuple[int, int, int] | None:
-        """(training images, evaluation images, epochs) a run of ``phase`` on ``task`` goes
-        through, as the plan knows them (a rehearsal: what its cut leaves)."""
+    def _images(self, task: str, phase: str) -> tuple[int, int, int, int] | None:
+        """(training images, evaluation images, epochs, images read) a run of ``phase`` on
+        ``task`` goes through, as the plan knows them (a rehearsal: what its cut leaves; it
+        still reads its splits whole)."""
         from vpeft.analysis import planned_num_test
         from vpeft.kinds import study_kind
 
@@ -110,6 +116,7 @@ class Requests:
             declared.get(eval_split) or _prepared_count(self.cfg, task, eval_split)
         if n_train is None or n_eval is None:
             return None
+        read = int(n_train) + int(n_eval)
         train = self.cfg.train
         epochs = int(train.epochs)
         cut = train.get("rehearsal") or {}
@@ -118,7 +125,7 @@ class Requests:
             epochs = 1
         if cut.get("max_eval_batches"):
             n_eval = min(n_eval, int(cut["max_eval_batches"]) * int(train.eval_batch_size))
-        return int(n_train), int(n_eval), epochs
+        return int(n_train), int(n_eval), epochs, read
 
 
 def _prepared_count(cfg: Any, task: str, split: str) -> int | None:
