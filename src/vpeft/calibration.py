@@ -63,7 +63,7 @@ def measure(cfg: Any) -> dict[str, Any]:
     """The calibration of ``cfg``'s finished runs (every metrics.json under its runs directory
     that did not diverge and recorded the measurements)."""
     found: dict[tuple[str, str], list[RunMetrics]] = {}
-    devices, rehearsal = set(), None
+    devices, precisions, rehearsal = set(), set(), None
     for path in sorted(layout.runs_dir(cfg).glob(f"*/*/*/**/{layout.METRICS}")):
         try:
             m = read(RunMetrics, path)
@@ -74,6 +74,7 @@ def measure(cfg: Any) -> dict[str, Any]:
             continue
         found.setdefault((m.method, m.phase), []).append(m)
         devices.add(m.device)
+        precisions.add(m.precision)  # what the runs computed in (CPU runs are fp32)
         rehearsal = rehearsal or m.rehearsal
     if not found:
         raise CalibrationError(f"{layout.runs_dir(cfg)}: no finished run records its "
@@ -86,7 +87,8 @@ def measure(cfg: Any) -> dict[str, Any]:
             "study": str(cfg.study.name), "model": str(cfg.model.name),
             "img_size": int(cfg.model.img_size), "batch_size": int(cfg.train.batch_size),
             "eval_batch_size": int(cfg.train.eval_batch_size),
-            "precision": str(cfg.train.precision), "devices": sorted(d for d in devices if d),
+            "precision": sorted(p for p in precisions if p),
+            "devices": sorted(d for d in devices if d),
             "rehearsal": rehearsal, "methods": methods}
 
 
