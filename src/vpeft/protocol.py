@@ -317,7 +317,9 @@ def _finish_point(plan: StudyPlan, task: str, method: str, job: _PointRun, resul
         feature_cache=job.feature_cache,
         precision=effective_precision(inputs.device, job.settings.precision),
         fused_attention=uses_fused_attention(job.model), compiled=job.settings.compile,
-        fused_points=fused_points, rehearsal=inputs.protocol.rehearsal() or None)
+        fused_points=fused_points,
+        # only a rehearsal's metrics.json has the key: a real run's is unchanged
+        **({"rehearsal": inputs.protocol.rehearsal()} if inputs.protocol.rehearsal() else {}))
     # last: its presence means it is complete
     RunDir(job.out_dir).write_metrics(RunMetrics.of(**metrics))
     (job.out_dir / RESUME_CHECKPOINT).unlink(missing_ok=True)
@@ -473,9 +475,9 @@ def evaluate(plan: StudyPlan, task: str, method: str, seed: int | None = None) -
     write_parquet(run.test_predictions_file, table)
     result = TestEval.of(task=task, method=method, point=metrics.point, seed=seed,
                          test_top1=test_top1, status=metrics.status,
-                         # a rehearsal scored only its first batches
+                         # a rehearsal scored only its first batches, and says so
                          num_test=len(pred_index) if metrics.rehearsal else len(by_index),
-                         rehearsal=metrics.rehearsal)
+                         **({"rehearsal": metrics.rehearsal} if metrics.rehearsal else {}))
     run.write_test_eval(result)
     log.info("%s/%s (%s): test top-1 %s", task, method, final.name,
              "diverged" if test_top1 is None else f"{test_top1:.2f}")
