@@ -57,8 +57,8 @@ REQUESTS = Requests.of(CFG, config["train_runtime_min"])
 
 
 def train_job(phase, methods=None, points=1):
-    """Resources of a job training ``points`` points of each of ``methods`` (default: the rule's
-    {method} wildcard) in ``phase``. The lambdas hold this call's arguments, not a loop variable
+    """Resources of a job training ``points`` points (of each, or per method) of ``methods``
+    (default: the rule's {method} wildcard) in ``phase``. The lambdas hold this call's arguments, not a loop variable
     that a later rule of a loop would change."""
     def ask(wildcards, attempt):
         return REQUESTS.train(wildcards.task, methods or [wildcards.method], phase, points,

@@ -42,7 +42,7 @@ for _g, _methods in enumerate(jobs.method_groups(PLAN), start=1):
         priority: GRID_PRIORITY
         threads: config["threads"]
         resources:
-            **train_job("grid", _methods, max(len(PLAN.points[m]) for m in _methods)),
+            **train_job("grid", _methods, {m: len(PLAN.points[m]) for m in _methods}),
         log:
             f"{LOGS}/{{task}}/group{_g}/grid.log",
         benchmark:

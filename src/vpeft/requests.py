@@ -62,11 +62,13 @@ class Requests:
         return {"runtime": math.ceil(self.fallback_runtime_min * attempt * runs),
                 "mem_mb": FALLBACK_MEM_MB, "source": "fallback"}
 
-    def train(self, task: str, methods: Sequence[str], phase: str, points: int = 1,
-              attempt: int = 1) -> dict[str, Any]:
-        """Requests of one job training ``points`` points of each of ``methods`` (one after
-        another) in ``phase``: times add up, memory is the largest method's."""
-        runs = points * len(methods)
+    def train(self, task: str, methods: Sequence[str], phase: str,
+              points: int | Mapping[str, int] = 1, attempt: int = 1) -> dict[str, Any]:
+        """Requests of one job training ``points`` points (per method, or of each) of
+        ``methods`` (one after another) in ``phase``: times add up, memory is the largest
+        method's."""
+        count = {m: points[m] if isinstance(points, Mapping) else points for m in methods}
+        runs = sum(count.values())
         if self.data is None:
             return self._fallback(f"no calibration file {self.path}", runs, attempt)
         sizes = self._images(task, phase)
@@ -81,9 +83,9 @@ class Requests:
             if entry is None:
                 return self._fallback(f"{self.path} does not measure {method} ({phase})", runs,
                                       attempt)
-            seconds += self._seconds(entry, sizes, points)
+            seconds += self._seconds(entry, sizes, count[method])
             state = entry["total_params"] * 4 + entry["trainable_params"] * 12
-            extra = (points - 1) * state / 2**20
+            extra = (count[method] - 1) * state / 2**20
             mem = max(mem, entry["peak_host_rss_mb"] + pixels + extra)
             if entry.get("peak_device_mb") is not None:
                 device = max(device or 0.0, entry["peak_device_mb"] + extra)
