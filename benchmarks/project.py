@@ -333,6 +333,8 @@ def project(doc: Mapping[str, Any], source: Path, studies: Sequence[str],
     speeds = read_speeds(doc, source, chosen, clock)
     sizes = Sizes(images or {})
     results = [project_study(s, overrides, speeds, sizes, overhead_s) for s in studies]
+    for result in results:
+        result["flop_bound"] = flop_bound(result, doc, overrides, images)
     unit, warning = unit_label(doc)
     settings = doc["settings"]
     assumptions = [
@@ -357,6 +359,25 @@ def project(doc: Mapping[str, Any], source: Path, studies: Sequence[str],
                                 else "public distribution"} for k, v in sorted(sizes.used.items())},
             "studies": results, "total_hours": sum(r["hours"]["total"] for r in results),
             "complete": all(r["complete"] for r in results)}
+
+
+def flop_bound(result: Mapping[str, Any], doc: Mapping[str, Any], overrides: Sequence[str],
+               images: Mapping[str, int] | None) -> dict[str, Any] | None:
+    """The study's FLOP lower bound (benchmarks.flops) and, on a GPU with a known bf16 peak,
+    the measured projection's model FLOP utilisation: bound hours at peak / projected hours."""
+    from benchmarks import flops
+
+    try:
+        bound = flops.study_bound(result["study"], overrides, images)
+    except (ValueError, ProjectionError):  # a model or data the bound does not know (demo)
+        return None
+    device = str(doc["machine"].get("cuda") or doc["settings"]["device"])
+    peak = flops.peak_of(device) if device.startswith("cuda") or "NVIDIA" in device else None
+    out = {"pflop": bound["pflop"], "device": peak[0] if peak else None, "mfu": None}
+    if peak and result["hours"]["total"] > 0:
+        out["hours_at_peak"] = bound["hours_at_peak"][peak[0]]
+        out["mfu"] = out["hours_at_peak"] / result["hours"]["total"]
+    return out
 
 
 # ------------------------------------------------------------------------------------ Markdown
@@ -403,6 +424,11 @@ def markdown(proj: Mapping[str, Any]) -> str:
                      f"| {_h(h['start-up'])} | **{_h(h['total'])}** |")
         if st["missing_methods"]:
             lines += ["", f"Not measured, so not counted: {', '.join(st['missing_methods'])}."]
+        bound = st.get("flop_bound")
+        if bound and bound["mfu"] is not None:
+            lines += ["", f"FLOP lower bound (`python -m benchmarks.flops`): {bound['pflop']:,.0f} "
+                      f"PFLOP = {_h(bound['hours_at_peak'])} h at the {bound['device']} bf16 peak; "
+                      f"this projection runs at {bound['mfu']:.1%} model FLOP utilisation."]
     lines += ["", "Image counts the configs leave open (public distributions unless replaced "
               "with `--images KEY=N`): " + ", ".join(
                   f"`{k}`={v['images']:,}" + (" (--images)" if v["source"] == "--images" else "")

@@ -47,12 +47,29 @@ GPU_JOB = {
 }
 
 
-def gpu_job_of(runs):
-    """GPU_JOB for a job that trains ``runs`` runs one after another (a fused grid job, a group of
-    methods): that many runs' time. The lambda holds this call's ``runs``, not a loop variable
-    that a later rule of the loop would change."""
-    return {**GPU_JOB,
-            "runtime": lambda wildcards, attempt: config["train_runtime_min"] * attempt * runs}
+# Training jobs' memory and time come from the study's calibration file (vpeft.requests: measured
+# by benchmarks.rehearse, x documented safety factors, scaled by points, epochs and split sizes);
+# without one they fall back to GPU_JOB's constants, and the log says so. GPU_JOB stays the
+# request of the WiSE jobs, which no calibration measures yet.
+from vpeft.requests import Requests
+
+REQUESTS = Requests.of(CFG, config["train_runtime_min"])
+
+
+def train_job(phase, methods=None, points=1):
+    """Resources of a job training ``points`` points (of each, or per method) of ``methods``
+    (default: the rule's {method} wildcard) in ``phase``. The lambdas hold this call's arguments, not a loop variable
+    that a later rule of a loop would change."""
+    def ask(wildcards, attempt):
+        return REQUESTS.train(wildcards.task, methods or [wildcards.method], phase, points,
+                              attempt)
+
+    out = {"gpu": 1, "cpus_per_gpu": config["threads"],
+           "runtime": lambda wildcards, attempt: ask(wildcards, attempt)["runtime"],
+           "mem_mb": lambda wildcards, attempt: ask(wildcards, attempt)["mem_mb"]}
+    if REQUESTS.data is not None and any(d.startswith("cuda") for d in REQUESTS.data["devices"]):
+        out["gpu_mem_mb"] = lambda wildcards, attempt: ask(wildcards, attempt).get("gpu_mem_mb", 0)
+    return out
 
 
 # Short CPU-only jobs (evaluate, analyze) of one task run as ONE SLURM job: they share the group

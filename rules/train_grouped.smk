@@ -42,7 +42,7 @@ for _g, _methods in enumerate(jobs.method_groups(PLAN), start=1):
         priority: GRID_PRIORITY
         threads: config["threads"]
         resources:
-            **gpu_job_of(sum(len(PLAN.points[m]) for m in _methods)),
+            **train_job("grid", _methods, {m: len(PLAN.points[m]) for m in _methods}),
         log:
             f"{LOGS}/{{task}}/group{_g}/grid.log",
         benchmark:
@@ -82,7 +82,7 @@ for _g, _methods in enumerate(jobs.method_groups(PLAN), start=1):
             _final_files(_methods, None, layout.FINAL_OUTPUTS),
         threads: config["threads"]
         resources:
-            **gpu_job_of(len(_methods)),
+            **train_job("final", _methods),
         log:
             f"{LOGS}/{{task}}/group{_g}/final.log",
         benchmark:
@@ -128,7 +128,7 @@ for _g, _methods in enumerate(jobs.method_groups(PLAN), start=1):
                 seed="|".join(str(s) for s in EXTRA_SEEDS),
             threads: config["threads"]
             resources:
-                **gpu_job_of(len(_methods)),
+                **train_job("final", _methods),
             log:
                 f"{LOGS}/{{task}}/group{_g}/final-seed{{seed}}.log",
             benchmark:

@@ -13,7 +13,7 @@ if jobs.points_per_job(CFG.train) == 1:
         priority: GRID_PRIORITY
         threads: config["threads"]
         resources:
-            **GPU_JOB,
+            **train_job("grid"),
         log:
             f"{LOGS}/{{task}}/{{method}}/grid/{{point}}.log",
         benchmark:
@@ -45,7 +45,7 @@ else:
                 priority: GRID_PRIORITY
                 threads: config["threads"]
                 resources:
-                    **gpu_job_of(len(_ids)),
+                    **train_job("grid", [_method], len(_ids)),
                 log:
                     f"{LOGS}/{{task}}/{_method}/grid/points-{_k}-of-{len(_jobs)}.log",
                 benchmark:
@@ -81,7 +81,7 @@ rule train_final:
         run_files(layout.final_dir(CFG, "{task}", "{method}"), layout.FINAL_OUTPUTS),
     threads: config["threads"]
     resources:
-        **GPU_JOB,
+        **train_job("final"),
     log:
         f"{LOGS}/{{task}}/{{method}}/final.log",
     benchmark:
@@ -122,7 +122,7 @@ if EXTRA_SEEDS:
             seed="|".join(str(s) for s in EXTRA_SEEDS),
         threads: config["threads"]
         resources:
-            **GPU_JOB,
+            **train_job("final"),
         log:
             f"{LOGS}/{{task}}/{{method}}/final-seed{{seed}}.log",
         benchmark:

@@ -20,14 +20,14 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("cli", ("vpeft.cli", "vpeft.__main__")),
     ("steps", ("vpeft.check", "vpeft.export", "vpeft.gpu_slots", "vpeft.demo", "vpeft.demo.robustness",
                "vpeft.robustness.pipeline")),  # verb implementations beyond the protocol's own
-    ("protocol/report", ("vpeft.protocol", "vpeft.report.*", "vpeft.analysis.*",
+    ("protocol/report", ("vpeft.protocol", "vpeft.requests", "vpeft.report.*", "vpeft.analysis.*",
                          "vpeft.robustness.tables")),
     ("train", ("vpeft.train.*",)),
     ("models/methods", ("vpeft.models.*", "vpeft.methods.*", "vpeft.robustness.zeroshot",
                         "vpeft.robustness.wise")),
     # the composed config is checked against the schema and the registries below it (the data
     # formats type their source blocks)
-    ("config", ("vpeft.config", "vpeft.jobs", "vpeft.kinds.*")),
+    ("config", ("vpeft.config", "vpeft.jobs", "vpeft.kinds.*", "vpeft.calibration")),
     # the demo's raw-data generators write what the data layer reads, and nothing above it
     ("data", ("vpeft.data.*", "vpeft.robustness", "vpeft.robustness.imagenet",
               "vpeft.robustness.inputs", "vpeft.robustness.shifts", "vpeft.demo.synthetic",

@@ -46,7 +46,8 @@ SELECTION: dict[str, Any] = {
         {"point": "lr0.01-wd0.0001", "status": "ok", "val_top1": 61.5, "hparams": {"rank": 8},
          "optim": {"lr": 0.01}}]}
 TEST_EVAL: dict[str, Any] = {"task": "t", "method": "lora", "point": "lr0.01-wd0.0001",
-                             "seed": 42, "test_top1": 70.125, "num_test": 800, "status": "ok"}
+                             "seed": 42, "test_top1": 70.125, "num_test": 800, "status": "ok",
+                             "rehearsal": None}
 
 
 def _json_bytes(obj: Any) -> bytes:

@@ -39,6 +39,7 @@ class StudyCheck:
     jobs: dict[str, int]
     disk_bytes: dict[str, int]
     other_weights: list[TaskCheck] = field(default_factory=list)  # CLIP weights, zero-shot head
+    requests: list[str] = field(default_factory=list)  # what the training jobs will ask for
 
     @property
     def problems(self) -> list[str]:
@@ -245,7 +246,31 @@ def check_study(plan: StudyPlan, *, decode: bool = True) -> StudyCheck:
     tasks = _check_tasks(plan, decode)
     weights = _check_weights(plan)
     return StudyCheck(plan.name, tasks, weights, count_jobs(plan), estimate_disk(plan, tasks),
-                      check_weight_files(plan))
+                      check_weight_files(plan), planned_requests(plan))
+
+
+def planned_requests(plan: StudyPlan) -> list[str]:
+    """The scheduler requests of the first task's training jobs, one line per method and phase
+    (vpeft.requests: the calibration file, else the fallback constants, and which)."""
+    from omegaconf import OmegaConf
+
+    from vpeft.config import params_dir
+    from vpeft.requests import Requests, table
+
+    fallback = OmegaConf.load(params_dir() / "workflow.yaml").train_runtime_min
+    requests = Requests.of(plan.cfg, fallback)
+    if not plan.tasks:
+        return []
+    task = plan.tasks[0]
+    source = (f"from {requests.path}" if requests.data is not None else
+              f"no {requests.path}: fallback constants (train_runtime_min {fallback} of "
+              "params/workflow.yaml per run)")
+    out = [f"requests of {task}'s training jobs ({source}):"]
+    for row in table(requests, plan, task):
+        gpu = f", gpu_mem_mb {row['gpu_mem_mb']}" if "gpu_mem_mb" in row else ""
+        out.append(f"  {row['method']:<12} {row['phase']:<5} {row['points']:>2} point(s): "
+                   f"mem_mb {row['mem_mb']}, runtime {row['runtime']} min{gpu}")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,6 +305,7 @@ def format_check(check: StudyCheck) -> str:
     out.append(f"jobs: {total} (" + ", ".join(f"{k} {v}" for k, v in check.jobs.items()) + ")")
     out.append(f"disk: {_human(sum(check.disk_bytes.values()))} ("
                + ", ".join(f"{k} {_human(v)}" for k, v in check.disk_bytes.items()) + ")")
+    out.extend(check.requests)
     out.append("OK: nothing wrong found" if check.ok else
                f"{len(check.problems)} problem(s): fix them before queuing the study")
     return "\n".join(out)

@@ -44,6 +44,14 @@ def runs_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.runs) / cfg.study.name
 
 
+CALIBRATION = "calibration.json"  # measured cost per method and phase (vpeft.calibration)
+
+
+def calibration_file(cfg: DictConfig) -> Path:
+    """The study's calibration file, read by vpeft.requests when the jobs are planned."""
+    return runs_dir(cfg) / CALIBRATION
+
+
 def task_dir_in(runs: str | Path, task: str) -> Path:
     return Path(runs) / task
 

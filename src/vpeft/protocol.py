@@ -163,7 +163,8 @@ def run_points(plan: StudyPlan, task: str, method: str, points: Sequence[GridPoi
     train_s = time.perf_counter() - started - setup_s
     # A fused job's time is shared out: setup and training evenly, evaluation as measured.
     shared_s = (setup_s + train_s) / len(jobs)
-    return [_finish_point(plan, task, method, job, result, inputs, shared_s, len(jobs))
+    timing = {"setup_s": setup_s, "train_s": train_s}  # the job's, shared by its points
+    return [_finish_point(plan, task, method, job, result, inputs, shared_s, len(jobs), timing)
             for job, result in zip(jobs, results)]
 
 
@@ -185,11 +186,30 @@ def _job_inputs(cfg: DictConfig, task: str, phase: str, seed: int, protocol: Pro
     cache_features = protocol.switches["cache_linear_features"] and augment is None
     train_data = read_split(prepared, train_split)
     eval_data = read_split(prepared, eval_split)
+    rehearsal = protocol.rehearsal()
+    if rehearsal:  # a rehearsal: only what its steps and batches use (cached features too)
+        train = cfg.train
+        train_data = _first(train_data, rehearsal.get("max_steps"), int(train.batch_size))
+        eval_data = _first(eval_data, rehearsal.get("max_eval_batches"),
+                           int(train.eval_batch_size))
+        log.warning("%s/%s: REHEARSAL (train.rehearsal %s): training on %d, scoring %d images; "
+                    "not a result", task, phase, rehearsal, len(train_data), len(eval_data))
     return _JobInputs(protocol, phase, seed, manifest, device, augment, eval_transform,
                       images=torch.from_numpy(train_data.images).to(device),
                       labels=torch.from_numpy(train_data.labels).to(device),
                       eval_data=eval_data, eval_images=torch.from_numpy(eval_data.images),
                       cache_features=cache_features)
+
+
+def _first(data: SplitData, batches: int | None, batch_size: int) -> SplitData:
+    """The first ``batches`` x ``batch_size`` images of a split (all of it for None)."""
+    from vpeft.data.shards import SplitData
+
+    if batches is None:
+        return data
+    n = batches * batch_size
+    return SplitData(images=data.images[:n], index=data.index[:n], paths=data.paths[:n],
+                     labels=None if data.labels is None else data.labels[:n])
 
 
 def _start_point(cfg: DictConfig, task: str, method: str, point: GridPoint,
@@ -253,7 +273,8 @@ def _cached_features(point: GridPoint, model: nn.Module, normaliser: nn.Module,
 
 
 def _finish_point(plan: StudyPlan, task: str, method: str, job: _PointRun, result: TrainResult,
-                  inputs: _JobInputs, shared_s: float, fused_points: int) -> dict[str, Any]:
+                  inputs: _JobInputs, shared_s: float, fused_points: int,
+                  timing: Mapping[str, float]) -> dict[str, Any]:
     """Predict the evaluation split and write the point's outputs, metrics.json last."""
     import torch
 
@@ -265,6 +286,7 @@ def _finish_point(plan: StudyPlan, task: str, method: str, job: _PointRun, resul
     eval_split = PHASES[phase][1]
     tic = time.perf_counter()
     logits = _predict_eval(job, inputs.eval_images, inputs.eval_transform)
+    eval_s = time.perf_counter() - tic
     if result.status != "ok" or not torch.isfinite(logits).all():
         result.status = "diverged"
     val_top1 = top1(logits, eval_data.labels) if phase == "grid" and result.status == "ok" \
@@ -285,14 +307,20 @@ def _finish_point(plan: StudyPlan, task: str, method: str, job: _PointRun, resul
         val_top1=val_top1, hparams=dict(job.point.hparams), optim=dict(job.point.optim),
         **job.counts, wall_time_s=wall_time_s, epochs=job.settings.epochs,
         steps=result.steps, train_images_per_s=result.images_per_s,
+        # measured requests (vpeft.requests) are made from these
+        eval_images_per_s=len(logits) / eval_s if eval_s > 0 and len(logits) else None,
+        setup_s=timing["setup_s"], train_s=timing["train_s"],
         # the process's peak: a fused job's points share it (fused_points says how many)
         peak_memory_bytes=peak_memory_bytes(inputs.device),
+        peak_host_rss_bytes=peak_memory_bytes(torch.device("cpu")),
         device=device_description(inputs.device), protocol=inputs.protocol.name,
         loss_curve=result.loss_curve, diverged_at=result.diverged_at,
         feature_cache=job.feature_cache,
         precision=effective_precision(inputs.device, job.settings.precision),
         fused_attention=uses_fused_attention(job.model), compiled=job.settings.compile,
-        fused_points=fused_points)
+        fused_points=fused_points,
+        # only a rehearsal's metrics.json has the key: a real run's is unchanged
+        **({"rehearsal": inputs.protocol.rehearsal()} if inputs.protocol.rehearsal() else {}))
     # last: its presence means it is complete
     RunDir(job.out_dir).write_metrics(RunMetrics.of(**metrics))
     (job.out_dir / RESUME_CHECKPOINT).unlink(missing_ok=True)
@@ -436,7 +464,10 @@ def evaluate(plan: StudyPlan, task: str, method: str, seed: int | None = None) -
     index, labels = read_test_labels(layout.prepared_task(cfg, task))
     by_index = dict(zip(index.tolist(), labels.tolist()))
     pred_index = table.column("index").to_numpy()
-    if len(pred_index) and set(by_index) != set(pred_index.tolist()):
+    # a rehearsal (metrics.json: rehearsal) predicted only its first batches of the test split
+    wanted = set(pred_index.tolist()) <= set(by_index) if metrics.rehearsal else \
+        set(by_index) == set(pred_index.tolist())
+    if len(pred_index) and not wanted:
         raise ValueError(f"{final / layout.TEST_LOGITS}: predicted test indices do not match "
                          f"the test labels of task '{task}'")
     labels_aligned = np.array([by_index[i] for i in pred_index.tolist()], dtype=np.int64)
@@ -445,7 +476,10 @@ def evaluate(plan: StudyPlan, task: str, method: str, seed: int | None = None) -
                  if metrics.status == "ok" else None)
     write_parquet(run.test_predictions_file, table)
     result = TestEval.of(task=task, method=method, point=metrics.point, seed=seed,
-                         test_top1=test_top1, num_test=len(by_index), status=metrics.status)
+                         test_top1=test_top1, status=metrics.status,
+                         # a rehearsal scored only its first batches, and says so
+                         num_test=len(pred_index) if metrics.rehearsal else len(by_index),
+                         **({"rehearsal": metrics.rehearsal} if metrics.rehearsal else {}))
     run.write_test_eval(result)
     log.info("%s/%s (%s): test top-1 %s", task, method, final.name,
              "diverged" if test_top1 is None else f"{test_top1:.2f}")

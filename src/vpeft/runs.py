@@ -133,7 +133,11 @@ class RunMetrics(Record):
     epochs: int | None = None
     steps: int | None = None
     train_images_per_s: float | None = None
+    eval_images_per_s: float | None = None   # the evaluation split's prediction (cached: head only)
+    setup_s: float | None = None             # the job's start-up: data, model, method, features
+    train_s: float | None = None             # the job's training loop (all its fused points)
     peak_memory_bytes: int | None = None
+    peak_host_rss_bytes: int | None = None   # the process's peak RSS (= peak_memory_bytes on CPU)
     device: str | None = None
     protocol: str | None = None              # vpeft.train.published.protocol_name
     loss_curve: list[float | None] | None = None
@@ -143,6 +147,7 @@ class RunMetrics(Record):
     fused_attention: bool | None = None
     compiled: bool | None = None
     fused_points: int | None = None
+    rehearsal: Mapping[str, int] | None = None  # train.rehearsal when set: not a real result
     config: Mapping[str, Any] | None = None  # the composed config the run was made with
     versions: Mapping[str, str] | None = None
     machine: Mapping[str, Any] | None = None  # vpeft.machine.describe: CPU, torch build, GPU
@@ -192,6 +197,7 @@ class TestEval(Record):
     test_top1: float | None = None           # None when the run diverged
     num_test: int | None = None
     status: str | None = None
+    rehearsal: Mapping[str, int] | None = None  # scored on a rehearsal's first test batches
 
 
 def read(kind: type[R], path: Path | str) -> R:

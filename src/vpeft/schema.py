@@ -57,6 +57,12 @@ class Augment:  # vpeft.train.augment
 
 
 @dataclass
+class Rehearsal:  # train.rehearsal: cut every run short to rehearse a study's shape (benchmarks.rehearse)
+    max_steps: Optional[int] = None         # training steps per run (null: the whole schedule)
+    max_eval_batches: Optional[int] = None  # eval_batch_size batches per evaluation (null: all)
+
+
+@dataclass
 class Train:
     epochs: int = MISSING
     warmup_epochs: int = MISSING
@@ -80,6 +86,7 @@ class Train:
     cpu_kernels: str = MISSING  # vpeft.machine.CPU_KERNELS: native | portable
     protocol: Protocol = field(default_factory=Protocol)
     augment: Optional[Augment] = None
+    rehearsal: Optional[Rehearsal] = None
 
 
 @dataclass

@@ -211,7 +211,7 @@ def _final_columns(row: dict[str, Any], final: RunDir, base: Mapping[str, Any],
         "epochs": _opt_int(m.epochs),
         "wall_time_s": _opt_float(m.wall_time_s),
         **_cost(m),
-        "protocol": m.protocol,
+        "protocol": protocol_text(m),
         "git_commit": m.git_commit,
         "versions_json": _dumps(m.versions or {}),
         "machine_json": _dumps(m.machine) if m.machine else None,
@@ -304,8 +304,17 @@ def _further_seed(cell: Cell, run: RunDir, base: Mapping[str, Any], best_point: 
     cell.seed_rows.append(_seed_row(base, run.seed, False, run.path.name,
                                     "ok" if ok else "diverged", value if ok else None, num_test,
                                     {"wall_time_s": metrics.wall_time_s,
-                                     "protocol": metrics.protocol, **_cost(metrics)}))
+                                     "protocol": protocol_text(metrics), **_cost(metrics)}))
     return value if ok else None
+
+
+def protocol_text(metrics: Any) -> str | None:
+    """The run's protocol, marked when it was a rehearsal (train.rehearsal): such a run's
+    accuracy is not a result, and the report's provenance must say so."""
+    if not getattr(metrics, "rehearsal", None):
+        return metrics.protocol
+    cut = ", ".join(f"{k} {v}" for k, v in sorted(metrics.rehearsal.items()))
+    return f"{metrics.protocol} REHEARSAL ({cut}): not a result"
 
 
 def _trainable_pct(trainable: int | None, with_head: int | None, total: int | None

@@ -70,6 +70,8 @@ class TrainSettings:
     # Protocol switches (train.protocol.*, vpeft.train.published).
     drop_last: bool             # drop each epoch's last short batch (as published)
     lr_step_at_epoch_end: bool  # scheduler.step(epoch) after the epoch (as published)
+    # train.rehearsal.max_steps: stop after this many steps (a rehearsal, never a real run)
+    max_steps: int | None = None
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -234,6 +236,8 @@ class Run:
             raise UserError(f"{desc}: {self.n} training images make no full batch of "
                             f"{settings.batch_size} with train.protocol.drop_last")
         self.total_steps = self.steps_per_epoch * settings.epochs
+        if settings.max_steps:
+            self.total_steps = min(self.total_steps, settings.max_steps)
         self.result = TrainResult(status="ok")
         self.trainable = [p for p in model.parameters() if p.requires_grad]
         self.epoch, self.batch, self.order, self.epoch_loss, self.seen = 0, 0, None, 0.0, 0
@@ -303,6 +307,14 @@ class Run:
             self._log_progress(self.epoch_loss / self.seen, now)
         if self.batch == self.steps_per_epoch:
             self._end_epoch()
+        if not self.finished and result.steps >= self.total_steps:
+            # train.rehearsal.max_steps reached, maybe mid-epoch: that epoch's loss so far
+            if self.seen:
+                result.loss_curve.append(self.epoch_loss / self.seen)
+            self.finished = True
+            if self.last_log != now:  # not just logged above
+                self._log_progress(result.loss_curve[-1], now)
+            self._finish()
 
     def _end_epoch(self) -> None:
         self.result.loss_curve.append(self.epoch_loss / self.seen)

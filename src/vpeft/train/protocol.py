@@ -81,8 +81,22 @@ class Protocol:
         names = {f.name for f in dataclasses.fields(TrainSettings)}
         given = {k: v for k, v in dict(self.train).items() if k in names}
         given.update({k: v for k, v in self.switches.items() if k in names})
+        given["max_steps"] = self.rehearsal().get("max_steps")
         given.update(lr=float(lr), weight_decay=float(weight_decay), **values)
         return TrainSettings(**given)
+
+    def rehearsal(self) -> dict[str, Any]:
+        """``train.rehearsal`` with its values set (empty for a real run: every value null)."""
+        values = self.train.get("rehearsal") or {}
+        out = {}
+        for key in ("max_steps", "max_eval_batches"):
+            value = values.get(key)
+            if value is not None and (isinstance(value, bool) or int(value) < 1):
+                raise UserError(f"train.rehearsal.{key}: {value}; expected a positive integer "
+                                "or null (off)")
+            if value is not None:
+                out[key] = int(value)
+        return out
 
     def method_hparams(self, method: str, hparams: Mapping[str, Any]) -> dict[str, Any]:
         """The hyper-parameters ``apply`` gets: the grid point's, plus VPT-shallow's prompt-drop
