@@ -77,6 +77,13 @@ class RobustnessKind(StudyKind):
                              "fit-clip" if miniature else None))
         return files
 
+    def check_task(self, task: str, classes: int, decode: bool) -> TaskCheck:
+        if self.cfg.study.get(self.section) is None:
+            return super().check_task(task, classes, decode)
+        from vpeft.robustness.inputs import write_split_view
+
+        return self.check_staged(task, classes, decode, lambda out: write_split_view(self.cfg, out))
+
     def check_data(self, tasks: Sequence[str], decode: bool) -> list[TaskCheck]:
         """The few-shot task view `imagenet-split` would write (its test part: the
         in-distribution set), checked as `prepare` reads it, and every shift set as
@@ -87,17 +94,9 @@ class RobustnessKind(StudyKind):
         if section.get("miniature") is not None:
             return [TaskCheck("robustness miniature", None,
                               notes=["its image trees are written by the pipeline (robust-synth)"])]
-        from vpeft.robustness.inputs import shift_checks, write_split_view
+        from vpeft.robustness.inputs import shift_checks
 
-        checks = []
-        for task in tasks:
-            try:
-                classes = self.task_entry(task).num_classes
-            except UserError as err:
-                checks.append(TaskCheck(task, None, problems=problems_of(err)))
-                continue
-            checks.append(self.check_staged(task, classes, decode,
-                                            lambda out: write_split_view(self.cfg, out)))
+        checks = super().check_data(tasks, decode)  # each task through check_task, above
         for name, check in shift_checks(self.cfg):
             result = TaskCheck(name, None)
             try:
