@@ -64,6 +64,11 @@ def test_the_reduced_rehearsal_runs_every_step_and_says_it_is_one(rehearsed):
     cal = calibration.load(Path(result["calibration"]))
     assert set(cal["methods"]["vpt_shallow"]) == {"grid", "final"}
     assert cal["devices"] == ["cpu"] and cal["rehearsal"]["max_steps"] == 1
+    # an interrupted rehearsal is calibrated from the runs it finished, with the same options
+    Path(result["calibration"]).unlink()
+    assert rehearse.main(["--work", str(rehearsed), "--shape", "tiny", "--scale", "0.1",
+                          "--methods", "vpt_shallow", "--calibrate-only"]) == 0
+    assert calibration.load(Path(result["calibration"]))["methods"] == cal["methods"]
 
 
 @pytest.mark.slow
