@@ -6,6 +6,8 @@ known when the plan is made (``study.data.split_sizes``, else the prepared manif
 
 * ``runtime`` (minutes) = ``TIME_SAFETY`` x (start-up + points x (epochs x training images /
   training images/s + evaluation images / evaluation images/s)), times the attempt number;
+  Head-only runs on cached features add the frozen forward over both splits, once a job, at
+  the measured extraction images/s;
 * ``mem_mb`` = ``MEM_SAFETY`` x (measured peak host RSS + the job's splits as uint8 pixels +
   (points - 1) x one more point's model state: its parameters, and the gradients and two AdamW
   moments of its trainable ones). The splits are added because a rehearsal measures its peak
@@ -100,7 +102,10 @@ class Requests:
         train_images, eval_images, epochs, _ = sizes
         per_point = (epochs * train_images / entry["train_images_per_s"]
                      + eval_images / entry["eval_images_per_s"])
-        return entry["setup_s"] + points * per_point
+        # cached features (linear probing): the frozen forward over both splits, once a job
+        extract = entry.get("extract_images_per_s")
+        once = (train_images + eval_images) / extract if extract else 0.0
+        return entry["setup_s"] + once + points * per_point
 
     def _images(self, task: str, phase: str) -> tuple[int, int, int, int] | None:
         """(training images, evaluation images, epochs, images read) a run of ``phase`` on
