@@ -227,3 +227,22 @@ def test_calibration_is_measured_from_the_runs_metrics(tmp_path):
     assert (grid["train_images_per_s"], grid["eval_images_per_s"]) == (1000.0, 8500.0)
     assert grid["extract_images_per_s"] == 2.0 and grid["setup_s"] == 8.0
     assert grid["peak_host_rss_mb"] == 3 * 1024 and grid["runs"] == 2
+
+
+def test_wise_requests_follow_the_calibration_once_the_shifts_are_prepared(tmp_path):
+    from vpeft.data.shards import FORMAT
+
+    plan = load_study("vtab1k", [*PLACES, f"paths.runs={tmp_path}"])
+    write_calibration(tmp_path / "vtab1k" / "calibration.json")
+    req = Requests.of(plan.cfg, 120)
+    sketch = tmp_path / "shifts" / "imagenet_sketch"
+    assert req.wise("dtd", "lora", [sketch], alphas=11)["source"] == "fallback"  # not prepared
+    sketch.mkdir(parents=True)
+    (sketch / "manifest.json").write_text(json.dumps({
+        "format": FORMAT, "task": "imagenet_sketch", "num_classes": 1000, "image_size": 224,
+        "splits": {"test": {"count": 50889, "shards": []}}}))
+    got = req.wise("dtd", "lora", [sketch], alphas=11)
+    seconds = 30 + 11 * (PLANNING_NUM_TEST + 50889) / 400
+    assert got["runtime"] == -(-TIME_SAFETY * seconds // 60)
+    largest = max(PLANNING_NUM_TEST, 50889) * 224 * 224 * 3 / 2**20
+    assert got["mem_mb"] == -(-MEM_SAFETY * (9000 + largest) // 1)

@@ -15,6 +15,9 @@ known when the plan is made (``study.data.split_sizes``, else the prepared manif
 * ``gpu_mem_mb`` (only when the calibration ran on CUDA) the same with the device peak: a
   profile maps it to a GPU type (docs/cluster.md).
 
+WiSE-FT jobs (:meth:`Requests.wise`): ``alphas`` x (ID test + every prepared shift set) images at
+the method's final-phase evaluation speed, memory as above with the largest set's pixels.
+
 A rehearsal (``train.rehearsal``) is sized for what it runs: its steps and batches. Without a
 calibration file, or for a method or phase it does not measure, the requests fall back to the
 old constants (``train_runtime_min`` x runs, ``FALLBACK_MEM_MB``), and say so once in the log.
@@ -95,6 +98,35 @@ class Requests:
                "mem_mb": math.ceil(MEM_SAFETY * mem), "source": str(self.path)}
         if device is not None:
             out["gpu_mem_mb"] = math.ceil(MEM_SAFETY * device)
+        return out
+
+    def wise(self, task: str, method: str, shift_dirs: Sequence[Path | str], alphas: int,
+             attempt: int = 1) -> dict[str, Any]:
+        """Requests of one WiSE-FT job: ``alphas`` predictions of the ID test set and of every
+        prepared shift set, at the method's measured final-phase evaluation speed; memory: the
+        final run's peak plus the largest set's pixels (the sets are read one at a time)."""
+        if self.data is None:
+            return self._fallback(f"no calibration file {self.path}", 1, attempt)
+        entry = (self.data["methods"].get(method) or {}).get("final")
+        if entry is None:
+            return self._fallback(f"{self.path} does not measure {method} (final)", 1, attempt)
+        from vpeft.analysis import planned_num_test
+
+        sets = [planned_num_test(self.cfg, task)]
+        for folder in shift_dirs:
+            if not (Path(folder) / "manifest.json").is_file():
+                return self._fallback(f"shift set {folder} not prepared yet: its size is "
+                                      "unknown", 1, attempt)
+            from vpeft.data.shards import read_manifest
+
+            sets.append(int(read_manifest(folder)["splits"]["test"]["count"]))
+        side = int(self.cfg.model.img_size)
+        seconds = entry["setup_s"] + alphas * sum(sets) / entry["eval_images_per_s"]
+        mem = entry["peak_host_rss_mb"] + max(sets) * side * side * 3 / 2**20
+        out = {"runtime": max(MIN_RUNTIME_MIN, math.ceil(TIME_SAFETY * seconds / 60)) * attempt,
+               "mem_mb": math.ceil(MEM_SAFETY * mem), "source": str(self.path)}
+        if entry.get("peak_device_mb") is not None:
+            out["gpu_mem_mb"] = math.ceil(MEM_SAFETY * entry["peak_device_mb"])
         return out
 
     def _seconds(self, entry: Mapping[str, Any], sizes: tuple[int, int, int, int],
