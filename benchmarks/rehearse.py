@@ -78,9 +78,8 @@ def image_for(task: str, i: int, label: int, rng: np.random.Generator) -> tuple[
 def write_task(root: Path, task: str, scale: float, seed: int = 0) -> dict[str, int]:
     """One task in the generators' layout (train800val200 = re-encoded copies of train800 then
     val200). Returns the split counts."""
-    classes, test = TASKS[task]
-    counts = {**{s: max(2, round(n * scale)) for s, n in SPLITS.items()},
-              "test": max(2, round(test * scale))}
+    classes = TASKS[task][0]
+    counts = split_counts(task, scale)
     rng = np.random.default_rng(seed)
     made: dict[str, list[tuple[Image.Image, str, int]]] = {}
     serial = 0  # over all splits: no image is pixel-identical to another
@@ -99,6 +98,13 @@ def write_task(root: Path, task: str, scale: float, seed: int = 0) -> dict[str, 
             img.save(root / task / rel)
             lines.append(f"{rel} {label}\n")
         (root / task / f"{split}.txt").write_text("".join(lines))
+    return counts
+
+
+def split_counts(task: str, scale: float) -> dict[str, int]:
+    test = TASKS[task][1]
+    counts = {**{s: max(2, round(n * scale)) for s, n in SPLITS.items()},
+              "test": max(2, round(test * scale))}
     counts["train800val200"] = counts["train800"] + counts["val200"]
     return counts
 
@@ -226,18 +232,58 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--shape", choices=("full", "tiny"), default="full")
     parser.add_argument("--scale", type=float, default=1.0, help="split counts x this")
     parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--calibrate-only", action="store_true",
+                        help="no new runs: the calibration and a summary of the runs already "
+                             "in --work (an interrupted rehearsal; give the same options)")
     args = parser.parse_args(argv)
+    if args.calibrate_only:
+        return calibrate_only(args)
     return rehearse(args)
 
 
-def rehearse(args: argparse.Namespace) -> int:
+def _plan(args: argparse.Namespace) -> tuple[Path, list[str], list[str]]:
     from vpeft.config import load_study
 
     work = args.work.resolve()
-    work.mkdir(parents=True, exist_ok=True)
     tasks = list(TASKS) if args.tasks == "all" else args.tasks.split(",")
     methods = (list(load_study(STUDY, ["study.data.root=/x", "model.weights=/x"]).methods)
                if args.methods == "all" else args.methods.split(","))
+    return work, tasks, methods
+
+
+def calibrate_only(args: argparse.Namespace) -> int:
+    work, tasks, methods = _plan(args)
+    counts = {task: split_counts(task, args.scale) for task in tasks}
+    overrides = study_overrides(args, tasks, methods, counts)
+    path = write_calibration(work, work / "vtab-1k", work / "ViT-B_16.npz", overrides)
+    print(summary(json.loads(path.read_text()), job_benchmarks(work)))
+    print(f"wrote {path}")
+    return 0
+
+
+def summary(cal: dict[str, Any], jobs: list[dict[str, Any]]) -> str:
+    """Per method and phase: the calibration's figures and the job's wall time and peak RSS
+    from Snakemake's benchmark file (Markdown)."""
+    by_job = {(j["job"].split("/")[1], "grid" if "/grid/" in j["job"] else "final"): j
+              for j in jobs if j["job"].count("/") >= 2}
+    lines = [f"device {', '.join(cal['devices'])}, precision {', '.join(cal['precision'])}, "
+             f"{cal['model']} at {cal['img_size']} px, batch {cal['batch_size']}", "",
+             "| method | phase | train img/s | eval img/s | start-up s | peak RSS MB | "
+             "peak device MB | job s | job max_rss MB |", "|---|---|--:|--:|--:|--:|--:|--:|--:|"]
+    for method, phases in sorted(cal["methods"].items()):
+        for phase, e in sorted(phases.items(), key=lambda kv: kv[0] != "grid"):
+            job = by_job.get((method, phase), {})
+            dev = "–" if e["peak_device_mb"] is None else f"{e['peak_device_mb']:,.0f}"
+            lines.append(f"| {method} | {phase} | {e['train_images_per_s']:.2f} | "
+                         f"{e['eval_images_per_s']:.2f} | {e['setup_s']:.0f} | "
+                         f"{e['peak_host_rss_mb']:,.0f} | {dev} | {job.get('s', 0):.0f} | "
+                         f"{job.get('max_rss_mb') or 0:,.0f} |")
+    return "\n".join(lines)
+
+
+def rehearse(args: argparse.Namespace) -> int:
+    work, tasks, methods = _plan(args)
+    work.mkdir(parents=True, exist_ok=True)
     root, weights = work / "vtab-1k", work / "ViT-B_16.npz"
     tic = time.perf_counter()
     counts = {task: write_task(root, task, args.scale, seed=n) for n, task in enumerate(tasks)}

@@ -49,8 +49,8 @@ GPU_JOB = {
 
 # Training jobs' memory and time come from the study's calibration file (vpeft.requests: measured
 # by benchmarks.rehearse, x documented safety factors, scaled by points, epochs and split sizes);
-# without one they fall back to GPU_JOB's constants, and the log says so. GPU_JOB stays the
-# request of the WiSE jobs, which no calibration measures yet.
+# without one they fall back to GPU_JOB's constants, and the log says so. WiSE-FT jobs take theirs
+# from it too (rules/robustness.smk, wise_job).
 from vpeft.requests import Requests
 
 REQUESTS = Requests.of(CFG, config["train_runtime_min"])

@@ -10,6 +10,17 @@ if KIND.evaluates_shifts:
     SHIFT_DIR = str(robust.shift_dir(CFG, "{shift}"))
     CLIP_DIR = str(ROBUST.clip.model).removeprefix("local-dir:")
 
+    def wise_job():
+        """WiSE-FT's requests (vpeft.requests: calibrated once the shift sets are prepared, else
+        GPU_JOB's constants)."""
+        def ask(wildcards, attempt):
+            return REQUESTS.wise(wildcards.task, wildcards.method,
+                                 [SHIFT_DIR.format(shift=s) for s in SHIFTS],
+                                 len(ROBUST.alphas), attempt)
+
+        return {**GPU_JOB, "runtime": lambda wildcards, attempt: ask(wildcards, attempt)["runtime"],
+                "mem_mb": lambda wildcards, attempt: ask(wildcards, attempt)["mem_mb"]}
+
     # one WiSE-FT curve per seed's final run (wise/ for the first seed, wise-seed<s>/ for others)
     WISE_TABLES = [str(layout.wise_dir(CFG, t, m, s) / layout.WISE_TABLE) for t in PLAN.tasks
                    for m in PLAN.methods for s in layout.seeds(CFG)]
@@ -91,7 +102,7 @@ if KIND.evaluates_shifts:
             run_files(layout.wise_dir(CFG, "{task}", "{method}"), layout.WISE_OUTPUTS),
         threads: config["threads"]
         resources:
-            **GPU_JOB,
+            **wise_job(),
         log:
             f"{LOGS}/{{task}}/{{method}}/wise.log",
         benchmark:
@@ -115,7 +126,7 @@ if KIND.evaluates_shifts:
                 seed="|".join(str(s) for s in layout.seeds(CFG)[1:]),
             threads: config["threads"]
             resources:
-                **GPU_JOB,
+                **wise_job(),
             log:
                 f"{LOGS}/{{task}}/{{method}}/wise-seed{{seed}}.log",
             benchmark:

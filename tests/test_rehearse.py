@@ -64,6 +64,11 @@ def test_the_reduced_rehearsal_runs_every_step_and_says_it_is_one(rehearsed):
     cal = calibration.load(Path(result["calibration"]))
     assert set(cal["methods"]["vpt_shallow"]) == {"grid", "final"}
     assert cal["devices"] == ["cpu"] and cal["rehearsal"]["max_steps"] == 1
+    # an interrupted rehearsal is calibrated from the runs it finished, with the same options
+    Path(result["calibration"]).unlink()
+    assert rehearse.main(["--work", str(rehearsed), "--shape", "tiny", "--scale", "0.1",
+                          "--methods", "vpt_shallow", "--calibrate-only"]) == 0
+    assert calibration.load(Path(result["calibration"]))["methods"] == cal["methods"]
 
 
 @pytest.mark.slow
@@ -129,6 +134,11 @@ def test_requests_follow_the_calibration_file(tmp_path):
     assert got["mem_mb"] == -(-MEM_SAFETY * (9000 + pixels_mb + state_mb) // 1)
     assert got["gpu_mem_mb"] == -(-MEM_SAFETY * (20000 + state_mb) // 1)
     assert req.train("dtd", ["lora"], "grid", points=8, attempt=2)["runtime"] == 2 * got["runtime"]
+    # cached features (linear probing): the frozen forward over both splits, once a job
+    write_calibration(tmp_path / "vtab1k" / "calibration.json",
+                      {**ENTRY, "extract_images_per_s": 10.0})
+    cached = Requests.of(plan.cfg, 120).train("dtd", ["lora"], "grid", points=8)
+    assert cached["runtime"] == -(-TIME_SAFETY * (seconds + (800 + 200) / 10.0) // 60)
     # a rehearsal is sized by its cut: one step of 64, one eval batch of 256
     cut = load_study("vtab1k", [*PLACES, f"paths.runs={tmp_path}", "train.rehearsal.max_steps=1",
                                 "train.rehearsal.max_eval_batches=1"])
@@ -188,3 +198,51 @@ def test_planned_jobs_take_their_resources_from_the_calibration(tmp_path):
     pixels_mb = (1000 + PLANNING_NUM_TEST) * 224 * 224 * 3 / 2**20  # dtd not prepared yet
     assert f"mem_mb={-(-MEM_SAFETY * (9000 + pixels_mb) // 1):.0f}" in planned
     assert f"gpu_mem_mb={-(-MEM_SAFETY * 20000 // 1):.0f}" in planned
+
+
+def test_calibration_is_measured_from_the_runs_metrics(tmp_path):
+    """Medians of the runs' throughput, the largest peak; cached features: extraction rate
+    apart from the start-up; a diverged run or one without throughput is left out."""
+    plan = load_study("vtab1k", [*PLACES, f"paths.runs={tmp_path}"])
+    common = {"study": "vtab1k", "task": "dtd", "status": "ok", "device": "cpu",
+              "precision": "fp32", "total_params": 86_000_000, "trainable_params_with_head": 36_000}
+    runs = {"linear/grid/a": {"phase": "grid", "method": "linear", "train_images_per_s": 900.0,
+                              "eval_images_per_s": 8000.0, "setup_s": 70.0,
+                              "peak_memory_bytes": 2 * 2**30,
+                              "feature_cache": {"used": True, "images": 128, "extract_s": 64.0}},
+            "linear/grid/b": {"phase": "grid", "method": "linear", "train_images_per_s": 1100.0,
+                              "eval_images_per_s": 9000.0, "setup_s": 74.0,
+                              "peak_memory_bytes": 3 * 2**30,
+                              "feature_cache": {"used": True, "images": 128, "extract_s": 64.0}},
+            "linear/grid/c": {"phase": "grid", "method": "linear", "status": "diverged",
+                              "train_images_per_s": 1.0, "eval_images_per_s": 1.0, "setup_s": 1.0},
+            "linear/final": {"phase": "final", "method": "linear", "train_images_per_s": None}}
+    for where, fields in runs.items():
+        path = tmp_path / "vtab1k" / "dtd" / where / "metrics.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({**common, **fields}))
+    cal = calibration.measure(plan.cfg)
+    assert list(cal["methods"]["linear"]) == ["grid"]  # the final run recorded no throughput
+    grid = cal["methods"]["linear"]["grid"]
+    assert (grid["train_images_per_s"], grid["eval_images_per_s"]) == (1000.0, 8500.0)
+    assert grid["extract_images_per_s"] == 2.0 and grid["setup_s"] == 8.0
+    assert grid["peak_host_rss_mb"] == 3 * 1024 and grid["runs"] == 2
+
+
+def test_wise_requests_follow_the_calibration_once_the_shifts_are_prepared(tmp_path):
+    from vpeft.data.shards import FORMAT
+
+    plan = load_study("vtab1k", [*PLACES, f"paths.runs={tmp_path}"])
+    write_calibration(tmp_path / "vtab1k" / "calibration.json")
+    req = Requests.of(plan.cfg, 120)
+    sketch = tmp_path / "shifts" / "imagenet_sketch"
+    assert req.wise("dtd", "lora", [sketch], alphas=11)["source"] == "fallback"  # not prepared
+    sketch.mkdir(parents=True)
+    (sketch / "manifest.json").write_text(json.dumps({
+        "format": FORMAT, "task": "imagenet_sketch", "num_classes": 1000, "image_size": 224,
+        "splits": {"test": {"count": 50889, "shards": []}}}))
+    got = req.wise("dtd", "lora", [sketch], alphas=11)
+    seconds = 30 + 11 * (PLANNING_NUM_TEST + 50889) / 400
+    assert got["runtime"] == -(-TIME_SAFETY * seconds // 60)
+    largest = max(PLANNING_NUM_TEST, 50889) * 224 * 224 * 3 / 2**20
+    assert got["mem_mb"] == -(-MEM_SAFETY * (9000 + largest) // 1)

@@ -29,7 +29,8 @@ PHASES = ("grid", "final")
 # Per method and phase: name -> required (None allowed for the CUDA-only device peak)
 FIELDS = {"train_images_per_s": True, "eval_images_per_s": True, "setup_s": True,
           "peak_host_rss_mb": True, "peak_device_mb": False, "total_params": True,
-          "trainable_params": True, "runs": True}
+          "trainable_params": True, "runs": True,
+          "extract_images_per_s": False}  # head-only runs on cached features: the extraction
 
 
 class CalibrationError(UserError):
@@ -47,10 +48,15 @@ def _entry(runs: list[RunMetrics]) -> dict[str, Any]:
     # on CPU the process's peak (peak_memory_bytes) is its RSS
     host = [r.peak_host_rss_bytes or (0 if r in cuda else r.peak_memory_bytes) or 0
             for r in runs]
+    cached = [r.feature_cache for r in runs if (r.feature_cache or {}).get("used")
+              and (r.feature_cache or {}).get("images") and r.feature_cache.get("extract_s")]
     return {
+        "extract_images_per_s": _median([c["images"] / c["extract_s"] for c in cached]),
         "train_images_per_s": _median([r.train_images_per_s for r in runs]),
         "eval_images_per_s": _median([r.eval_images_per_s for r in runs]),
-        "setup_s": _median([r.setup_s for r in runs]),
+        # start-up without the feature extraction, which requests scale with the images
+        "setup_s": _median([r.setup_s - ((r.feature_cache or {}).get("extract_s") or 0)
+                            for r in runs if r.setup_s is not None]),
         "peak_host_rss_mb": max(host) / 2**20 if any(host) else None,
         "peak_device_mb": (max(r.peak_memory_bytes or 0 for r in cuda) / 2**20) if cuda else None,
         "total_params": max(r.total_params or 0 for r in runs),

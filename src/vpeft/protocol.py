@@ -250,7 +250,8 @@ def _start_point(cfg: DictConfig, task: str, method: str, point: GridPoint,
               seed=seed, desc=desc, checkpoint=resume)
     return _PointRun(point, out_dir, desc, model, counts, settings, run, normaliser,
                      eval_features, {"used": True, "feature_dim": int(train_features.shape[1]),
-                                     "extract_s": extract_s, "mode": "eval"})
+                                     "extract_s": extract_s, "mode": "eval",
+                                     "images": len(train_features) + len(eval_features)})
 
 
 def _cached_features(point: GridPoint, model: nn.Module, normaliser: nn.Module,

@@ -6,12 +6,17 @@ known when the plan is made (``study.data.split_sizes``, else the prepared manif
 
 * ``runtime`` (minutes) = ``TIME_SAFETY`` x (start-up + points x (epochs x training images /
   training images/s + evaluation images / evaluation images/s)), times the attempt number;
+  Head-only runs on cached features add the frozen forward over both splits, once a job, at
+  the measured extraction images/s;
 * ``mem_mb`` = ``MEM_SAFETY`` x (measured peak host RSS + the job's splits as uint8 pixels +
   (points - 1) x one more point's model state: its parameters, and the gradients and two AdamW
   moments of its trainable ones). The splits are added because a rehearsal measures its peak
   with a few batches; a 73,728-image test split at 224 px holds 11.1 GB;
 * ``gpu_mem_mb`` (only when the calibration ran on CUDA) the same with the device peak: a
   profile maps it to a GPU type (docs/cluster.md).
+
+WiSE-FT jobs (:meth:`Requests.wise`): ``alphas`` x (ID test + every prepared shift set) images at
+the method's final-phase evaluation speed, memory as above with the largest set's pixels.
 
 A rehearsal (``train.rehearsal``) is sized for what it runs: its steps and batches. Without a
 calibration file, or for a method or phase it does not measure, the requests fall back to the
@@ -95,12 +100,44 @@ class Requests:
             out["gpu_mem_mb"] = math.ceil(MEM_SAFETY * device)
         return out
 
+    def wise(self, task: str, method: str, shift_dirs: Sequence[Path | str], alphas: int,
+             attempt: int = 1) -> dict[str, Any]:
+        """Requests of one WiSE-FT job: ``alphas`` predictions of the ID test set and of every
+        prepared shift set, at the method's measured final-phase evaluation speed; memory: the
+        final run's peak plus the largest set's pixels (the sets are read one at a time)."""
+        if self.data is None:
+            return self._fallback(f"no calibration file {self.path}", 1, attempt)
+        entry = (self.data["methods"].get(method) or {}).get("final")
+        if entry is None:
+            return self._fallback(f"{self.path} does not measure {method} (final)", 1, attempt)
+        from vpeft.analysis import planned_num_test
+
+        sets = [planned_num_test(self.cfg, task)]
+        for folder in shift_dirs:
+            if not (Path(folder) / "manifest.json").is_file():
+                return self._fallback(f"shift set {folder} not prepared yet: its size is "
+                                      "unknown", 1, attempt)
+            from vpeft.data.shards import read_manifest
+
+            sets.append(int(read_manifest(folder)["splits"]["test"]["count"]))
+        side = int(self.cfg.model.img_size)
+        seconds = entry["setup_s"] + alphas * sum(sets) / entry["eval_images_per_s"]
+        mem = entry["peak_host_rss_mb"] + max(sets) * side * side * 3 / 2**20
+        out = {"runtime": max(MIN_RUNTIME_MIN, math.ceil(TIME_SAFETY * seconds / 60)) * attempt,
+               "mem_mb": math.ceil(MEM_SAFETY * mem), "source": str(self.path)}
+        if entry.get("peak_device_mb") is not None:
+            out["gpu_mem_mb"] = math.ceil(MEM_SAFETY * entry["peak_device_mb"])
+        return out
+
     def _seconds(self, entry: Mapping[str, Any], sizes: tuple[int, int, int, int],
                  points: int) -> float:
         train_images, eval_images, epochs, _ = sizes
         per_point = (epochs * train_images / entry["train_images_per_s"]
                      + eval_images / entry["eval_images_per_s"])
-        return entry["setup_s"] + points * per_point
+        # cached features (linear probing): the frozen forward over both splits, once a job
+        extract = entry.get("extract_images_per_s")
+        once = (train_images + eval_images) / extract if extract else 0.0
+        return entry["setup_s"] + once + points * per_point
 
     def _images(self, task: str, phase: str) -> tuple[int, int, int, int] | None:
         """(training images, evaluation images, epochs, images read) a run of ``phase`` on
