@@ -74,3 +74,22 @@ def test_cpu_kernels_benchmark_compares_the_modes(tmp_path):
     assert doc["portable_equals_native"] == (modes["portable"]["logits_sha256"]
                                              == modes["native"]["logits_sha256"])
     assert "portable/native step time" in proc.stdout
+
+
+@pytest.mark.slow
+def test_check_speed_benchmark_times_both_checkouts_on_the_same_command(tmp_path):
+    """The preflight timing harness runs the paper-scale `vpeft check --no-decode` with each
+    checkout's src/ (here this one twice) and records what each printed: equal job counts and
+    disk estimates are what make two timings comparable."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.check_speed", "--rounds", "1",
+                           "--baseline", str(REPO / "src"), "--out", str(tmp_path)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads((tmp_path / "check_speed-vtab1k.json").read_text())
+    runs = {name: result["runs"] for name, result in doc["results"].items()}
+    assert set(runs) == {"this checkout", "baseline"} and all(len(r) == 1 for r in runs.values())
+    mine, base = runs["this checkout"][0], runs["baseline"][0]
+    assert mine["jobs"] == base["jobs"] and mine["jobs"].startswith("jobs: 2300 ")
+    assert mine["disk"] == base["disk"] and mine["wall_seconds"] > 0 and mine["cpu_seconds"] > 0
