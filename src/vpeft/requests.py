@@ -50,6 +50,10 @@ class Requests:
     path: Path
     data: Mapping[str, Any] | None
     _told: set = field(default_factory=set)
+    # sizes once known (they do not change within a plan): each job's resources are several
+    # callables (runtime, mem_mb, gpu_mem_mb), each asking for the same sizes
+    _known_sizes: dict = field(default_factory=dict)   # (task, phase) -> _images()
+    _shift_counts: dict = field(default_factory=dict)  # prepared shift set -> test images
 
     @classmethod
     def of(cls, cfg: Any, fallback_runtime_min: float, path: Path | str | None = None) -> Requests:
@@ -114,12 +118,16 @@ class Requests:
 
         sets = [planned_num_test(self.cfg, task)]
         for folder in shift_dirs:
-            if not (Path(folder) / "manifest.json").is_file():
-                return self._fallback(f"shift set {folder} not prepared yet: its size is "
-                                      "unknown", 1, attempt)
-            from vpeft.data.shards import read_manifest
+            count = self._shift_counts.get(str(folder))
+            if count is None:
+                if not (Path(folder) / "manifest.json").is_file():
+                    return self._fallback(f"shift set {folder} not prepared yet: its size is "
+                                          "unknown", 1, attempt)
+                from vpeft.data.shards import read_manifest
 
-            sets.append(int(read_manifest(folder)["splits"]["test"]["count"]))
+                count = int(read_manifest(folder)["splits"]["test"]["count"])
+                self._shift_counts[str(folder)] = count
+            sets.append(count)
         side = int(self.cfg.model.img_size)
         seconds = entry["setup_s"] + alphas * sum(sets) / entry["eval_images_per_s"]
         mem = entry["peak_host_rss_mb"] + max(sets) * side * side * 3 / 2**20
@@ -143,6 +151,8 @@ class Requests:
         """(training images, evaluation images, epochs, images read) a run of ``phase`` on
         ``task`` goes through, as the plan knows them (a rehearsal: what its cut leaves; it
         still reads its splits whole)."""
+        if (task, phase) in self._known_sizes:
+            return self._known_sizes[task, phase]
         from vpeft.analysis import planned_num_test
         from vpeft.kinds import study_kind
 
@@ -164,7 +174,12 @@ class Requests:
             epochs = 1
         if cut.get("max_eval_batches"):
             n_eval = min(n_eval, int(cut["max_eval_batches"]) * int(train.eval_batch_size))
-        return int(n_train), int(n_eval), epochs, read
+        sizes = int(n_train), int(n_eval), epochs, read
+        # the test size is a placeholder until the task is prepared (planned_num_test): not kept
+        if eval_split != "test" or declared.get("test") is not None or \
+                (layout.prepared_task(self.cfg, task) / "manifest.json").is_file():
+            self._known_sizes[task, phase] = sizes
+        return sizes
 
 
 def _prepared_count(cfg: Any, task: str, split: str) -> int | None:
