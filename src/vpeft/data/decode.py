@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from vpeft.data.listfile import image_file_problem
+
 __all__ = ["DECODE_ERRORS", "Decoded", "strict_decoding", "content_digest", "decode_image",
            "decode_problem", "read_image", "load_image", "decode_workers",
            "digest_files"]
@@ -49,12 +51,10 @@ def read_image(path: Path) -> bytes:
     path is a directory or the file is empty (PIL would report the latter as "cannot identify
     image file <_io.BytesIO object at 0x…>")."""
     path = Path(path)
-    if path.is_dir():
-        raise ImageFileError("is a directory, not an image file")
-    data = path.read_bytes()
-    if not data:
-        raise ImageFileError("empty file (0 bytes)")
-    return data
+    problem = image_file_problem(path)
+    if problem is not None and problem != "image not found":
+        raise ImageFileError(problem)
+    return path.read_bytes()  # a missing file: FileNotFoundError, "image not found"
 
 
 _OBJECT_REPR = re.compile(r"\s*<[^<>]* (?:object )?at 0x[0-9a-fA-F]+>")
