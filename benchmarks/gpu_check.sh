@@ -1,12 +1,21 @@
 #!/usr/bin/env bash
 # The GPU check: one command a maintainer reruns on any CUDA machine (no network, random weights;
-# about 8 minutes on an H100/H200, estimated: not yet timed on one). From the repository root:
+# about 8 minutes on an H100/H200 without the rehearsal, at most 3 more with it, estimated: not yet
+# timed on one). From the repository root:
 #
 #   bash benchmarks/gpu_check.sh [--out DIR] [--methods a,b] [--precision bf16|fp32|auto]
+#                                [--no-rehearsal]
 #
 # (--model NAME picks another benchmarks.run model; --allow-cpu runs the stages on a machine
 # without CUDA, where the gpu tests skip: it checks this script, its figures mean nothing.)
 #
+# 0. the full-shape rehearsal first (python -m benchmarks.rehearse: the vtab1k study's ViT-B/16
+#    at 224 px, batch 64, through every Snakemake step on fabricated oxford_iiit_pet-shaped data,
+#    every method at its most expensive grid point, k = 20 steps, 2 evaluation batches, 4 cores
+#    per job so that several jobs share the GPU); its calibration (images/s, start-up, peak host
+#    and device memory per method and phase) is what the cluster requests are then made from
+#    (copy it to runs/vtab1k/calibration.json; docs/cluster.md). If it runs out of time, the runs
+#    it finished are calibrated anyway;
 # 1. the tests marked `gpu` (tests/test_gpu.py: for every method, bf16 autocast + fused attention
 #    vs fp32 loss curves, torch.compile vs eager, bf16 vs fp32 evaluation), their measured
 #    differences recorded;
@@ -16,11 +25,16 @@
 #
 # Writes under DIR (default benchmarks/results): gpu-check.json and gpu-check.md (device, driver,
 # CUDA, torch, each stage's status and time, every test measurement), gpu-tests.xml (JUnit),
-# gpu-measurements.jsonl, vit_b16-cuda.json/.md, projection-vit_b16-cuda.json/.md.
+# gpu-measurements.jsonl, vit_b16-cuda.json/.md, projection-vit_b16-cuda.json/.md, and the
+# rehearsal's rehearsal.json, rehearsal.md and rehearsal-calibration.json (its data, weights and
+# runs stay in GPU_CHECK_REHEARSAL_WORK, default ${TMPDIR:-/tmp}/vpeft-gpu-check-rehearsal,
+# emptied first).
 # Exit status: 0 all passed, 1 a stage failed or timed out, 2 bad arguments, 3 no CUDA device.
 # Environment: PYTHON (default: .venv/bin/python if present, else python3),
-# GPU_CHECK_TEST_TIMEOUT / GPU_CHECK_BENCH_TIMEOUT (seconds, default 300 / 240), and
-# GPU_CHECK_CASE_TIMEOUT (seconds per benchmark case process, default 180).
+# GPU_CHECK_TEST_TIMEOUT / GPU_CHECK_BENCH_TIMEOUT / GPU_CHECK_REHEARSAL_TIMEOUT (seconds,
+# default 300 / 240 / 180), GPU_CHECK_CASE_TIMEOUT (seconds per benchmark case process, default
+# 180), GPU_CHECK_REHEARSAL_TASKS (default oxford_iiit_pet; all: the three rehearsal tasks) and
+# GPU_CHECK_REHEARSAL_STEPS (default 20).
 set -u
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -30,6 +44,7 @@ METHODS=""
 PRECISION="bf16"
 MODEL="vit_b16"
 ALLOW_CPU=0
+REHEARSAL=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) OUT="${2:?--out needs a directory}"; shift 2 ;;
@@ -37,7 +52,8 @@ while [ $# -gt 0 ]; do
     --precision) PRECISION="${2:?--precision needs bf16, fp32 or auto}"; shift 2 ;;
     --model) MODEL="${2:?--model needs a benchmarks.run model name}"; shift 2 ;;
     --allow-cpu) ALLOW_CPU=1; shift ;;
-    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+    --no-rehearsal) REHEARSAL=0; shift ;;
+    -h|--help) sed -n '2,37p' "$0"; exit 0 ;;
     *) echo "gpu_check: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -67,7 +83,8 @@ mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 STAGES="$OUT/.gpu-check-stages.tsv"
 : > "$STAGES"
-rm -f "$OUT/gpu-measurements.jsonl" "$OUT/gpu-tests.xml"
+rm -f "$OUT/gpu-measurements.jsonl" "$OUT/gpu-tests.xml" "$OUT"/rehearsal.json \
+  "$OUT"/rehearsal.md "$OUT"/rehearsal-calibration.json
 
 stage() {  # stage NAME TIMEOUT_S COMMAND...: run it, record status and seconds
   local name="$1" limit="$2"; shift 2
@@ -80,6 +97,33 @@ stage() {  # stage NAME TIMEOUT_S COMMAND...: run it, record status and seconds
   printf '%s\t%s\t%s\t%s\n' "$name" "$rc" "$((end - start))" "$*" >> "$STAGES"
   return $rc
 }
+
+# 0. The rehearsal: on CUDA the study's full shape; with --allow-cpu a tiny one (this script's
+# check). Always a fresh work folder: the fabricated data are new, so nothing could be reused.
+if [ "$REHEARSAL" = 1 ]; then
+  RH_WORK="${GPU_CHECK_REHEARSAL_WORK:-${TMPDIR:-/tmp}/vpeft-gpu-check-rehearsal}"
+  RH_TASKS="${GPU_CHECK_REHEARSAL_TASKS:-oxford_iiit_pet}"
+  RH_ARGS=(--work "$RH_WORK" --tasks "$RH_TASKS" --eval-batches 2)
+  if [ "$DEVICE" = cuda ]; then
+    CORES="$(nproc)"
+    RH_ARGS+=(--steps "${GPU_CHECK_REHEARSAL_STEPS:-20}" --cores "$CORES"
+              --threads "$(( CORES < 4 ? CORES : 4 ))")
+    [ -n "$METHODS" ] && RH_ARGS+=(--methods "$METHODS")
+  else
+    RH_ARGS+=(--steps 1 --shape tiny --scale 0.05 --cores 2 --methods "${METHODS:-lora}")
+  fi
+  rm -rf "$RH_WORK"
+  if ! stage rehearsal "${GPU_CHECK_REHEARSAL_TIMEOUT:-180}" \
+      "$PYTHON" -m benchmarks.rehearse "${RH_ARGS[@]}" && [ -d "$RH_WORK/runs" ]; then
+    # out of time or a job failed: the runs that finished still measure their methods
+    stage calibration 120 "$PYTHON" -m benchmarks.rehearse --calibrate-only "${RH_ARGS[@]}"
+  fi
+  for name in rehearsal.json rehearsal.md; do
+    [ -f "$RH_WORK/$name" ] && cp "$RH_WORK/$name" "$OUT/$name"
+  done
+  [ -f "$RH_WORK/runs/vtab1k/calibration.json" ] && \
+    cp "$RH_WORK/runs/vtab1k/calibration.json" "$OUT/rehearsal-calibration.json"
+fi
 
 BENCH_ARGS=(--model "$MODEL" --out "$OUT" --timeout "${GPU_CHECK_CASE_TIMEOUT:-180}")
 RESULT="$OUT/$MODEL-$DEVICE.json"
@@ -143,9 +187,17 @@ jsonl = out / "gpu-measurements.jsonl"
 measurements = [json.loads(l) for l in jsonl.read_text().splitlines()] if jsonl.is_file() else []
 ok = bool(stages) and all(s["exit"] == 0 for s in stages) and \
     any(s["stage"] == "projection" for s in stages)
+finished = json.loads((out / "rehearsal.json").read_text()) \
+    if (out / "rehearsal.json").is_file() else None  # absent when cut by its time limit
+calibrated = (out / "rehearsal-calibration.json").is_file()
+rehearsal = None if finished is None and not calibrated else {
+    "finished": finished is not None,
+    "calibration": "rehearsal-calibration.json" if calibrated else None,
+    **({k: finished[k] for k in ("ok", "wall_s", "fabricate_s", "tasks", "methods", "cores",
+                                 "threads", "overrides")} if finished else {})}
 doc = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
        "passed": ok, "device": device, "stages": stages, "tests": tests,
-       "measurements": measurements}
+       "measurements": measurements, "rehearsal": rehearsal}
 write_json(out / "gpu-check.json", doc)
 
 md = [f"## GPU check: {'passed' if ok else 'FAILED'}", "",
@@ -166,6 +218,16 @@ if measurements:
         values = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                            for k, v in m.items() if k not in ("check", "method"))
         md.append(f"| {m['check']} | {m['method']} | {values} |")
+if rehearsal is not None:
+    how = (f"every step in {finished['wall_s']:.0f} s, {finished['cores']} cores, "
+           f"{finished['threads']} per job" if finished else "cut by its time limit; the runs it "
+           "finished are calibrated")
+    md += ["", f"### Rehearsal of vtab1k ({how})", "",
+           *([(out / "rehearsal.md").read_text().rstrip()] if (out / "rehearsal.md").is_file()
+             else []),
+           "", "Calibration: " + ("rehearsal-calibration.json (copy it to "
+                                  "runs/vtab1k/calibration.json to size the cluster's requests)"
+                                  if calibrated else "none (no run finished)")]
 for name in (f"{result}.md", f"projection-{result}.md"):
     if (out / name).is_file():
         md += ["", f"(see {name})"]

@@ -1,7 +1,7 @@
 """The VTAB-1K study rehearsed at its full shape, through every pipeline step, before real runs.
 
     python -m benchmarks.rehearse --work /tmp/rehearsal [--steps 1] [--eval-batches 1]
-                                  [--methods all] [--tasks all] [--cores 2]
+                                  [--methods all] [--tasks all] [--cores 2] [--threads N]
 
 It fabricates, under ``--work``:
 
@@ -24,6 +24,12 @@ grid, select, final, evaluate, analyze and report, every method at its most expe
 rehearsal. Results: ``rehearsal.json`` (wall time, per-job peak RSS and time from Snakemake's
 benchmark files, the runs' throughput) in ``--work``, and the calibration file
 (``vpeft.calibration``) measured from the runs.
+
+``--threads N`` (default: ``--cores``) gives each job N threads, so ``--cores``/N jobs run at
+once: on a GPU machine (``benchmarks/gpu_check.sh`` uses 4 of its cores per job) several jobs then
+share the device, and the images/s measured are a lower bound of the device's own (requests made
+from them err on the long side); peak memories are per process either way. ``rehearsal.md`` in
+``--work`` is the per-method table of the calibration (``summary``).
 
 ``--shape tiny`` swaps in a 2-block, 48-wide ViT at 32 px (the test suite's reduced rehearsal);
 ``--scale`` shrinks the split counts (split_sizes overrides follow).
@@ -190,10 +196,11 @@ def workflow_copy(work: Path) -> Path:
 
 
 def snakemake(work: Path, root: Path, weights: Path, overrides: Sequence[str], cores: int,
-              *extra: str) -> subprocess.CompletedProcess:
+              *extra: str, threads: int | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
-    config = ["study=" + STUDY, f"data_root={root}", f"weights={weights}", f"threads={cores}",
+    config = ["study=" + STUDY, f"data_root={root}", f"weights={weights}",
+              f"threads={threads or cores}",
               "overrides=" + json.dumps(list(overrides))]
     return subprocess.run([sys.executable, "-m", "snakemake", "--cores", str(cores), "all",
                            "--config", *config, *extra], cwd=work, env=env, text=True,
@@ -232,10 +239,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--shape", choices=("full", "tiny"), default="full")
     parser.add_argument("--scale", type=float, default=1.0, help="split counts x this")
     parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads per job (default: --cores, one job at a time)")
     parser.add_argument("--calibrate-only", action="store_true",
                         help="no new runs: the calibration and a summary of the runs already "
                              "in --work (an interrupted rehearsal; give the same options)")
     args = parser.parse_args(argv)
+    if args.threads is not None and not 1 <= args.threads <= args.cores:
+        parser.error(f"--threads {args.threads}: expected 1 to --cores ({args.cores})")
     if args.calibrate_only:
         return calibrate_only(args)
     return rehearse(args)
@@ -256,9 +267,19 @@ def calibrate_only(args: argparse.Namespace) -> int:
     counts = {task: split_counts(task, args.scale) for task in tasks}
     overrides = study_overrides(args, tasks, methods, counts)
     path = write_calibration(work, work / "vtab-1k", work / "ViT-B_16.npz", overrides)
-    print(summary(json.loads(path.read_text()), job_benchmarks(work)))
+    print(write_summary(work, path))
     print(f"wrote {path}")
     return 0
+
+
+def write_summary(work: Path, calibration_path: Path) -> str:
+    """``rehearsal.md`` in ``work``: the calibration's per-method table (``summary``)."""
+    from vpeft.io import atomic_path
+
+    text = summary(json.loads(calibration_path.read_text()), job_benchmarks(work))
+    with atomic_path(work / "rehearsal.md") as tmp:
+        tmp.write_text(text + "\n")
+    return text
 
 
 def summary(cal: dict[str, Any], jobs: list[dict[str, Any]]) -> str:
@@ -292,15 +313,17 @@ def rehearse(args: argparse.Namespace) -> int:
     overrides = study_overrides(args, tasks, methods, counts)
     workflow_copy(work)
     tic = time.perf_counter()
-    proc = snakemake(work, root, weights, overrides, args.cores)
+    proc = snakemake(work, root, weights, overrides, args.cores, threads=args.threads)
     wall_s = time.perf_counter() - tic
     (work / "snakemake.log").write_text(proc.stdout + proc.stderr)
     result = {"ok": proc.returncode == 0, "wall_s": wall_s, "fabricate_s": fabricate_s,
               "tasks": counts, "methods": methods, "overrides": overrides,
-              "shape": args.shape, "cores": args.cores, "load_avg": os.getloadavg(),
+              "shape": args.shape, "cores": args.cores, "threads": args.threads or args.cores,
+              "load_avg": os.getloadavg(),
               "jobs": job_benchmarks(work)}
     if result["ok"]:
         result["calibration"] = str(write_calibration(work, root, weights, overrides))
+        write_summary(work, Path(result["calibration"]))
     (work / "rehearsal.json").write_text(json.dumps(result, indent=1))
     print(json.dumps({k: result[k] for k in ("ok", "wall_s", "fabricate_s", "load_avg")}))
     if not result["ok"]:

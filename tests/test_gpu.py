@@ -264,21 +264,31 @@ def test_gpu_check_refuses_a_machine_without_cuda(tmp_path):
 @pytest.mark.slow
 def test_gpu_check_stages_and_report_run_through_on_cpu(tmp_path):
     """--allow-cpu runs every stage of the check on the CPU (gpu tests skip; tiny model, two
-    methods): the JUnit, benchmark and projection files and the report come out, consistent."""
+    methods; the rehearsal at its tiny shape): the rehearsal's calibration, the JUnit, benchmark
+    and projection files and the report come out, consistent."""
     out = tmp_path / "results"
     # The stages' time limits are a GPU machine's; this CPU run shares its cores with the other
     # tests (it took 241 s of a 240 s limit on a loaded machine): generous ones, it checks no speed.
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHON": sys.executable,
            "GPU_CHECK_TEST_TIMEOUT": "1200", "GPU_CHECK_BENCH_TIMEOUT": "1200",
-           "GPU_CHECK_CASE_TIMEOUT": "900"}
+           "GPU_CHECK_CASE_TIMEOUT": "900", "GPU_CHECK_REHEARSAL_TIMEOUT": "1200",
+           "GPU_CHECK_REHEARSAL_WORK": str(tmp_path / "rehearsal")}
     proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--allow-cpu",
                            "--model", "tiny", "--methods", "linear,lora", "--out", str(out)],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=3000)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((out / "gpu-check.json").read_text())
     assert report["passed"] and report["device"]["gpu"] is None
-    assert [s["stage"] for s in report["stages"]] == ["tests", "benchmarks", "projection"]
+    assert [s["stage"] for s in report["stages"]] == ["rehearsal", "tests", "benchmarks",
+                                                      "projection"]
     assert all(s["status"] == "passed" for s in report["stages"])
+    # the rehearsal ran first, every step, and its calibration came back beside the report
+    rehearsal = report["rehearsal"]
+    assert rehearsal["finished"] and rehearsal["ok"] and rehearsal["methods"] == ["linear", "lora"]
+    calibration = json.loads((out / rehearsal["calibration"]).read_text())
+    assert sorted(calibration["methods"]) == ["linear", "lora"]
+    assert calibration["rehearsal"] == {"max_steps": 1, "max_eval_batches": 2}
+    assert not list(out.glob("**/*.npz"))  # the data, weights and runs stay in the work folder
     # VPEFT_GPU_TEST_METHODS: the three gpu tests of the two methods asked for, all skipped
     assert report["tests"]["counts"].get("skipped", 0) >= 3 * 2, report["tests"]
     assert "passed" not in report["tests"]["counts"] and not report["tests"]["failures"]
@@ -290,3 +300,4 @@ def test_gpu_check_stages_and_report_run_through_on_cpu(tmp_path):
     md = (out / "gpu-check.md").read_text()
     assert md.startswith("## GPU check: passed") and "No CUDA device" in md
     assert "| projection | passed |" in md and not (out / ".gpu-check-stages.tsv").exists()
+    assert "### Rehearsal of vtab1k (every step in" in md and "| lora | final |" in md

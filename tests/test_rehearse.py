@@ -36,8 +36,10 @@ PLACES = ["study.data.root=/data/vtab-1k", "model.weights=/w/ViT-B_16.npz"]
 @pytest.fixture(scope="module")
 def rehearsed(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("rehearsal")
+    # --threads 1 of --cores 2: two jobs at once, as on a GPU machine where several share it
     code = rehearse.main(["--work", str(work), "--shape", "tiny", "--scale", "0.1",
-                          "--methods", "vpt_shallow", "--steps", "1", "--eval-batches", "1"])
+                          "--methods", "vpt_shallow", "--steps", "1", "--eval-batches", "1",
+                          "--cores", "2", "--threads", "1"])
     assert code == 0, (work / "snakemake.log").read_text()[-4000:]
     return work
 
@@ -46,6 +48,7 @@ def rehearsed(tmp_path_factory) -> Path:
 def test_the_reduced_rehearsal_runs_every_step_and_says_it_is_one(rehearsed):
     result = json.loads((rehearsed / "rehearsal.json").read_text())
     assert result["ok"] and set(result["tasks"]) == set(rehearse.TASKS)
+    assert (result["cores"], result["threads"]) == (2, 1)
     # the most expensive point: VPT-shallow's 200 prompts
     assert "method.vpt_shallow.hparams.num_prompts=200" in result["overrides"]
     runs = rehearsed / "runs" / "vtab1k"
@@ -56,6 +59,7 @@ def test_the_reduced_rehearsal_runs_every_step_and_says_it_is_one(rehearsed):
             assert metrics["rehearsal"] == {"max_steps": 1, "max_eval_batches": 1}
             assert metrics["steps"] == 1 and metrics["hparams"]["num_prompts"] == 200
             assert metrics["eval_images_per_s"] > 0 and metrics["setup_s"] > 0
+            assert metrics["machine"]["torch"]["threads"] == 1  # each job got --threads
         scored = json.loads((runs / task / "vpt_shallow" / "final" / "test_eval.json").read_text())
         # one eval batch (the study's 256) of the test split, and it says so
         assert scored["num_test"] == min(256, counts["test"]) and scored["rehearsal"]
@@ -69,6 +73,15 @@ def test_the_reduced_rehearsal_runs_every_step_and_says_it_is_one(rehearsed):
     assert rehearse.main(["--work", str(rehearsed), "--shape", "tiny", "--scale", "0.1",
                           "--methods", "vpt_shallow", "--calibrate-only"]) == 0
     assert calibration.load(Path(result["calibration"]))["methods"] == cal["methods"]
+    summary = (rehearsed / "rehearsal.md").read_text()  # the per-method table, both times
+    assert "| vpt_shallow | grid |" in summary and "| vpt_shallow | final |" in summary
+
+
+def test_rehearsal_threads_must_fit_its_cores(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        rehearse.main(["--work", str(tmp_path), "--cores", "2", "--threads", "4"])
+    assert stopped.value.code == 2 and not any(tmp_path.iterdir())
+    assert "--threads 4: expected 1 to --cores (2)" in capsys.readouterr().err
 
 
 @pytest.mark.slow
