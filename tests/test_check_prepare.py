@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO
-from test_manyshot_formats import CIFAR_SMALL, TRAIN_LABELS, _cfg, _row
+from test_manyshot_formats import CIFAR_SMALL, TEST_LABELS, TRAIN_LABELS, _cfg, _row
 from test_manyshot_formats import write_cifar100_python
 from vpeft import layout
 from vpeft.config import load_study
@@ -194,6 +194,91 @@ def test_class_folder_dataset_empty_image_refused_alike(tmp_path, monkeypatch):
                                            kind.prepare("cifar100")))
     assert refusals and check.problems == refusals
     assert any("beach/beach_007.jpg: empty file (0 bytes)" in p for p in refusals), refusals
+
+
+# ---------------------------------------------------------------------------------------------
+# Many-shot without decoding: the structure checked as prepare checks it, the pixels said skipped
+# ---------------------------------------------------------------------------------------------
+
+def _label_out_of_range(part: str, d: dict) -> None:
+    if part == "train":
+        d[b"fine_labels"][5] = 7  # a 3-class meta: a re-pickle gone wrong
+
+
+def _labels_cut_short(part: str, d: dict) -> None:
+    if part == "test":
+        d[b"fine_labels"] = d[b"fine_labels"][:-1]  # a row without its label
+
+
+@pytest.mark.parametrize("spoil,expect", [
+    (_label_out_of_range, "cifar-100-python/train: fine label 7 of row 5 outside [0, 3)"),
+    (_labels_cut_short, "cifar-100-python/test: b'data' has 6 rows but b'fine_labels' has 5"),
+], ids=["label-out-of-range", "labels-cut-short"])
+def test_no_decode_refuses_a_cifar_tree_as_the_pipeline_does(tmp_path, monkeypatch, spoil, expect):
+    from vpeft.data.manyshot import write_view
+
+    write_cifar100_python(tmp_path / "raw", edit=spoil)
+    cfg = _cfg(monkeypatch, tmp_path, *CIFAR_SMALL)
+    kind = study_kind(cfg)
+    check = kind.check_task("cifar100_n6", 3, decode=False)
+    refusals = _pipeline_refusals(lambda: (write_view(cfg, "cifar100_n6", kind.raw_task("cifar100_n6")),
+                                           kind.prepare("cifar100_n6")))
+    assert refusals and check.problems == refusals
+    assert any(expect in p for p in refusals), refusals
+
+
+def test_no_decode_refuses_a_missing_list_image_as_the_pipeline_does(tmp_path, monkeypatch):
+    from vpeft.data.manyshot import write_view
+
+    extra = _list_dataset(tmp_path / "raw" / "lists", test_names_train_file=False)
+    (tmp_path / "raw" / "lists" / "images" / "test" / "000003.png").unlink()  # a partial download
+    cfg = _cfg(monkeypatch, tmp_path, *CIFAR_SMALL, *extra)
+    kind = study_kind(cfg)
+    check = kind.check_task("cifar100", 3, decode=False)
+    refusals = _pipeline_refusals(lambda: (write_view(cfg, "cifar100", kind.raw_task("cifar100")),
+                                           kind.prepare("cifar100")))
+    assert refusals and check.problems == refusals
+    assert any("image not found: images/test/000003.png" in p for p in refusals), refusals
+
+
+def test_no_decode_lists_cifar_images_without_writing_them(tmp_path, monkeypatch):
+    from vpeft.data.manyshot import write_view
+
+    write_cifar100_python(tmp_path / "raw")
+    cfg = _cfg(monkeypatch, tmp_path, *CIFAR_SMALL)
+    unwritten: set[str] = set()
+    write_view(cfg, "cifar100_n6", tmp_path / "view", save_index=False, unwritten=unwritten)
+    listed = {line.split(" ")[0] for split in ("train800", "val200", "train800val200", "test")
+              for line in (tmp_path / "view" / f"{split}.txt").read_text().splitlines()}
+    assert unwritten == listed and len(listed) == 6 + len(TEST_LABELS)
+    assert [p for p in (tmp_path / "view").rglob("*.png")] == []
+    full = study_kind(cfg).check_task("cifar100_n6", 3, decode=True)
+    quick = study_kind(cfg).check_task("cifar100_n6", 3, decode=False)
+    assert quick.counts == full.counts and quick.problems == full.problems == []
+    assert f"{len(listed)} images the step writes into the view from the dataset's pixel " \
+           "arrays: listed and counted, not written: --no-decode" in quick.notes
+
+
+def test_no_decode_check_says_pixel_duplicates_were_not_checked(tmp_path, monkeypatch, capsys):
+    # 12 of 40 test images repeat training images: only decoding can see it, and prepare refuses.
+    from vpeft import cli
+
+    _cifar_with_test_copies(tmp_path / "raw", copies=12)
+    monkeypatch.setenv("VPEFT_PARAMS", str(REPO / "params"))
+    argv = ["check", "--study", "manyshot", "-o", "study.tasks=[cifar100]"]
+    for o in (f"paths.data={tmp_path / 'data'}", f"study.data.root={tmp_path / 'raw'}",
+              "model.weights=/w.npz", *CIFAR_SMALL):
+        argv += ["-o", o]
+    assert cli.main([*argv, "--no-decode"]) == 1  # the weights file is missing
+    quick = capsys.readouterr().out
+    assert "SKIPPED pixel duplicates not checked: --no-decode" in quick
+    assert [line for line in quick.splitlines() if line.startswith("PROBLEM")] == [
+        "PROBLEM model.weights: model.weights: file not found: /w.npz"]
+    assert cli.main(argv) == 1
+    full = capsys.readouterr().out
+    assert "SKIPPED" not in full
+    assert any(line.startswith("PROBLEM cifar100: ") and "12 of 40 test images (30 %)" in line
+               for line in full.splitlines()), full
 
 
 # ---------------------------------------------------------------------------------------------

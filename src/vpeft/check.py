@@ -28,6 +28,10 @@ from vpeft.kinds.base import problems_of
 log = logging.getLogger("vpeft.check")
 
 SPLIT_COLUMNS = ("train800", "val200", "train800val200", "test")
+# What only decoding finds, which `vpeft prepare` will still refuse: said, not left implicit.
+SKIPPED_WITHOUT_DECODING = ("pixel duplicates not checked: --no-decode (nor whether every image "
+                            "decodes; `vpeft prepare` checks both: run check without --no-decode "
+                            "to see them first)")
 FLOAT_BYTES = 4
 
 
@@ -40,6 +44,7 @@ class StudyCheck:
     disk_bytes: dict[str, int]
     other_weights: list[TaskCheck] = field(default_factory=list)  # CLIP weights, zero-shot head
     requests: list[str] = field(default_factory=list)  # what the training jobs will ask for
+    skipped: list[str] = field(default_factory=list)  # checks not run, and why
 
     @property
     def problems(self) -> list[str]:
@@ -246,7 +251,8 @@ def check_study(plan: StudyPlan, *, decode: bool = True) -> StudyCheck:
     tasks = _check_tasks(plan, decode)
     weights = _check_weights(plan)
     return StudyCheck(plan.name, tasks, weights, count_jobs(plan), estimate_disk(plan, tasks),
-                      check_weight_files(plan), planned_requests(plan))
+                      check_weight_files(plan), planned_requests(plan),
+                      [] if decode else [SKIPPED_WITHOUT_DECODING])
 
 
 def planned_requests(plan: StudyPlan) -> list[str]:
@@ -306,6 +312,7 @@ def format_check(check: StudyCheck) -> str:
     out.append(f"disk: {_human(sum(check.disk_bytes.values()))} ("
                + ", ".join(f"{k} {_human(v)}" for k, v in check.disk_bytes.items()) + ")")
     out.extend(check.requests)
+    out.extend(f"SKIPPED {line}" for line in check.skipped)
     out.append("OK: nothing wrong found" if check.ok else
                f"{len(check.problems)} problem(s): fix them before queuing the study")
     return "\n".join(out)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,11 +104,13 @@ def _split_sizes(split_sizes: Mapping[str, int | None] | None) -> dict[str, int 
 
 
 def validate_task(task_dir: Path, task: str, num_classes: int,
-                  split_sizes: Mapping[str, int | None] | None = None) -> dict[str, list[Entry]]:
+                  split_sizes: Mapping[str, int | None] | None = None,
+                  unwritten: Collection[str] = frozenset()) -> dict[str, list[Entry]]:
     """Check a task's list files and image presence; return its entries per split.
 
     Raises one :class:`DataError` listing every problem found. Image contents are checked by
-    :func:`prepare_task`, which decodes them anyway.
+    :func:`prepare_task`, which decodes them anyway. ``unwritten``: images taken as present
+    (:func:`vpeft.data.listfile.parse_list`).
     """
     sizes = _split_sizes(split_sizes)
     task_dir = Path(task_dir).absolute()
@@ -122,7 +124,8 @@ def validate_task(task_dir: Path, task: str, num_classes: int,
                         f"expected all of {', '.join(s + '.txt' for s in SPLITS)}")
 
     errors: list[str] = []
-    parsed = {s: parse_list(task_dir, task_dir / f"{s}.txt", num_classes, errors) for s in SPLITS}
+    parsed = {s: parse_list(task_dir, task_dir / f"{s}.txt", num_classes, errors, unwritten)
+              for s in SPLITS}
 
     for split, p in parsed.items():
         list_file = task_dir / f"{split}.txt"
