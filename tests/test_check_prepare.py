@@ -331,22 +331,27 @@ def _wnid_tree(root: Path, per_class: int, offset: int) -> None:
             _png(root / name / f"{name}_{i:04d}.png", offset + 1000 * c + i)
 
 
-def _robustness(tmp_path: Path, monkeypatch, spoil) -> tuple:
-    from vpeft.robustness.pipeline import imagenet_split, prepare_shift
-
+def _robustness_plan(tmp_path: Path, monkeypatch, spoil):
+    """The robustness study on ImageNet-like train / val trees and one shift set."""
     trees = tmp_path / "trees"
     _wnid_tree(trees / "train", 11, 0)
     _wnid_tree(trees / "val", 3, 50_000)
     _wnid_tree(trees / "sketch", 2, 90_000)
     spoil(trees)
     monkeypatch.setenv("VPEFT_PARAMS", str(REPO / "params"))
-    cfg = load_study("demo_robustness", [
+    return load_study("demo_robustness", [
         f"paths.data={tmp_path / 'data'}", f"paths.models={tmp_path / 'models'}",
         "~study.robustness.train", "~study.robustness.test", "~study.robustness.shifts",
         f"+study.robustness.train={{root: {trees / 'train'}, format: wnid_folders}}",
         f"+study.robustness.test={{name: val, root: {trees / 'val'}, format: wnid_folders}}",
         f"+study.robustness.shifts={{sketch: {{root: {trees / 'sketch'}, format: wnid_folders}}}}",
-        "study.robustness.miniature=null"]).cfg
+        "study.robustness.miniature=null"])
+
+
+def _robustness(tmp_path: Path, monkeypatch, spoil) -> tuple:
+    from vpeft.robustness.pipeline import imagenet_split, prepare_shift
+
+    cfg = _robustness_plan(tmp_path, monkeypatch, spoil).cfg
     kind = study_kind(cfg)
     checks = {c.task: c for c in kind.check_data(["imagenet"], decode=True)}
     task = _pipeline_refusals(lambda: (imagenet_split(cfg, "imagenet"), kind.prepare("imagenet")))
@@ -408,3 +413,79 @@ def test_decoding_on_a_pool_matches_one_process_in_order(tmp_path):
     assert serial[100][0] == "error" and " at 0x" not in serial[100][1]
     assert serial[-1] == ("error", "is a directory, not an image file", "")
     assert serial[1] == serial[51] and serial[1][:2] == ("ok", "RGB")
+
+
+# ---------------------------------------------------------------------------------------------
+# One progress bar for the whole study: its total is every image decoding will read
+# ---------------------------------------------------------------------------------------------
+
+class _Bar:
+    """A progress factory that records what `vpeft check` tells its bar (no terminal needed)."""
+
+    def __init__(self) -> None:
+        self.totals: list[int] = []
+        self.done = 0
+
+    def __call__(self, total: int) -> _Bar:
+        self.totals.append(total)
+        return self
+
+    def __enter__(self) -> _Bar:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+
+
+def test_one_bar_counts_every_image_of_a_many_shot_study(tmp_path, monkeypatch):
+    from vpeft.check import check_tasks
+
+    write_cifar100_python(tmp_path / "raw")
+    monkeypatch.setenv("VPEFT_PARAMS", str(REPO / "params"))
+    plan = load_study("manyshot", [f"paths.data={tmp_path / 'data'}", f"study.data.root={tmp_path / 'raw'}",
+                                   "model.weights=/w.npz", *CIFAR_SMALL, "study.tasks=[cifar100_n6,cifar100]"])
+    bar = _Bar()
+    checks = check_tasks(plan, True, progress=bar)
+    assert [c.problems for c in checks] == [[], []]
+    # each task lists its training images twice (train800 / val200, train800val200), then test
+    expected = (2 * 6 + len(TEST_LABELS)) + (2 * len(TRAIN_LABELS) + len(TEST_LABELS))
+    assert bar.totals == [expected] and bar.done == expected
+    assert sum(n for c in checks for n in c.counts.values()) == expected
+    quiet = _Bar()
+    check_tasks(plan, False, progress=quiet)
+    assert quiet.totals == []  # --no-decode: no bar
+
+
+def test_one_bar_counts_the_robustness_task_and_its_shift_sets(tmp_path, monkeypatch):
+    from vpeft.check import check_tasks
+
+    plan = _robustness_plan(tmp_path, monkeypatch, lambda trees: None)
+    bar = _Bar()
+    checks = {c.task: c for c in check_tasks(plan, True, progress=bar)}
+    assert not any(c.problems for c in checks.values())
+    assert checks["sketch"].counts == {"test": 2 * len(CLASSES)}
+    assert checks["imagenet"].counts["test"] == 3 * len(CLASSES)
+    assert bar.totals == [sum(n for c in checks.values() for n in c.counts.values())]
+    assert bar.done == bar.totals[0]
+
+
+def test_one_bar_leaves_out_a_task_refused_before_decoding(tmp_path, monkeypatch):
+    from vpeft.check import check_tasks
+
+    for task in ("good", "broken"):
+        write_vtab_tree(tmp_path / "vtab" / task, task_arrays(3, SIZES, grey=False))
+    with open(tmp_path / "vtab" / "broken" / "val200.txt", "a") as fh:
+        fh.write("images/val200/000000.jpg\n")  # a line without its label
+    monkeypatch.setenv("VPEFT_PARAMS", str(REPO / "params"))
+    info = "{good: {num_classes: 3, group: natural}, broken: {num_classes: 3, group: natural}}"
+    plan = load_study("vtab1k", [f"paths.data={tmp_path / 'data'}", f"study.data.root={tmp_path / 'vtab'}",
+                                 "model.weights=/w.npz", "study.tasks=[good,broken]",
+                                 f"+study.task_info={info}",
+                                 "study.data.split_sizes=" + json.dumps(SIZES).replace('"', "")])
+    bar = _Bar()
+    good, broken = check_tasks(plan, True, progress=bar)
+    assert good.problems == [] and any("malformed line" in p for p in broken.problems)
+    assert bar.totals == [sum(SIZES.values())] and bar.done == sum(SIZES.values())

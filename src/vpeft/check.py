@@ -11,7 +11,7 @@ Exit status 1 when any problem is found (each names its file, line or config key
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,11 +59,31 @@ class StudyCheck:
 # Data: the study kind's checks
 # ---------------------------------------------------------------------------------------------
 
-def _check_tasks(plan: StudyPlan, decode: bool) -> list[TaskCheck]:
+def check_tasks(plan: StudyPlan, decode: bool,
+                progress: Callable[[int], Any] | None = None) -> list[TaskCheck]:
+    """Every task's data checked by the study's kind. With ``decode``, in two passes: the
+    structure of every task first (lists, counts: no pixels), which gives the number of images
+    to decode, then every image decoded under one progress bar for the whole study:
+    ``progress(total)`` makes it (a context manager with ``update(n)``; default a tqdm bar on
+    a terminal, nothing elsewhere)."""
+    from vpeft.data.decode import progress_bar, reporting_to
+
     tasks = list(plan.tasks)
     if plan.cfg.study.get("pretrain"):
         tasks.append(layout.SOURCE_TASK)
-    return study_kind(plan.cfg).check_data(tasks, decode)
+    kind = study_kind(plan.cfg)
+    structure = kind.check_data(tasks, False)
+    if not decode:
+        return structure
+    make = progress or (lambda total: progress_bar(total, f"{plan.name}: decoding"))
+    with make(images_to_decode(structure)) as bar, reporting_to(bar.update):
+        return kind.check_data(tasks, True)
+
+
+def images_to_decode(structure: list[TaskCheck]) -> int:
+    """The images decoding will read: every list entry of every task (and shift set) whose
+    structure passed (a task refused before decoding reads none)."""
+    return sum(n for t in structure if not t.problems for n in t.counts.values())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,9 +266,10 @@ def check_method_hparams(plan: StudyPlan) -> None:
                 raise ConfigError(f"{where}: {err}") from None
 
 
-def check_study(plan: StudyPlan, *, decode: bool = True) -> StudyCheck:
+def check_study(plan: StudyPlan, *, decode: bool = True,
+                progress: Callable[[int], Any] | None = None) -> StudyCheck:
     check_method_hparams(plan)
-    tasks = _check_tasks(plan, decode)
+    tasks = check_tasks(plan, decode, progress)
     weights = _check_weights(plan)
     return StudyCheck(plan.name, tasks, weights, count_jobs(plan), estimate_disk(plan, tasks),
                       check_weight_files(plan), planned_requests(plan),

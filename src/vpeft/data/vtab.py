@@ -311,17 +311,16 @@ def _checked_prepare_args(image_size: int | None, shard_rows: int, group: str) -
 def inspect_task(task_dir: Path, *, task: str, num_classes: int,
                  split_sizes: Mapping[str, int | None] | None = None,
                  allow_duplicates: bool = False, drawn_splits: bool = False,
-                 workers: int | None = None, progress: bool = False) -> dict[str, Any]:
+                 workers: int | None = None) -> dict[str, Any]:
     """Everything :func:`prepare_task` checks, without writing anything: the lists, every image
-    (decoded, not resized, on ``workers`` processes: default every core; ``progress``: a progress
-    bar with an ETA on a terminal) and the splits' contents. Returns split counts, source modes
-    and the content record; raises one :class:`DataError` listing every problem, worded as
-    :func:`prepare_task` words it."""
+    (decoded, not resized, on ``workers`` processes: default every core; progress reported as
+    :func:`vpeft.data.decode.digest_files` reports it) and the splits' contents. Returns split
+    counts, source modes and the content record; raises one :class:`DataError` listing every
+    problem, worded as :func:`prepare_task` words it."""
     entries = validate_task(task_dir, task, num_classes, split_sizes)
     task_dir = Path(task_dir)
     flat = [(split, e) for split in SPLITS for e in entries[split]]
-    results = digest_files([e.file for _, e in flat], workers=workers,
-                           progress=f"{task}: decoding" if progress else None)
+    results = digest_files([e.file for _, e in flat], workers=workers)
     errors: list[str] = []
     contents: dict[str, list[str]] = {s: [] for s in SPLITS}
     modes: Counter[str] = Counter()

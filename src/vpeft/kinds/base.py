@@ -246,7 +246,7 @@ class StudyKind:
                 return result
             info = inspect_task(task_dir, task=task, num_classes=classes, split_sizes=sizes,
                                 allow_duplicates=self.allow_duplicates,
-                                drawn_splits=self.drawn_splits(task), progress=True)
+                                drawn_splits=self.drawn_splits(task))
         except UserError as err:
             result.problems += problems_of(err)
             return result
