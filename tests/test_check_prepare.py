@@ -451,9 +451,10 @@ def test_one_bar_counts_every_image_of_a_many_shot_study(tmp_path, monkeypatch):
     checks = check_tasks(plan, True, progress=bar)
     assert [c.problems for c in checks] == [[], []]
     # each task lists its training images twice (train800 / val200, train800val200), then test
-    expected = (2 * 6 + len(TEST_LABELS)) + (2 * len(TRAIN_LABELS) + len(TEST_LABELS))
-    assert bar.totals == [expected] and bar.done == expected
-    assert sum(n for c in checks for n in c.counts.values()) == expected
+    decoded = (2 * 6 + len(TEST_LABELS)) + (2 * len(TRAIN_LABELS) + len(TEST_LABELS))
+    assert sum(n for c in checks for n in c.counts.values()) == decoded
+    written = (6 + len(TEST_LABELS)) + (len(TRAIN_LABELS) + len(TEST_LABELS))  # PNGs, once each
+    assert bar.totals == [decoded + written] and bar.done == decoded + written
     quiet = _Bar()
     check_tasks(plan, False, progress=quiet)
     assert quiet.totals == []  # --no-decode: no bar

@@ -63,9 +63,9 @@ def check_tasks(plan: StudyPlan, decode: bool,
                 progress: Callable[[int], Any] | None = None) -> list[TaskCheck]:
     """Every task's data checked by the study's kind. With ``decode``, in two passes: the
     structure of every task first (lists, counts: no pixels), which gives the number of images
-    to decode, then every image decoded under one progress bar for the whole study:
-    ``progress(total)`` makes it (a context manager with ``update(n)``; default a tqdm bar on
-    a terminal, nothing elsewhere)."""
+    to write and decode, then every image handled under one progress bar for the whole study:
+    ``progress(total)`` makes it (a context manager with ``update(n)``; default a tqdm bar
+    with an ETA on a terminal, nothing elsewhere)."""
     from vpeft.data.decode import progress_bar, reporting_to
 
     tasks = list(plan.tasks)
@@ -75,15 +75,16 @@ def check_tasks(plan: StudyPlan, decode: bool,
     structure = kind.check_data(tasks, False)
     if not decode:
         return structure
-    make = progress or (lambda total: progress_bar(total, f"{plan.name}: decoding"))
-    with make(images_to_decode(structure)) as bar, reporting_to(bar.update):
+    make = progress or (lambda total: progress_bar(total, f"{plan.name}: images"))
+    with make(images_to_handle(structure)) as bar, reporting_to(bar.update):
         return kind.check_data(tasks, True)
 
 
-def images_to_decode(structure: list[TaskCheck]) -> int:
-    """The images decoding will read: every list entry of every task (and shift set) whose
-    structure passed (a task refused before decoding reads none)."""
-    return sum(n for t in structure if not t.problems for n in t.counts.values())
+def images_to_handle(structure: list[TaskCheck]) -> int:
+    """The images decoding will read, every list entry of every task (and shift set) whose
+    structure passed (a task refused before decoding reads none), and those written first
+    into a scratch view (CIFAR-100's, from its pixel arrays)."""
+    return sum(t.staged_images + sum(t.counts.values()) for t in structure if not t.problems)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ class TaskCheck:
     counts: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    staged_images: int = 0  # images check writes into a scratch view before decoding them
 
 
 def any_split_sizes() -> dict[str, int | None]:
@@ -287,6 +288,7 @@ class StudyKind:
         result.problems = [move(p) for p in result.problems]
         result.notes = [move(n) for n in result.notes]
         if unwritten:
+            result.staged_images = len(unwritten)
             result.notes.append(f"{len(unwritten):,} images the step writes into the view from "
                                 "the dataset's pixel arrays: listed and counted, not written: "
                                 "--no-decode")
