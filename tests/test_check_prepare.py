@@ -154,14 +154,16 @@ def _list_dataset(root: Path, *, test_names_train_file: bool) -> list[str]:
             f"+study.data.datasets.cifar100.test={{format: list, list: {root / 'test.txt'}}}"]
 
 
+@pytest.mark.parametrize("decode", [True, False], ids=["decoded", "no-decode"])
 @pytest.mark.parametrize("spoiled", [False, True], ids=["clean", "same-file-in-train-and-test"])
-def test_list_dataset_same_file_in_two_splits_refused_alike(tmp_path, monkeypatch, spoiled):
+def test_list_dataset_same_file_in_two_splits_refused_alike(tmp_path, monkeypatch, spoiled, decode):
+    # the same file needs no pixels to be seen: --no-decode refuses it too, in prepare's words
     extra = _list_dataset(tmp_path / "raw" / "lists", test_names_train_file=spoiled)
     cfg = _cfg(monkeypatch, tmp_path, *CIFAR_SMALL, *extra)
     kind = study_kind(cfg)
     from vpeft.data.manyshot import write_view
 
-    check = kind.check_task("cifar100", 3, decode=True)
+    check = kind.check_task("cifar100", 3, decode=decode)
     refusals = _pipeline_refusals(lambda: (write_view(cfg, "cifar100", kind.raw_task("cifar100")),
                                            kind.prepare("cifar100")))
     assert check.problems == refusals

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections import Counter
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from vpeft.io import atomic_dir, sha256_file, write_json, write_parquet
 
 __all__ = [
     "GROUPS", "TaskInfo", "VTAB_TASKS", "DEFAULT_SPLIT_SIZES", "task_info", "validate_task",
-    "inspect_task", "prepare_task", "content_report",
+    "inspect_task", "prepare_task", "content_report", "same_file_problems",
 ]
 
 log = logging.getLogger("vpeft.data")
@@ -230,6 +231,57 @@ def _same_file(a: Entry, b: Entry) -> bool:
         return False
 
 
+def _overlaps(task_dir: Path, entries: Mapping[str, list[Entry]],
+              keys: Mapping[str, Sequence[str]]) -> list[Overlap]:
+    """val200 images equal to a train800 image and test images equal to a training image, where
+    equal is having the same ``keys[split][i]`` (a pixel digest, or the file itself)."""
+    overlaps: list[Overlap] = []
+    first_seen: dict[str, tuple[str, Entry]] = {}
+    for split in ("train800", "val200", "train800val200"):
+        for c, e in zip(keys[split], entries[split]):
+            first_seen.setdefault(c, (split, e))
+    train = dict(zip(keys["train800"], entries["train800"]))
+    for c, e in zip(keys["val200"], entries["val200"]):
+        if c in train:
+            overlaps.append(Overlap("val200", (
+                f"{_where(task_dir, 'val200', e)}: image {e.path} has the same pixels as "
+                f"{_where(task_dir, 'train800', train[c])} ({train[c].path})"),
+                _same_file(e, train[c])))
+    for c, e in zip(keys["test"], entries["test"]):
+        if c in first_seen:
+            split, other = first_seen[c]
+            overlaps.append(Overlap("test", (
+                f"{_where(task_dir, 'test', e)}: test image {e.path} has the same pixels "
+                f"as {_where(task_dir, split, other)} ({other.path})"), _same_file(e, other)))
+    return overlaps
+
+
+def same_file_problems(task_dir: Path, entries: Mapping[str, list[Entry]], *,
+                       allow_duplicates: bool = False, drawn_splits: bool = False,
+                       unwritten: Collection[str] = frozenset()) -> list[str]:
+    """What :func:`content_report` refuses that needs no pixels: a val200 or test line naming
+    the very file a training line names (`vpeft check --no-decode`). Worded as it words them;
+    pixel-identical images under other names are only found by decoding, so where a task holds
+    those too, prepare's counts of shared images are larger. ``unwritten``: images not on disk
+    (:func:`validate_task`), each its own file."""
+    folders: dict[str, str] = {}
+
+    def real(file: Path) -> str:  # os.path.realpath, each folder resolved once (0.4 M lines)
+        if os.path.islink(file):
+            return os.path.realpath(file)
+        folder, name = os.path.split(file)
+        if folder not in folders:
+            folders[folder] = os.path.realpath(folder)
+        return os.path.join(folders[folder], name)
+
+    keys = {s: [e.path if e.path in unwritten else real(e.file) for e in entries[s]]
+            for s in SPLITS}
+    errors, _ = judge_overlaps(task_dir, _overlaps(task_dir, entries, keys),
+                               {s: len(v) for s, v in entries.items()},
+                               drawn_splits=drawn_splits, allow=allow_duplicates)
+    return errors
+
+
 def content_report(task_dir: Path, entries: Mapping[str, list[Entry]],
                    contents: Mapping[str, Sequence[str]], *, allow_duplicates: bool = False,
                    drawn_splits: bool = False) -> tuple[list[str], dict[str, Any]]:
@@ -246,24 +298,7 @@ def content_report(task_dir: Path, entries: Mapping[str, list[Entry]],
     def pairs(split: str) -> list[tuple[str, int]]:
         return [(c, e.label) for c, e in zip(contents[split], entries[split])]
 
-    overlaps: list[Overlap] = []
-    first_seen: dict[str, tuple[str, Entry]] = {}
-    for split in ("train800", "val200", "train800val200"):
-        for c, e in zip(contents[split], entries[split]):
-            first_seen.setdefault(c, (split, e))
-    train = dict(zip(contents["train800"], entries["train800"]))
-    for c, e in zip(contents["val200"], entries["val200"]):
-        if c in train:
-            overlaps.append(Overlap("val200", (
-                f"{_where(task_dir, 'val200', e)}: image {e.path} has the same pixels as "
-                f"{_where(task_dir, 'train800', train[c])} ({train[c].path})"),
-                _same_file(e, train[c])))
-    for c, e in zip(contents["test"], entries["test"]):
-        if c in first_seen:
-            split, other = first_seen[c]
-            overlaps.append(Overlap("test", (
-                f"{_where(task_dir, 'test', e)}: test image {e.path} has the same pixels "
-                f"as {_where(task_dir, split, other)} ({other.path})"), _same_file(e, other)))
+    overlaps = _overlaps(task_dir, entries, contents)
     errors, duplicates = judge_overlaps(task_dir, overlaps, {s: len(v) for s, v in entries.items()},
                                         drawn_splits=drawn_splits, allow=allow_duplicates)
 

@@ -236,13 +236,17 @@ class StudyKind:
         ``imagenet-split`` would write) checked exactly as :meth:`prepare` checks it; without
         ``decode``, its structure only (``unwritten``: images the view's step writes itself)."""
         from vpeft.data.duplicates import duplicate_note
-        from vpeft.data.vtab import inspect_task, validate_task
+        from vpeft.data.errors import raise_collected
+        from vpeft.data.vtab import inspect_task, same_file_problems, validate_task
 
         result = TaskCheck(task, classes)
         sizes = self.split_sizes(task)
         try:
             if not decode:
                 entries = validate_task(task_dir, task, classes, sizes, unwritten)
+                raise_collected(same_file_problems(
+                    task_dir, entries, allow_duplicates=self.allow_duplicates,
+                    drawn_splits=self.drawn_splits(task), unwritten=unwritten))
                 result.counts = {s: len(v) for s, v in entries.items()}
                 return result
             info = inspect_task(task_dir, task=task, num_classes=classes, split_sizes=sizes,
