@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO
-from test_manyshot_formats import CIFAR_SMALL, TRAIN_LABELS, _cfg, _row
+from test_manyshot_formats import CIFAR_SMALL, TEST_LABELS, TRAIN_LABELS, _cfg, _row
 from test_manyshot_formats import write_cifar100_python
 from vpeft import layout
 from vpeft.config import load_study
@@ -154,14 +154,16 @@ def _list_dataset(root: Path, *, test_names_train_file: bool) -> list[str]:
             f"+study.data.datasets.cifar100.test={{format: list, list: {root / 'test.txt'}}}"]
 
 
+@pytest.mark.parametrize("decode", [True, False], ids=["decoded", "no-decode"])
 @pytest.mark.parametrize("spoiled", [False, True], ids=["clean", "same-file-in-train-and-test"])
-def test_list_dataset_same_file_in_two_splits_refused_alike(tmp_path, monkeypatch, spoiled):
+def test_list_dataset_same_file_in_two_splits_refused_alike(tmp_path, monkeypatch, spoiled, decode):
+    # the same file needs no pixels to be seen: --no-decode refuses it too, in prepare's words
     extra = _list_dataset(tmp_path / "raw" / "lists", test_names_train_file=spoiled)
     cfg = _cfg(monkeypatch, tmp_path, *CIFAR_SMALL, *extra)
     kind = study_kind(cfg)
     from vpeft.data.manyshot import write_view
 
-    check = kind.check_task("cifar100", 3, decode=True)
+    check = kind.check_task("cifar100", 3, decode=decode)
     refusals = _pipeline_refusals(lambda: (write_view(cfg, "cifar100", kind.raw_task("cifar100")),
                                            kind.prepare("cifar100")))
     assert check.problems == refusals
@@ -194,6 +196,91 @@ def test_class_folder_dataset_empty_image_refused_alike(tmp_path, monkeypatch):
                                            kind.prepare("cifar100")))
     assert refusals and check.problems == refusals
     assert any("beach/beach_007.jpg: empty file (0 bytes)" in p for p in refusals), refusals
+
+
+# ---------------------------------------------------------------------------------------------
+# Many-shot without decoding: the structure checked as prepare checks it, the pixels said skipped
+# ---------------------------------------------------------------------------------------------
+
+def _label_out_of_range(part: str, d: dict) -> None:
+    if part == "train":
+        d[b"fine_labels"][5] = 7  # a 3-class meta: a re-pickle gone wrong
+
+
+def _labels_cut_short(part: str, d: dict) -> None:
+    if part == "test":
+        d[b"fine_labels"] = d[b"fine_labels"][:-1]  # a row without its label
+
+
+@pytest.mark.parametrize("spoil,expect", [
+    (_label_out_of_range, "cifar-100-python/train: fine label 7 of row 5 outside [0, 3)"),
+    (_labels_cut_short, "cifar-100-python/test: b'data' has 6 rows but b'fine_labels' has 5"),
+], ids=["label-out-of-range", "labels-cut-short"])
+def test_no_decode_refuses_a_cifar_tree_as_the_pipeline_does(tmp_path, monkeypatch, spoil, expect):
+    from vpeft.data.manyshot import write_view
+
+    write_cifar100_python(tmp_path / "raw", edit=spoil)
+    cfg = _cfg(monkeypatch, tmp_path, *CIFAR_SMALL)
+    kind = study_kind(cfg)
+    check = kind.check_task("cifar100_n6", 3, decode=False)
+    refusals = _pipeline_refusals(lambda: (write_view(cfg, "cifar100_n6", kind.raw_task("cifar100_n6")),
+                                           kind.prepare("cifar100_n6")))
+    assert refusals and check.problems == refusals
+    assert any(expect in p for p in refusals), refusals
+
+
+def test_no_decode_refuses_a_missing_list_image_as_the_pipeline_does(tmp_path, monkeypatch):
+    from vpeft.data.manyshot import write_view
+
+    extra = _list_dataset(tmp_path / "raw" / "lists", test_names_train_file=False)
+    (tmp_path / "raw" / "lists" / "images" / "test" / "000003.png").unlink()  # a partial download
+    cfg = _cfg(monkeypatch, tmp_path, *CIFAR_SMALL, *extra)
+    kind = study_kind(cfg)
+    check = kind.check_task("cifar100", 3, decode=False)
+    refusals = _pipeline_refusals(lambda: (write_view(cfg, "cifar100", kind.raw_task("cifar100")),
+                                           kind.prepare("cifar100")))
+    assert refusals and check.problems == refusals
+    assert any("image not found: images/test/000003.png" in p for p in refusals), refusals
+
+
+def test_no_decode_lists_cifar_images_without_writing_them(tmp_path, monkeypatch):
+    from vpeft.data.manyshot import write_view
+
+    write_cifar100_python(tmp_path / "raw")
+    cfg = _cfg(monkeypatch, tmp_path, *CIFAR_SMALL)
+    unwritten: set[str] = set()
+    write_view(cfg, "cifar100_n6", tmp_path / "view", save_index=False, unwritten=unwritten)
+    listed = {line.split(" ")[0] for split in ("train800", "val200", "train800val200", "test")
+              for line in (tmp_path / "view" / f"{split}.txt").read_text().splitlines()}
+    assert unwritten == listed and len(listed) == 6 + len(TEST_LABELS)
+    assert [p for p in (tmp_path / "view").rglob("*.png")] == []
+    full = study_kind(cfg).check_task("cifar100_n6", 3, decode=True)
+    quick = study_kind(cfg).check_task("cifar100_n6", 3, decode=False)
+    assert quick.counts == full.counts and quick.problems == full.problems == []
+    assert f"{len(listed)} images the step writes into the view from the dataset's pixel " \
+           "arrays: listed and counted, not written: --no-decode" in quick.notes
+
+
+def test_no_decode_check_says_pixel_duplicates_were_not_checked(tmp_path, monkeypatch, capsys):
+    # 12 of 40 test images repeat training images: only decoding can see it, and prepare refuses.
+    from vpeft import cli
+
+    _cifar_with_test_copies(tmp_path / "raw", copies=12)
+    monkeypatch.setenv("VPEFT_PARAMS", str(REPO / "params"))
+    argv = ["check", "--study", "manyshot", "-o", "study.tasks=[cifar100]"]
+    for o in (f"paths.data={tmp_path / 'data'}", f"study.data.root={tmp_path / 'raw'}",
+              "model.weights=/w.npz", *CIFAR_SMALL):
+        argv += ["-o", o]
+    assert cli.main([*argv, "--no-decode"]) == 1  # the weights file is missing
+    quick = capsys.readouterr().out
+    assert "SKIPPED pixel duplicates not checked: --no-decode" in quick
+    assert [line for line in quick.splitlines() if line.startswith("PROBLEM")] == [
+        "PROBLEM model.weights: model.weights: file not found: /w.npz"]
+    assert cli.main(argv) == 1
+    full = capsys.readouterr().out
+    assert "SKIPPED" not in full
+    assert any(line.startswith("PROBLEM cifar100: ") and "12 of 40 test images (30 %)" in line
+               for line in full.splitlines()), full
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,22 +333,27 @@ def _wnid_tree(root: Path, per_class: int, offset: int) -> None:
             _png(root / name / f"{name}_{i:04d}.png", offset + 1000 * c + i)
 
 
-def _robustness(tmp_path: Path, monkeypatch, spoil) -> tuple:
-    from vpeft.robustness.pipeline import imagenet_split, prepare_shift
-
+def _robustness_plan(tmp_path: Path, monkeypatch, spoil):
+    """The robustness study on ImageNet-like train / val trees and one shift set."""
     trees = tmp_path / "trees"
     _wnid_tree(trees / "train", 11, 0)
     _wnid_tree(trees / "val", 3, 50_000)
     _wnid_tree(trees / "sketch", 2, 90_000)
     spoil(trees)
     monkeypatch.setenv("VPEFT_PARAMS", str(REPO / "params"))
-    cfg = load_study("demo_robustness", [
+    return load_study("demo_robustness", [
         f"paths.data={tmp_path / 'data'}", f"paths.models={tmp_path / 'models'}",
         "~study.robustness.train", "~study.robustness.test", "~study.robustness.shifts",
         f"+study.robustness.train={{root: {trees / 'train'}, format: wnid_folders}}",
         f"+study.robustness.test={{name: val, root: {trees / 'val'}, format: wnid_folders}}",
         f"+study.robustness.shifts={{sketch: {{root: {trees / 'sketch'}, format: wnid_folders}}}}",
-        "study.robustness.miniature=null"]).cfg
+        "study.robustness.miniature=null"])
+
+
+def _robustness(tmp_path: Path, monkeypatch, spoil) -> tuple:
+    from vpeft.robustness.pipeline import imagenet_split, prepare_shift
+
+    cfg = _robustness_plan(tmp_path, monkeypatch, spoil).cfg
     kind = study_kind(cfg)
     checks = {c.task: c for c in kind.check_data(["imagenet"], decode=True)}
     task = _pipeline_refusals(lambda: (imagenet_split(cfg, "imagenet"), kind.prepare("imagenet")))
@@ -323,3 +415,80 @@ def test_decoding_on_a_pool_matches_one_process_in_order(tmp_path):
     assert serial[100][0] == "error" and " at 0x" not in serial[100][1]
     assert serial[-1] == ("error", "is a directory, not an image file", "")
     assert serial[1] == serial[51] and serial[1][:2] == ("ok", "RGB")
+
+
+# ---------------------------------------------------------------------------------------------
+# One progress bar for the whole study: its total is every image decoding will read
+# ---------------------------------------------------------------------------------------------
+
+class _Bar:
+    """A progress factory that records what `vpeft check` tells its bar (no terminal needed)."""
+
+    def __init__(self) -> None:
+        self.totals: list[int] = []
+        self.done = 0
+
+    def __call__(self, total: int) -> _Bar:
+        self.totals.append(total)
+        return self
+
+    def __enter__(self) -> _Bar:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+
+
+def test_one_bar_counts_every_image_of_a_many_shot_study(tmp_path, monkeypatch):
+    from vpeft.check import check_tasks
+
+    write_cifar100_python(tmp_path / "raw")
+    monkeypatch.setenv("VPEFT_PARAMS", str(REPO / "params"))
+    plan = load_study("manyshot", [f"paths.data={tmp_path / 'data'}", f"study.data.root={tmp_path / 'raw'}",
+                                   "model.weights=/w.npz", *CIFAR_SMALL, "study.tasks=[cifar100_n6,cifar100]"])
+    bar = _Bar()
+    checks = check_tasks(plan, True, progress=bar)
+    assert [c.problems for c in checks] == [[], []]
+    # each task lists its training images twice (train800 / val200, train800val200), then test
+    decoded = (2 * 6 + len(TEST_LABELS)) + (2 * len(TRAIN_LABELS) + len(TEST_LABELS))
+    assert sum(n for c in checks for n in c.counts.values()) == decoded
+    written = (6 + len(TEST_LABELS)) + (len(TRAIN_LABELS) + len(TEST_LABELS))  # PNGs, once each
+    assert bar.totals == [decoded + written] and bar.done == decoded + written
+    quiet = _Bar()
+    check_tasks(plan, False, progress=quiet)
+    assert quiet.totals == []  # --no-decode: no bar
+
+
+def test_one_bar_counts_the_robustness_task_and_its_shift_sets(tmp_path, monkeypatch):
+    from vpeft.check import check_tasks
+
+    plan = _robustness_plan(tmp_path, monkeypatch, lambda trees: None)
+    bar = _Bar()
+    checks = {c.task: c for c in check_tasks(plan, True, progress=bar)}
+    assert not any(c.problems for c in checks.values())
+    assert checks["sketch"].counts == {"test": 2 * len(CLASSES)}
+    assert checks["imagenet"].counts["test"] == 3 * len(CLASSES)
+    assert bar.totals == [sum(n for c in checks.values() for n in c.counts.values())]
+    assert bar.done == bar.totals[0]
+
+
+def test_one_bar_leaves_out_a_task_refused_before_decoding(tmp_path, monkeypatch):
+    from vpeft.check import check_tasks
+
+    for task in ("good", "broken"):
+        write_vtab_tree(tmp_path / "vtab" / task, task_arrays(3, SIZES, grey=False))
+    with open(tmp_path / "vtab" / "broken" / "val200.txt", "a") as fh:
+        fh.write("images/val200/000000.jpg\n")  # a line without its label
+    monkeypatch.setenv("VPEFT_PARAMS", str(REPO / "params"))
+    info = "{good: {num_classes: 3, group: natural}, broken: {num_classes: 3, group: natural}}"
+    plan = load_study("vtab1k", [f"paths.data={tmp_path / 'data'}", f"study.data.root={tmp_path / 'vtab'}",
+                                 "model.weights=/w.npz", "study.tasks=[good,broken]",
+                                 f"+study.task_info={info}",
+                                 "study.data.split_sizes=" + json.dumps(SIZES).replace('"', "")])
+    bar = _Bar()
+    good, broken = check_tasks(plan, True, progress=bar)
+    assert good.problems == [] and any("malformed line" in p for p in broken.problems)
+    assert bar.totals == [sum(SIZES.values())] and bar.done == sum(SIZES.values())

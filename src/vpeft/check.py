@@ -11,7 +11,7 @@ Exit status 1 when any problem is found (each names its file, line or config key
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,10 @@ from vpeft.kinds.base import problems_of
 log = logging.getLogger("vpeft.check")
 
 SPLIT_COLUMNS = ("train800", "val200", "train800val200", "test")
+# What only decoding finds, which `vpeft prepare` will still refuse: said, not left implicit.
+SKIPPED_WITHOUT_DECODING = ("pixel duplicates not checked: --no-decode (nor whether every image "
+                            "decodes; `vpeft prepare` checks both: run check without --no-decode "
+                            "to see them first)")
 FLOAT_BYTES = 4
 
 
@@ -40,6 +44,7 @@ class StudyCheck:
     disk_bytes: dict[str, int]
     other_weights: list[TaskCheck] = field(default_factory=list)  # CLIP weights, zero-shot head
     requests: list[str] = field(default_factory=list)  # what the training jobs will ask for
+    skipped: list[str] = field(default_factory=list)  # checks not run, and why
 
     @property
     def problems(self) -> list[str]:
@@ -54,11 +59,32 @@ class StudyCheck:
 # Data: the study kind's checks
 # ---------------------------------------------------------------------------------------------
 
-def _check_tasks(plan: StudyPlan, decode: bool) -> list[TaskCheck]:
+def check_tasks(plan: StudyPlan, decode: bool,
+                progress: Callable[[int], Any] | None = None) -> list[TaskCheck]:
+    """Every task's data checked by the study's kind. With ``decode``, in two passes: the
+    structure of every task first (lists, counts: no pixels), which gives the number of images
+    to write and decode, then every image handled under one progress bar for the whole study:
+    ``progress(total)`` makes it (a context manager with ``update(n)``; default a tqdm bar
+    with an ETA on a terminal, nothing elsewhere)."""
+    from vpeft.data.decode import progress_bar, reporting_to
+
     tasks = list(plan.tasks)
     if plan.cfg.study.get("pretrain"):
         tasks.append(layout.SOURCE_TASK)
-    return study_kind(plan.cfg).check_data(tasks, decode)
+    kind = study_kind(plan.cfg)
+    structure = kind.check_data(tasks, False)
+    if not decode:
+        return structure
+    make = progress or (lambda total: progress_bar(total, f"{plan.name}: images"))
+    with make(images_to_handle(structure)) as bar, reporting_to(bar.update):
+        return kind.check_data(tasks, True)
+
+
+def images_to_handle(structure: list[TaskCheck]) -> int:
+    """The images decoding will read, every list entry of every task (and shift set) whose
+    structure passed (a task refused before decoding reads none), and those written first
+    into a scratch view (CIFAR-100's, from its pixel arrays)."""
+    return sum(t.staged_images + sum(t.counts.values()) for t in structure if not t.problems)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,12 +267,14 @@ def check_method_hparams(plan: StudyPlan) -> None:
                 raise ConfigError(f"{where}: {err}") from None
 
 
-def check_study(plan: StudyPlan, *, decode: bool = True) -> StudyCheck:
+def check_study(plan: StudyPlan, *, decode: bool = True,
+                progress: Callable[[int], Any] | None = None) -> StudyCheck:
     check_method_hparams(plan)
-    tasks = _check_tasks(plan, decode)
+    tasks = check_tasks(plan, decode, progress)
     weights = _check_weights(plan)
     return StudyCheck(plan.name, tasks, weights, count_jobs(plan), estimate_disk(plan, tasks),
-                      check_weight_files(plan), planned_requests(plan))
+                      check_weight_files(plan), planned_requests(plan),
+                      [] if decode else [SKIPPED_WITHOUT_DECODING])
 
 
 def planned_requests(plan: StudyPlan) -> list[str]:
@@ -306,6 +334,7 @@ def format_check(check: StudyCheck) -> str:
     out.append(f"disk: {_human(sum(check.disk_bytes.values()))} ("
                + ", ".join(f"{k} {_human(v)}" for k, v in check.disk_bytes.items()) + ")")
     out.extend(check.requests)
+    out.extend(f"SKIPPED {line}" for line in check.skipped)
     out.append("OK: nothing wrong found" if check.ok else
                f"{len(check.problems)} problem(s): fix them before queuing the study")
     return "\n".join(out)

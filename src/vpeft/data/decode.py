@@ -12,8 +12,9 @@ import io
 import os
 import re
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from vpeft.data.listfile import image_file_problem
 
 __all__ = ["DECODE_ERRORS", "Decoded", "strict_decoding", "content_digest", "decode_image",
            "decode_problem", "read_image", "load_image", "decode_workers",
-           "digest_files"]
+           "digest_files", "progress_bar", "reporting_to", "advance"]
 
 
 @contextmanager
@@ -145,41 +146,70 @@ def _digest_one(path: str) -> tuple[str, str, str]:
     return "ok", decoded.mode, decoded.content
 
 
-def digest_files(paths: Sequence[Path], *, workers: int | None = None,
-                 progress: str | None = None) -> list[tuple[str, str, str]]:
-    """:func:`_digest_one` of every path, in order, decoded on ``workers`` processes (default:
-    every core this process may use). ``progress``: the label of a progress bar with an ETA on
-    stderr (shown only when stderr is a terminal)."""
-    import threading
+# Where digest_files reports each decoded file: one progress bar over many calls (`vpeft check`
+# decodes a study task by task, under one bar and one ETA for the whole study).
+_ADVANCE: ContextVar[Callable[[int], object] | None] = ContextVar("vpeft_decode_advance",
+                                                                  default=None)
 
+
+@contextmanager
+def reporting_to(report: Callable[[int], object]) -> Iterator[None]:
+    """Within this block :func:`digest_files` calls ``report(1)`` for every file it decodes
+    (and so does whoever calls :func:`advance`: a view's writer, for each image it writes)."""
+    token = _ADVANCE.set(report)
+    try:
+        yield
+    finally:
+        _ADVANCE.reset(token)
+
+
+def advance(n: int = 1) -> None:
+    """Report ``n`` images done to the block's :func:`reporting_to` (nothing outside one)."""
+    report = _ADVANCE.get()
+    if report is not None:
+        report(n)
+
+
+def progress_bar(total: int, desc: str):
+    """A tqdm bar with an ETA on stderr, shown only when stderr is a terminal (a log file or a
+    pipe gets nothing)."""
     from tqdm import tqdm
 
     class Bar(tqdm):
         monitor_interval = 0  # no monitor thread: it would make the next pool spawn, not fork
+
+    # smoothing 0: the ETA from the mean rate so far, not the latest one; a study alternates
+    # writing a view's PNGs (~1 ms an image) with decoding them (several times faster)
+    return Bar(total=total, desc=desc, unit="img", file=sys.stderr, leave=False, smoothing=0,
+               disable=not sys.stderr.isatty(), dynamic_ncols=True)
+
+
+def digest_files(paths: Sequence[Path], *, workers: int | None = None
+                 ) -> list[tuple[str, str, str]]:
+    """:func:`_digest_one` of every path, in order, decoded on ``workers`` processes (default:
+    every core this process may use); each file reported as decoded (:func:`reporting_to`)."""
+    import threading
 
     workers = decode_workers() if workers is None else max(1, int(workers))
     names = [str(p) for p in paths]
     # fork starts a worker in milliseconds; with other Python threads running (a lock held at
     # the fork would stay held in the child) start clean interpreters instead
     fork = threading.active_count() == 1
-    bar = Bar(total=len(names), desc=progress, unit="img", file=sys.stderr, leave=False,
-              disable=progress is None or not sys.stderr.isatty(), dynamic_ncols=True)
     results: list[tuple[str, str, str]] = []
-    with bar:
-        if workers == 1 or len(names) < SERIAL_BELOW:
-            for name in names:
-                results.append(_digest_one(name))
-                bar.update()
-            return results
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
+    if workers == 1 or len(names) < SERIAL_BELOW:
+        for name in names:
+            results.append(_digest_one(name))
+            advance(1)
+        return results
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
-        method = "fork" if fork and "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
-            chunk = max(1, min(64, len(names) // (workers * 8)))
-            for result in pool.map(_digest_one, names, chunksize=chunk):
-                results.append(result)
-                bar.update()
+    method = "fork" if fork and "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
+        chunk = max(1, min(64, len(names) // (workers * 8)))
+        for result in pool.map(_digest_one, names, chunksize=chunk):
+            results.append(result)
+            advance(1)
     return results
 
 

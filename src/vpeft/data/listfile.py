@@ -11,6 +11,7 @@ import codecs
 import posixpath
 import re
 import stat
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
@@ -101,9 +102,12 @@ class ParsedList:
     broken: bool          # a line could not be parsed: cross-file checks on it would be noise
 
 
-def parse_list(task_dir: Path, list_file: Path, num_classes: int, errors: list[str]) -> ParsedList:
+def parse_list(task_dir: Path, list_file: Path, num_classes: int, errors: list[str],
+               unwritten: Collection[str] = frozenset()) -> ParsedList:
     """Entries of ``list_file`` (paths relative to ``task_dir``, labels in [0, num_classes)),
-    appending a ``file:line:`` message to ``errors`` for every line at fault and every missing image."""
+    appending a ``file:line:`` message to ``errors`` for every line at fault and every missing image.
+    ``unwritten``: relpaths the step that writes the task writes itself, taken as present
+    (`vpeft check --no-decode` does not write them)."""
     raw_lines, problem = list_lines_of(list_file)
     if problem is not None:
         errors.append(problem)
@@ -142,7 +146,7 @@ def parse_list(task_dir: Path, list_file: Path, num_classes: int, errors: list[s
             continue
         seen[relpath] = lineno
         file = task_dir / relpath
-        problem = image_file_problem(file)
+        problem = None if relpath in unwritten else image_file_problem(file)
         if problem == "image not found":
             errors.append(f"{where}: image not found: {relpath} (looked for {file})")
         elif problem is not None:

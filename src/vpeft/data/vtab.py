@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from vpeft.io import atomic_dir, sha256_file, write_json, write_parquet
 
 __all__ = [
     "GROUPS", "TaskInfo", "VTAB_TASKS", "DEFAULT_SPLIT_SIZES", "task_info", "validate_task",
-    "inspect_task", "prepare_task", "content_report",
+    "inspect_task", "prepare_task", "content_report", "same_file_problems",
 ]
 
 log = logging.getLogger("vpeft.data")
@@ -104,11 +105,13 @@ def _split_sizes(split_sizes: Mapping[str, int | None] | None) -> dict[str, int 
 
 
 def validate_task(task_dir: Path, task: str, num_classes: int,
-                  split_sizes: Mapping[str, int | None] | None = None) -> dict[str, list[Entry]]:
+                  split_sizes: Mapping[str, int | None] | None = None,
+                  unwritten: Collection[str] = frozenset()) -> dict[str, list[Entry]]:
     """Check a task's list files and image presence; return its entries per split.
 
     Raises one :class:`DataError` listing every problem found. Image contents are checked by
-    :func:`prepare_task`, which decodes them anyway.
+    :func:`prepare_task`, which decodes them anyway. ``unwritten``: images taken as present
+    (:func:`vpeft.data.listfile.parse_list`).
     """
     sizes = _split_sizes(split_sizes)
     task_dir = Path(task_dir).absolute()
@@ -122,7 +125,8 @@ def validate_task(task_dir: Path, task: str, num_classes: int,
                         f"expected all of {', '.join(s + '.txt' for s in SPLITS)}")
 
     errors: list[str] = []
-    parsed = {s: parse_list(task_dir, task_dir / f"{s}.txt", num_classes, errors) for s in SPLITS}
+    parsed = {s: parse_list(task_dir, task_dir / f"{s}.txt", num_classes, errors, unwritten)
+              for s in SPLITS}
 
     for split, p in parsed.items():
         list_file = task_dir / f"{split}.txt"
@@ -227,6 +231,57 @@ def _same_file(a: Entry, b: Entry) -> bool:
         return False
 
 
+def _overlaps(task_dir: Path, entries: Mapping[str, list[Entry]],
+              keys: Mapping[str, Sequence[str]]) -> list[Overlap]:
+    """val200 images equal to a train800 image and test images equal to a training image, where
+    equal is having the same ``keys[split][i]`` (a pixel digest, or the file itself)."""
+    overlaps: list[Overlap] = []
+    first_seen: dict[str, tuple[str, Entry]] = {}
+    for split in ("train800", "val200", "train800val200"):
+        for c, e in zip(keys[split], entries[split]):
+            first_seen.setdefault(c, (split, e))
+    train = dict(zip(keys["train800"], entries["train800"]))
+    for c, e in zip(keys["val200"], entries["val200"]):
+        if c in train:
+            overlaps.append(Overlap("val200", (
+                f"{_where(task_dir, 'val200', e)}: image {e.path} has the same pixels as "
+                f"{_where(task_dir, 'train800', train[c])} ({train[c].path})"),
+                _same_file(e, train[c])))
+    for c, e in zip(keys["test"], entries["test"]):
+        if c in first_seen:
+            split, other = first_seen[c]
+            overlaps.append(Overlap("test", (
+                f"{_where(task_dir, 'test', e)}: test image {e.path} has the same pixels "
+                f"as {_where(task_dir, split, other)} ({other.path})"), _same_file(e, other)))
+    return overlaps
+
+
+def same_file_problems(task_dir: Path, entries: Mapping[str, list[Entry]], *,
+                       allow_duplicates: bool = False, drawn_splits: bool = False,
+                       unwritten: Collection[str] = frozenset()) -> list[str]:
+    """What :func:`content_report` refuses that needs no pixels: a val200 or test line naming
+    the very file a training line names (`vpeft check --no-decode`). Worded as it words them;
+    pixel-identical images under other names are only found by decoding, so where a task holds
+    those too, prepare's counts of shared images are larger. ``unwritten``: images not on disk
+    (:func:`validate_task`), each its own file."""
+    folders: dict[str, str] = {}
+
+    def real(file: Path) -> str:  # os.path.realpath, each folder resolved once (0.4 M lines)
+        if os.path.islink(file):
+            return os.path.realpath(file)
+        folder, name = os.path.split(file)
+        if folder not in folders:
+            folders[folder] = os.path.realpath(folder)
+        return os.path.join(folders[folder], name)
+
+    keys = {s: [e.path if e.path in unwritten else real(e.file) for e in entries[s]]
+            for s in SPLITS}
+    errors, _ = judge_overlaps(task_dir, _overlaps(task_dir, entries, keys),
+                               {s: len(v) for s, v in entries.items()},
+                               drawn_splits=drawn_splits, allow=allow_duplicates)
+    return errors
+
+
 def content_report(task_dir: Path, entries: Mapping[str, list[Entry]],
                    contents: Mapping[str, Sequence[str]], *, allow_duplicates: bool = False,
                    drawn_splits: bool = False) -> tuple[list[str], dict[str, Any]]:
@@ -243,24 +298,7 @@ def content_report(task_dir: Path, entries: Mapping[str, list[Entry]],
     def pairs(split: str) -> list[tuple[str, int]]:
         return [(c, e.label) for c, e in zip(contents[split], entries[split])]
 
-    overlaps: list[Overlap] = []
-    first_seen: dict[str, tuple[str, Entry]] = {}
-    for split in ("train800", "val200", "train800val200"):
-        for c, e in zip(contents[split], entries[split]):
-            first_seen.setdefault(c, (split, e))
-    train = dict(zip(contents["train800"], entries["train800"]))
-    for c, e in zip(contents["val200"], entries["val200"]):
-        if c in train:
-            overlaps.append(Overlap("val200", (
-                f"{_where(task_dir, 'val200', e)}: image {e.path} has the same pixels as "
-                f"{_where(task_dir, 'train800', train[c])} ({train[c].path})"),
-                _same_file(e, train[c])))
-    for c, e in zip(contents["test"], entries["test"]):
-        if c in first_seen:
-            split, other = first_seen[c]
-            overlaps.append(Overlap("test", (
-                f"{_where(task_dir, 'test', e)}: test image {e.path} has the same pixels "
-                f"as {_where(task_dir, split, other)} ({other.path})"), _same_file(e, other)))
+    overlaps = _overlaps(task_dir, entries, contents)
     errors, duplicates = judge_overlaps(task_dir, overlaps, {s: len(v) for s, v in entries.items()},
                                         drawn_splits=drawn_splits, allow=allow_duplicates)
 
@@ -308,17 +346,16 @@ def _checked_prepare_args(image_size: int | None, shard_rows: int, group: str) -
 def inspect_task(task_dir: Path, *, task: str, num_classes: int,
                  split_sizes: Mapping[str, int | None] | None = None,
                  allow_duplicates: bool = False, drawn_splits: bool = False,
-                 workers: int | None = None, progress: bool = False) -> dict[str, Any]:
+                 workers: int | None = None) -> dict[str, Any]:
     """Everything :func:`prepare_task` checks, without writing anything: the lists, every image
-    (decoded, not resized, on ``workers`` processes: default every core; ``progress``: a progress
-    bar with an ETA on a terminal) and the splits' contents. Returns split counts, source modes
-    and the content record; raises one :class:`DataError` listing every problem, worded as
-    :func:`prepare_task` words it."""
+    (decoded, not resized, on ``workers`` processes: default every core; progress reported as
+    :func:`vpeft.data.decode.digest_files` reports it) and the splits' contents. Returns split
+    counts, source modes and the content record; raises one :class:`DataError` listing every
+    problem, worded as :func:`prepare_task` words it."""
     entries = validate_task(task_dir, task, num_classes, split_sizes)
     task_dir = Path(task_dir)
     flat = [(split, e) for split in SPLITS for e in entries[split]]
-    results = digest_files([e.file for _, e in flat], workers=workers,
-                           progress=f"{task}: decoding" if progress else None)
+    results = digest_files([e.file for _, e in flat], workers=workers)
     errors: list[str] = []
     contents: dict[str, list[str]] = {s: [] for s in SPLITS}
     modes: Counter[str] = Counter()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import enum
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -46,6 +46,7 @@ class TaskCheck:
     counts: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    staged_images: int = 0  # images check writes into a scratch view before decoding them
 
 
 def any_split_sizes() -> dict[str, int | None]:
@@ -229,22 +230,28 @@ class StudyKind:
         """One task's list files and images checked as VTAB-1K's (the default layout)."""
         return self.check_tree(task, self.raw_task(task), classes, decode)
 
-    def check_tree(self, task: str, task_dir: Path, classes: int, decode: bool) -> TaskCheck:
+    def check_tree(self, task: str, task_dir: Path, classes: int, decode: bool,
+                   unwritten: Collection[str] = frozenset()) -> TaskCheck:
         """``task_dir`` (a VTAB-layout tree: the task's own, or the view ``vpeft subsets`` /
-        ``imagenet-split`` would write) checked exactly as :meth:`prepare` checks it."""
+        ``imagenet-split`` would write) checked exactly as :meth:`prepare` checks it; without
+        ``decode``, its structure only (``unwritten``: images the view's step writes itself)."""
         from vpeft.data.duplicates import duplicate_note
-        from vpeft.data.vtab import inspect_task, validate_task
+        from vpeft.data.errors import raise_collected
+        from vpeft.data.vtab import inspect_task, same_file_problems, validate_task
 
         result = TaskCheck(task, classes)
         sizes = self.split_sizes(task)
         try:
             if not decode:
-                entries = validate_task(task_dir, task, classes, sizes)
+                entries = validate_task(task_dir, task, classes, sizes, unwritten)
+                raise_collected(same_file_problems(
+                    task_dir, entries, allow_duplicates=self.allow_duplicates,
+                    drawn_splits=self.drawn_splits(task), unwritten=unwritten))
                 result.counts = {s: len(v) for s, v in entries.items()}
                 return result
             info = inspect_task(task_dir, task=task, num_classes=classes, split_sizes=sizes,
                                 allow_duplicates=self.allow_duplicates,
-                                drawn_splits=self.drawn_splits(task), progress=True)
+                                drawn_splits=self.drawn_splits(task))
         except UserError as err:
             result.problems += problems_of(err)
             return result
@@ -265,22 +272,30 @@ class StudyKind:
         return result
 
     def check_staged(self, task: str, classes: int, decode: bool,
-                     write: Callable[[Path], object]) -> TaskCheck:
+                     write: Callable[[Path, set[str] | None], object]) -> TaskCheck:
         """A task whose view a step writes (``vpeft subsets``, ``imagenet-split``) checked the
-        way :meth:`prepare` will read it: ``write(folder)`` is that step's own writer, run on a
-        scratch folder (nothing of the study is written), and the view is checked by
-        :meth:`check_tree`; messages name the view where the step will put it."""
+        way :meth:`prepare` will read it: ``write(folder, unwritten)`` is that step's own writer,
+        run on a scratch folder (nothing of the study is written), and the view is checked by
+        :meth:`check_tree`; messages name the view where the step will put it. Without
+        ``decode``, ``unwritten`` is a set for the paths of images the writer would make from
+        pixel arrays and skips (their pixels are what decoding checks), else None."""
         view = str(Path(self.raw_task(task)).absolute())
+        unwritten: set[str] | None = None if decode else set()
         with tempfile.TemporaryDirectory(prefix="vpeft-check-") as scratch:
             staged = Path(scratch).absolute() / Path(view).name
             try:
-                write(staged)
+                write(staged, unwritten)
             except UserError as err:
                 return TaskCheck(task, classes, problems=problems_of(err))
-            result = self.check_tree(task, staged, classes, decode)
+            result = self.check_tree(task, staged, classes, decode, unwritten or frozenset())
         move = lambda text: text.replace(str(staged), view)  # noqa: E731
         result.problems = [move(p) for p in result.problems]
         result.notes = [move(n) for n in result.notes]
+        if unwritten:
+            result.staged_images = len(unwritten)
+            result.notes.append(f"{len(unwritten):,} images the step writes into the view from "
+                                "the dataset's pixel arrays: listed and counted, not written: "
+                                "--no-decode")
         return result
 
     # -- training and the report -------------------------------------------------------------

@@ -91,8 +91,8 @@ class ManyShotKind(StudyKind):
             return super().check_task(task, classes, decode)
         from vpeft.data.manyshot import write_view
 
-        return self.check_staged(task, classes, decode,
-                                 lambda out: write_view(self.cfg, task, out, save_index=False))
+        return self.check_staged(task, classes, decode, lambda out, unwritten: write_view(
+            self.cfg, task, out, save_index=False, unwritten=unwritten))
 
     def augment_flips(self, task: str, default: Sequence[str]) -> tuple[str, ...]:
         from vpeft.data.manyshot import resolve_task

@@ -82,7 +82,7 @@ class RobustnessKind(StudyKind):
             return super().check_task(task, classes, decode)
         from vpeft.robustness.inputs import write_split_view
 
-        return self.check_staged(task, classes, decode, lambda out: write_split_view(self.cfg, out))
+        return self.check_staged(task, classes, decode, lambda out, _: write_split_view(self.cfg, out))
 
     def check_data(self, tasks: Sequence[str], decode: bool) -> list[TaskCheck]:
         """The few-shot task view `imagenet-split` would write (its test part: the

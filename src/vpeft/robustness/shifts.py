@@ -50,9 +50,8 @@ def _decode_error(eval_set: EvalSet, path: str, problem: str) -> str:
 
 def eval_set_problems(eval_set: EvalSet) -> list[str]:
     """Every image of ``eval_set`` that :func:`prepare_eval_set` would refuse, decoded on every
-    core with a progress bar (`vpeft check`); nothing is written."""
-    results = digest_files([eval_set.root / f.path for f in eval_set.files],
-                           progress=f"{eval_set.name}: decoding")
+    core (`vpeft check`, under its progress bar); nothing is written."""
+    results = digest_files([eval_set.root / f.path for f in eval_set.files])
     return [_decode_error(eval_set, f.path, problem)
             for f, (status, problem, _) in zip(eval_set.files, results) if status != "ok"]
 
