@@ -206,3 +206,30 @@ def test_disk_estimate_counts_equal_real_builds_and_build_once_per_shape(method)
             assert _trainable_with_head(cfg, method, hparams, classes, cache) == \
                 _real_count(cfg, method, hparams, classes), (hparams, classes)
     assert len(cache) == 1 + len(spec.shape)  # the base, and one per changed shape parameter
+
+
+def test_the_many_shot_miniature_is_not_refused_for_data_the_pipeline_generates(tmp_path) -> None:
+    """demo_manyshot's datasets and pretraining set are written by rule synth: before it ran,
+    check notes them (it once refused them as missing dataset roots); once written, they are
+    checked like any user's data."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO / "src")}
+    where = ["-o", f"paths.data={tmp_path}"]
+
+    def vpeft(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "vpeft", *args, *where], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    before = vpeft("check", "--study", "demo_manyshot", "--no-decode")
+    assert before.returncode == 0, before.stdout + before.stderr
+    pending = re.findall(r"^note +(\S+): (\S+): written by `vpeft synth`", before.stdout, re.M)
+    assert {task for task, _ in pending} == {"textures_n40", "textures_n80", "textures", "count",
+                                             "source"}
+    assert "PROBLEM" not in before.stdout
+    made = vpeft("synth", "--study", "demo_manyshot", "--task", "textures")
+    assert made.returncode == 0, made.stderr
+    after = vpeft("check", "--study", "demo_manyshot", "--no-decode")
+    assert after.returncode == 0, after.stdout + after.stderr
+    still = {task for task in re.findall(r"^note +(\S+): \S+: written by `vpeft synth`",
+                                         after.stdout, re.M)}
+    assert still == {"count", "source"}  # the textures tasks' views were drawn and checked
+    assert re.search(r"^textures_n40 +8 +32 +8 +40 +120 +ok$", after.stdout, re.M), after.stdout

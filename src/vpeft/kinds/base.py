@@ -199,6 +199,14 @@ class StudyKind:
             return
         self.synthesize_task(task, seed=seed)
 
+    def not_yet_generated(self, task: str, classes: int, where: Path) -> TaskCheck | None:
+        """Check's verdict on generated raw data ``where`` that does not exist yet: a note,
+        not a problem (rule synth writes it when the study runs); None once it exists."""
+        if where.exists():
+            return None
+        return TaskCheck(task, classes, notes=[f"{where}: written by `vpeft synth` when the "
+                                               "study runs"])
+
     def synthesize_task(self, task: str, *, seed: int) -> None:
         raise UserError(f"study.data.kind: '{self.cfg.study.data.kind}' data is not generated; "
                         f"`vpeft synth` cannot write task '{task}' (bring it under "

@@ -86,10 +86,20 @@ class ManyShotKind(StudyKind):
 
     def check_task(self, task: str, classes: int, decode: bool) -> TaskCheck:
         """The view `vpeft subsets` would write (the saved index file read, or drawn in memory
-        as it would be), checked as `vpeft prepare` reads it."""
+        as it would be), checked as `vpeft prepare` reads it. The miniature's generated
+        datasets and pretraining set are noted until rule synth has written them."""
+        from vpeft.data.manyshot import resolve_task, write_view
+
         if task == layout.SOURCE_TASK:
-            return super().check_task(task, classes, decode)
-        from vpeft.data.manyshot import write_view
+            pending = self.generates_data and self.not_yet_generated(task, classes,
+                                                                     self.raw_task(task))
+            return pending or super().check_task(task, classes, decode)
+        dataset = resolve_task(self.cfg, task).dataset.name
+        if self._generated(dataset):
+            pending = self.not_yet_generated(task, classes,
+                                             layout.data_root_dir(self.cfg, dataset))
+            if pending:
+                return pending
 
         return self.check_staged(task, classes, decode, lambda out, unwritten: write_view(
             self.cfg, task, out, save_index=False, unwritten=unwritten))

@@ -53,8 +53,5 @@ class SyntheticKind(StudyKind):
         return {"synth": tasks}
 
     def check_task(self, task: str, classes: int, decode: bool) -> TaskCheck:
-        task_dir = self.raw_task(task)
-        if not task_dir.exists():
-            return TaskCheck(task, classes,
-                             notes=[f"{task_dir}: written by `vpeft synth` when the study runs"])
-        return super().check_task(task, classes, decode)
+        return (self.not_yet_generated(task, classes, self.raw_task(task))
+                or super().check_task(task, classes, decode))
