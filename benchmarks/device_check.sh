@@ -11,12 +11,12 @@
 # 1. installs .whl/*.whl (pip --no-index --no-deps --target DEVICE_CHECK_SITE, default /tmp/site)
 #    and puts them on PYTHONPATH: the image's own python3 holds torch (CUDA), timm, peft, ...;
 # 2. prints the versions it runs with (python, torch, CUDA, GPU, timm, snakemake, ...);
-# 3. runs `bash benchmarks/gpu_check.sh` with stage limits cut from --budget (default 480 s:
-#    the whole command, so that a 600 s call leaves time to pack; the device's 15 minutes then
-#    leave room for one rerun): --part all runs every stage (rehearsal about a quarter of the
-#    time, tests and benchmarks about a third each), --part rehearsal only the full-shape
-#    rehearsal (gpu_check --rehearsal-only), --part checks the rest (gpu_check --no-rehearsal);
-#    gpu_check's GPU_CHECK_*_TIMEOUT variables, when set, win;
+# 3. runs `bash benchmarks/gpu_check.sh` with stage limits cut from --budget (default 540 s for
+#    the whole command, inside a 600 s call): --part all runs every stage (rehearsal a fifth of
+#    the time, tests 30 %, benchmarks 40 %), --part rehearsal only the full-shape rehearsal
+#    (gpu_check --rehearsal-only), --part checks the rest (gpu_check --no-rehearsal); gpu_check's
+#    GPU_CHECK_*_TIMEOUT variables, when set, win. benchmarks.run writes its figures only when
+#    all its cases are done: where the budget is tight, --methods a,b keeps that stage short;
 # 4. packs what must come back into at most 8 files under $OUT (the device tool's folder; without
 #    it, benchmarks/results): gpu-check.md, gpu-check.json, rehearsal-calibration.json,
 #    rehearsal.md, versions.txt, device-check.log and device-check.tar.gz (everything else:
@@ -33,7 +33,7 @@ set -u
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 PART=all
-BUDGET=480
+BUDGET=540
 PASS=()
 usage_error() { echo "device_check: $1 (see --help)" >&2; exit 2; }
 while [ $# -gt 0 ]; do
@@ -105,9 +105,9 @@ cat "$DEST/versions.txt"
 LEFT=$(( BUDGET - ($(date +%s) - START) - 40 ))
 share() { echo $(( LEFT * $1 / 100 )); }
 case "$PART" in
-  all) : "${GPU_CHECK_REHEARSAL_TIMEOUT:=$(share 24)}" "${GPU_CHECK_CALIBRATION_TIMEOUT:=$(share 6)}"
-       : "${GPU_CHECK_TEST_TIMEOUT:=$(share 32)}" "${GPU_CHECK_BENCH_TIMEOUT:=$(share 32)}"
-       : "${GPU_CHECK_PROJECTION_TIMEOUT:=$(share 6)}" ;;
+  all) : "${GPU_CHECK_REHEARSAL_TIMEOUT:=$(share 20)}" "${GPU_CHECK_CALIBRATION_TIMEOUT:=$(share 5)}"
+       : "${GPU_CHECK_TEST_TIMEOUT:=$(share 30)}" "${GPU_CHECK_BENCH_TIMEOUT:=$(share 40)}"
+       : "${GPU_CHECK_PROJECTION_TIMEOUT:=$(share 5)}" ;;
   rehearsal) PASS+=(--rehearsal-only)
        : "${GPU_CHECK_REHEARSAL_TIMEOUT:=$(share 85)}" "${GPU_CHECK_CALIBRATION_TIMEOUT:=$(share 15)}" ;;
   checks) PASS+=(--no-rehearsal)
@@ -144,6 +144,9 @@ done
 # without weights, checkpoints and prediction tables: the bundle stays small
 tar -czf "$DEST/device-check.tar.gz" --exclude='*.safetensors' --exclude='*.parquet' \
   --exclude='*.npz' --exclude='*.pt' \
+  --transform "s|^${RUN#/}|gpu-check|;s|^${GPU_CHECK_REHEARSAL_WORK#/}|rehearsal|" \
   -C / "${RUN#/}" "${EXTRA[@]/#\//}" 2>/dev/null
 ls -l "$DEST"
+exec >&- 2>&-
+wait  # for tee: the log is complete before the files go back
 exit $rc
