@@ -99,6 +99,9 @@ for name in ("torchvision", "timm", "peft", "numpy", "pillow", "pyarrow", "safet
 EOF
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader \
   >> "$DEST/versions.txt" 2>/dev/null || echo "nvidia-smi: not available" >> "$DEST/versions.txt"
+# requirement clashes between the wheels and the image (the image's versions are not pinned
+# here; e.g. snakemake asks for packaging<26 and ran with 26.4 in the CPU rehearsal of this)
+{ echo "pip check:"; "$PYTHON" -m pip check 2>&1 | head -40; } >> "$DEST/versions.txt"
 cat "$DEST/versions.txt"
 
 # Stage limits from what is left of the budget; 40 s stay for the report and the packing.
