@@ -4,10 +4,11 @@
 # timed on one). From the repository root:
 #
 #   bash benchmarks/gpu_check.sh [--out DIR] [--methods a,b] [--precision bf16|fp32|auto]
-#                                [--no-rehearsal]
+#                                [--no-rehearsal | --rehearsal-only]
 #
 # (--model NAME picks another benchmarks.run model; --allow-cpu runs the stages on a machine
-# without CUDA, where the gpu tests skip: it checks this script, its figures mean nothing.)
+# without CUDA, where the gpu tests skip: it checks this script, its figures mean nothing;
+# --rehearsal-only stops after stage 0, so that the check can be split over two calls.)
 #
 # 0. the full-shape rehearsal first (python -m benchmarks.rehearse: the vtab1k study's ViT-B/16
 #    at 224 px, batch 64, through every Snakemake step on fabricated oxford_iiit_pet-shaped data,
@@ -32,8 +33,9 @@
 # Exit status: 0 all passed, 1 a stage failed or timed out, 2 bad arguments, 3 no CUDA device.
 # Environment: PYTHON (default: .venv/bin/python if present, else python3),
 # GPU_CHECK_TEST_TIMEOUT / GPU_CHECK_BENCH_TIMEOUT / GPU_CHECK_REHEARSAL_TIMEOUT (seconds,
-# default 300 / 240 / 180), GPU_CHECK_CASE_TIMEOUT (seconds per benchmark case process, default
-# 180), GPU_CHECK_REHEARSAL_TASKS (default oxford_iiit_pet; all: the three rehearsal tasks) and
+# default 300 / 240 / 180), GPU_CHECK_CALIBRATION_TIMEOUT / GPU_CHECK_PROJECTION_TIMEOUT (default
+# 120 / 120), GPU_CHECK_CASE_TIMEOUT (seconds per benchmark case process, default 180),
+# GPU_CHECK_REHEARSAL_TASKS (default oxford_iiit_pet; all: the three rehearsal tasks) and
 # GPU_CHECK_REHEARSAL_STEPS (default 20).
 set -u
 
@@ -45,6 +47,7 @@ PRECISION="bf16"
 MODEL="vit_b16"
 ALLOW_CPU=0
 REHEARSAL=1
+CHECKS=1  # stages 1-3
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) OUT="${2:?--out needs a directory}"; shift 2 ;;
@@ -53,7 +56,8 @@ while [ $# -gt 0 ]; do
     --model) MODEL="${2:?--model needs a benchmarks.run model name}"; shift 2 ;;
     --allow-cpu) ALLOW_CPU=1; shift ;;
     --no-rehearsal) REHEARSAL=0; shift ;;
-    -h|--help) sed -n '2,37p' "$0"; exit 0 ;;
+    --rehearsal-only) REHEARSAL=1; CHECKS=0; shift ;;
+    -h|--help) sed -n '2,39p' "$0"; exit 0 ;;
     *) echo "gpu_check: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -116,7 +120,8 @@ if [ "$REHEARSAL" = 1 ]; then
   if ! stage rehearsal "${GPU_CHECK_REHEARSAL_TIMEOUT:-180}" \
       "$PYTHON" -m benchmarks.rehearse "${RH_ARGS[@]}" && [ -d "$RH_WORK/runs" ]; then
     # out of time or a job failed: the runs that finished still measure their methods
-    stage calibration 120 "$PYTHON" -m benchmarks.rehearse --calibrate-only "${RH_ARGS[@]}"
+    stage calibration "${GPU_CHECK_CALIBRATION_TIMEOUT:-120}" \
+      "$PYTHON" -m benchmarks.rehearse --calibrate-only "${RH_ARGS[@]}"
   fi
   for name in rehearsal.json rehearsal.md; do
     [ -f "$RH_WORK/$name" ] && cp "$RH_WORK/$name" "$OUT/$name"
@@ -131,6 +136,7 @@ RESULT="$OUT/$MODEL-$DEVICE.json"
 [ -n "$METHODS" ] && BENCH_ARGS+=(--methods "$METHODS")
 
 # -n 0: one process on the one device (the suite's own default is two xdist workers).
+if [ "$CHECKS" = 1 ]; then  # stages 1-3 (not with --rehearsal-only)
 VPEFT_GPU_RECORD="$OUT/gpu-measurements.jsonl" VPEFT_GPU_TEST_METHODS="$METHODS" \
   stage tests "${GPU_CHECK_TEST_TIMEOUT:-300}" \
   "$PYTHON" -m pytest -m gpu tests -q -n 0 -p no:cacheprovider --junitxml="$OUT/gpu-tests.xml"
@@ -138,11 +144,13 @@ stage benchmarks "${GPU_CHECK_BENCH_TIMEOUT:-240}" "$PYTHON" -m benchmarks.run "
 if [ -f "$RESULT" ]; then
   PROJECT_ARGS=(--from "$RESULT" --out "$OUT")
   [ -n "$METHODS" ] && PROJECT_ARGS+=(-o "study.methods=[$METHODS]")  # only what was measured
-  stage projection 120 "$PYTHON" -m benchmarks.project "${PROJECT_ARGS[@]}"
+  stage projection "${GPU_CHECK_PROJECTION_TIMEOUT:-120}" "$PYTHON" -m benchmarks.project \
+    "${PROJECT_ARGS[@]}"
+fi
 fi
 
 # The report: what ran where, and how it went.
-"$PYTHON" - "$OUT" "$MODEL-$DEVICE" <<'EOF'
+"$PYTHON" - "$OUT" "$MODEL-$DEVICE" "$CHECKS" <<'EOF'
 import datetime as dt
 import json
 import subprocess
@@ -154,7 +162,7 @@ import torch
 
 from vpeft.io import atomic_path, write_json
 
-out, result = Path(sys.argv[1]), sys.argv[2]
+out, result, checks = Path(sys.argv[1]), sys.argv[2], sys.argv[3] == "1"
 stages = []
 for line in (out / ".gpu-check-stages.tsv").read_text().splitlines():
     name, rc, seconds, command = line.split("\t", 3)
@@ -186,7 +194,7 @@ if junit.is_file():
 jsonl = out / "gpu-measurements.jsonl"
 measurements = [json.loads(l) for l in jsonl.read_text().splitlines()] if jsonl.is_file() else []
 ok = bool(stages) and all(s["exit"] == 0 for s in stages) and \
-    any(s["stage"] == "projection" for s in stages)
+    (not checks or any(s["stage"] == "projection" for s in stages))
 finished = json.loads((out / "rehearsal.json").read_text()) \
     if (out / "rehearsal.json").is_file() else None  # absent when cut by its time limit
 calibrated = (out / "rehearsal-calibration.json").is_file()
