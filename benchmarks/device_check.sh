@@ -15,8 +15,8 @@
 #    the whole command, inside a 600 s call): --part all runs every stage (rehearsal a fifth of
 #    the time, tests 30 %, benchmarks 40 %), --part rehearsal only the full-shape rehearsal
 #    (gpu_check --rehearsal-only), --part checks the rest (gpu_check --no-rehearsal); gpu_check's
-#    GPU_CHECK_*_TIMEOUT variables, when set, win. benchmarks.run writes its figures only when
-#    all its cases are done: where the budget is tight, --methods a,b keeps that stage short;
+#    GPU_CHECK_*_TIMEOUT variables, when set, win. benchmarks.run writes its figures after every
+#    case, so a stage cut short returns what it measured; --methods a,b keeps that stage short;
 # 4. packs what must come back into at most 8 files under $OUT (the device tool's folder; without
 #    it, benchmarks/results): gpu-check.md, gpu-check.json, rehearsal-calibration.json,
 #    rehearsal.md, versions.txt, device-check.log and device-check.tar.gz (everything else:

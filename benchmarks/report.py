@@ -115,6 +115,9 @@ def markdown_report(doc: dict[str, Any]) -> str:
             f"{_num(doc['load_average_after'][0], 2)} (other users of the machine slow every "
             "case alike only roughly: compare ratios, not absolute figures)",
             "- ratio = vpeft / reference: above 1 vpeft is faster (speed) or needs more memory"]
+    if not doc.get("complete", True):  # written case by case; the run has not finished (yet)
+        head += ["", "**Incomplete: the run stopped or is still running; not measured yet: "
+                 + (", ".join(doc["not_measured"]) or "none") + ".**"]
     body: list[str] = []
     for precision in s["precisions"]:
         body += ["", f"### {precision}", "", *speed_table(doc, precision),

@@ -252,33 +252,49 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     load_before = os.getloadavg()
     collected: dict[int, list[dict[str, Any]]] = {i: [] for i in range(len(specs))}
+    out, stem = args.out, f"{args.model}-{'cuda' if cuda else 'cpu'}"
+    host = machine()
+
+    def document(complete: bool) -> dict[str, Any]:
+        """The results so far: only subjects with every phase and precision measured (ratios
+        and tables need them whole); ``not_measured`` names the rest until ``complete``."""
+        for i, (row, phase, precision, _) in enumerate(specs):
+            if collected[i]:
+                row[phase][precision] = combine(collected[i])
+        done = [r for r in rows if all(len(r[p]) == len(precisions) for p in r["phases"])]
+        return {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "command": " ".join(["python -m benchmarks.run",
+                                     *(argv if argv is not None else sys.argv[1:])]),
+                "machine": host, "settings": settings,
+                "load_average_before": load_before, "load_average_after": os.getloadavg(),
+                "wall_seconds": time.perf_counter() - started, "complete": complete,
+                "not_measured": [] if complete else [r["label"] for r in rows if r not in done],
+                "cases": done, "ratios": ratios(done)}
+
+    def save(doc: dict[str, Any]) -> str:
+        write_json(out / f"{stem}.json", doc)
+        text = markdown_report(doc)
+        with atomic_path(out / f"{stem}.md") as tmp:
+            tmp.write_text(text)
+        return text
+
     for round_ in range(args.rounds):
         for i, (row, phase, precision, spec) in enumerate(specs):
             result = run_case(spec, args.timeout)
             collected[i].append(result)
+            # written after every case: a run cut short (a GPU lease's time limit) keeps what
+            # it measured
+            save(document(complete=False))
             figure = (f"error: {result['error']}" if "error" in result else
                       f"{result['images_per_s']:9.1f} img/s  {result['peak_memory_mb']:8.1f} MiB")
             print(f"[{round_ + 1}/{args.rounds}] {row['label']:<26} {phase:<5} {precision:<4} "
                   f"{figure}", flush=True)
-    for i, (row, phase, precision, _) in enumerate(specs):
-        row[phase][precision] = combine(collected[i])
-    doc = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-           "command": " ".join(["python -m benchmarks.run", *(argv if argv is not None
-                                                               else sys.argv[1:])]),
-           "machine": machine(), "settings": settings,
-           "load_average_before": load_before, "load_average_after": os.getloadavg(),
-           "wall_seconds": time.perf_counter() - started,
-           "cases": rows, "ratios": ratios(rows)}
+    doc = document(complete=True)
     if args.plan_scale:
         from benchmarks.plan_scale import measure_plan_scale
 
         doc["plan_scale"] = measure_plan_scale()
-    out = args.out
-    stem = f"{args.model}-{'cuda' if cuda else 'cpu'}"
-    write_json(out / f"{stem}.json", doc)
-    text = markdown_report(doc)
-    with atomic_path(out / f"{stem}.md") as tmp:
-        tmp.write_text(text)
+    text = save(doc)
     print()
     print(text)
     print(f"wrote {out / stem}.json and .md")

@@ -93,3 +93,32 @@ def test_check_speed_benchmark_times_both_checkouts_on_the_same_command(tmp_path
     mine, base = runs["this checkout"][0], runs["baseline"][0]
     assert mine["jobs"] == base["jobs"] and mine["jobs"].startswith("jobs: 2300 ")
     assert mine["disk"] == base["disk"] and mine["wall_seconds"] > 0 and mine["cpu_seconds"] > 0
+
+
+@pytest.mark.slow
+def test_a_run_cut_short_keeps_every_subject_it_measured(tmp_path):
+    """benchmarks.run writes its JSON and Markdown after every case: stopped by a time limit (a
+    GPU lease's), the subjects measured so far are there, marked incomplete."""
+    import signal
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.run", "--model", "tiny", "--methods", "linear,lora",
+         "--warmup", "1", "--reps", "1", "--steps-per-rep", "1", "--device", "cpu",
+         "--out", str(tmp_path)], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+    printed = []
+    for line in proc.stdout:  # the line of a case is printed once its figures are written
+        printed.append(line)
+        if line.startswith("[1/1] linear") and " eval " in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    assert proc.returncode != 0, "".join(printed)
+    doc = json.loads((tmp_path / "tiny-cpu.json").read_text())
+    assert doc["complete"] is False
+    assert [row["label"] for row in doc["cases"]] == ["linear"]  # both its phases measured
+    assert "lora" in doc["not_measured"] and "timm + peft LoRA" in doc["not_measured"]
+    assert doc["cases"][0]["train"]["fp32"]["images_per_s"] > 0
+    md = (tmp_path / "tiny-cpu.md").read_text()
+    assert "**Incomplete" in md and "| linear |" in md and "| lora |" not in md
