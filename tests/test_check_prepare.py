@@ -74,13 +74,15 @@ def _cifar_with_test_copies(root: Path, copies: int) -> None:
     write_cifar100_python(root, edit=keep_train)
 
 
-def _manyshot_both(monkeypatch, tmp_path: Path, task: str) -> tuple:
-    """(check's TaskCheck, the pipeline's refusals) of a many-shot task: `subsets` then `prepare`."""
+def _manyshot_both(monkeypatch, tmp_path: Path, task: str, *extra: str,
+                   decode: bool = True) -> tuple:
+    """(config, check's TaskCheck, the pipeline's refusals) of a many-shot task (3 classes):
+    check, then the pipeline's `subsets` and `prepare`."""
     from vpeft.data.manyshot import write_view
 
-    cfg = _cfg(monkeypatch, tmp_path, *CIFAR_SMALL)
+    cfg = _cfg(monkeypatch, tmp_path, *CIFAR_SMALL, *extra)
     kind = study_kind(cfg)
-    check = kind.check_task(task, 3, decode=True)
+    check = kind.check_task(task, 3, decode=decode)
     refusals = _pipeline_refusals(lambda: (write_view(cfg, task, kind.raw_task(task)),
                                            kind.prepare(task)))
     return cfg, check, refusals
@@ -159,13 +161,7 @@ def _list_dataset(root: Path, *, test_names_train_file: bool) -> list[str]:
 def test_list_dataset_same_file_in_two_splits_refused_alike(tmp_path, monkeypatch, spoiled, decode):
     # the same file needs no pixels to be seen: --no-decode refuses it too, in prepare's words
     extra = _list_dataset(tmp_path / "raw" / "lists", test_names_train_file=spoiled)
-    cfg = _cfg(monkeypatch, tmp_path, *CIFAR_SMALL, *extra)
-    kind = study_kind(cfg)
-    from vpeft.data.manyshot import write_view
-
-    check = kind.check_task("cifar100", 3, decode=decode)
-    refusals = _pipeline_refusals(lambda: (write_view(cfg, "cifar100", kind.raw_task("cifar100")),
-                                           kind.prepare("cifar100")))
+    _, check, refusals = _manyshot_both(monkeypatch, tmp_path, "cifar100", *extra, decode=decode)
     assert check.problems == refusals
     if spoiled:
         assert any("test.txt:5: test image test_images/images/train/000004.png has the same pixels"
@@ -187,13 +183,7 @@ def test_class_folder_dataset_empty_image_refused_alike(tmp_path, monkeypatch):
     extra = ["~study.data.datasets.cifar100.train", "~study.data.datasets.cifar100.test",
              "+study.data.datasets.cifar100.train={format: folders, root: " + str(root) + "}",
              "+study.data.datasets.cifar100.test_fraction=0.25"]
-    cfg = _cfg(monkeypatch, tmp_path, *CIFAR_SMALL, *extra)
-    kind = study_kind(cfg)
-    from vpeft.data.manyshot import write_view
-
-    check = kind.check_task("cifar100", 3, decode=True)
-    refusals = _pipeline_refusals(lambda: (write_view(cfg, "cifar100", kind.raw_task("cifar100")),
-                                           kind.prepare("cifar100")))
+    _, check, refusals = _manyshot_both(monkeypatch, tmp_path, "cifar100", *extra)
     assert refusals and check.problems == refusals
     assert any("beach/beach_007.jpg: empty file (0 bytes)" in p for p in refusals), refusals
 
@@ -217,28 +207,16 @@ def _labels_cut_short(part: str, d: dict) -> None:
     (_labels_cut_short, "cifar-100-python/test: b'data' has 6 rows but b'fine_labels' has 5"),
 ], ids=["label-out-of-range", "labels-cut-short"])
 def test_no_decode_refuses_a_cifar_tree_as_the_pipeline_does(tmp_path, monkeypatch, spoil, expect):
-    from vpeft.data.manyshot import write_view
-
     write_cifar100_python(tmp_path / "raw", edit=spoil)
-    cfg = _cfg(monkeypatch, tmp_path, *CIFAR_SMALL)
-    kind = study_kind(cfg)
-    check = kind.check_task("cifar100_n6", 3, decode=False)
-    refusals = _pipeline_refusals(lambda: (write_view(cfg, "cifar100_n6", kind.raw_task("cifar100_n6")),
-                                           kind.prepare("cifar100_n6")))
+    _, check, refusals = _manyshot_both(monkeypatch, tmp_path, "cifar100_n6", decode=False)
     assert refusals and check.problems == refusals
     assert any(expect in p for p in refusals), refusals
 
 
 def test_no_decode_refuses_a_missing_list_image_as_the_pipeline_does(tmp_path, monkeypatch):
-    from vpeft.data.manyshot import write_view
-
     extra = _list_dataset(tmp_path / "raw" / "lists", test_names_train_file=False)
     (tmp_path / "raw" / "lists" / "images" / "test" / "000003.png").unlink()  # a partial download
-    cfg = _cfg(monkeypatch, tmp_path, *CIFAR_SMALL, *extra)
-    kind = study_kind(cfg)
-    check = kind.check_task("cifar100", 3, decode=False)
-    refusals = _pipeline_refusals(lambda: (write_view(cfg, "cifar100", kind.raw_task("cifar100")),
-                                           kind.prepare("cifar100")))
+    _, check, refusals = _manyshot_both(monkeypatch, tmp_path, "cifar100", *extra, decode=False)
     assert refusals and check.problems == refusals
     assert any("image not found: images/test/000003.png" in p for p in refusals), refusals
 
