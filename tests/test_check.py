@@ -140,6 +140,10 @@ def test_every_weight_file_the_robustness_study_names_is_checked(tmp_path, monke
         f"study.robustness.clip.weights: {tmp_path / 'open_clip_pytorch_model.bin'}: file not found"]
     assert missing["model.init_head"].problems == []
     assert "written by the pipeline (rule zeroshot-head)" in missing["model.init_head"].notes[0]
+    folder = tmp_path / "clip_folder.safetensors"  # a download unpacked into a folder
+    folder.mkdir()
+    assert checks(folder)["study.robustness.clip.weights"].problems[0].endswith(
+        "is a directory, not a weights file")
     empty = tmp_path / "clip.safetensors"
     empty.write_bytes(b"")
     assert checks(empty)["study.robustness.clip.weights"].problems[0].endswith("empty file (0 bytes)")

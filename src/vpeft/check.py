@@ -114,12 +114,11 @@ def _check_weights(plan: StudyPlan) -> TaskCheck:
 
 def _weight_file_problem(path: Path) -> str | None:
     """What makes ``path`` unusable as a weights file, read no further than its header."""
-    if not path.exists():
-        return "file not found"
-    if path.is_dir():
-        return "is a directory, not a weights file"
-    if path.stat().st_size == 0:
-        return "empty file (0 bytes)"
+    from vpeft.data.listfile import file_problem
+
+    problem = file_problem(path, "a weights file")
+    if problem is not None:
+        return problem
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 

@@ -15,8 +15,8 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-__all__ = ["LIST_LINE_RE", "Entry", "ParsedList", "check_relpath", "image_file_problem",
-           "list_lines_of", "parse_list"]
+__all__ = ["LIST_LINE_RE", "Entry", "ParsedList", "check_relpath", "file_problem",
+           "image_file_problem", "list_lines_of", "parse_list"]
 
 LIST_LINE_RE = re.compile(r"^(\S+) (-?\d+)$")
 
@@ -78,14 +78,20 @@ def list_lines_of(list_file: Path) -> tuple[list[str], str | None]:
 def image_file_problem(file: Path) -> str | None:
     """What makes ``file`` unusable as an image before decoding it (None when it looks usable):
     missing, a directory, not a regular file, or empty (an interrupted download or copy)."""
+    return file_problem(file, "an image file", missing="image not found")
+
+
+def file_problem(file: Path, what: str, *, missing: str = "file not found") -> str | None:
+    """What makes ``file`` unusable as ``what`` ("an image file", "a weights file") before it is
+    read: ``missing``, unreadable, a directory, not a regular file, or empty."""
     try:
         st = file.stat()
     except FileNotFoundError:
-        return "image not found"
+        return missing
     except OSError as exc:
         return f"cannot read it ({exc.strerror or type(exc).__name__})"
     if stat.S_ISDIR(st.st_mode):
-        return "is a directory, not an image file"
+        return f"is a directory, not {what}"
     if not stat.S_ISREG(st.st_mode):
         return "is not a regular file"
     if st.st_size == 0:
