@@ -212,6 +212,7 @@ def test_disk_estimate_counts_equal_real_builds_and_build_once_per_shape(method)
     assert len(cache) == 1 + len(spec.shape)  # the base, and one per changed shape parameter
 
 
+@pytest.mark.slow  # three CLI processes, synth included
 def test_the_many_shot_miniature_is_not_refused_for_data_the_pipeline_generates(tmp_path) -> None:
     """demo_manyshot's datasets and pretraining set are written by rule synth: before it ran,
     check notes them (it once refused them as missing dataset roots); once written, they are
