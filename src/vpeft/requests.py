@@ -98,10 +98,16 @@ class Requests:
             mem = max(mem, entry["peak_host_rss_mb"] + pixels + extra)
             if entry.get("peak_device_mb") is not None:
                 device = max(device or 0.0, entry["peak_device_mb"] + extra)
+        return self._measured(seconds, mem, device, attempt)
+
+    def _measured(self, seconds: float, mem_mb: float, device_mb: float | None,
+                  attempt: int) -> dict[str, Any]:
+        """A job's requests from its measured need: the safety factors, the minimum runtime and
+        the attempt's scaling; ``gpu_mem_mb`` only when the calibration measured a device."""
         out = {"runtime": max(MIN_RUNTIME_MIN, math.ceil(TIME_SAFETY * seconds / 60)) * attempt,
-               "mem_mb": math.ceil(MEM_SAFETY * mem), "source": str(self.path)}
-        if device is not None:
-            out["gpu_mem_mb"] = math.ceil(MEM_SAFETY * device)
+               "mem_mb": math.ceil(MEM_SAFETY * mem_mb), "source": str(self.path)}
+        if device_mb is not None:
+            out["gpu_mem_mb"] = math.ceil(MEM_SAFETY * device_mb)
         return out
 
     def wise(self, task: str, method: str, shift_dirs: Sequence[Path | str], alphas: int,
@@ -131,11 +137,7 @@ class Requests:
         side = int(self.cfg.model.img_size)
         seconds = entry["setup_s"] + alphas * sum(sets) / entry["eval_images_per_s"]
         mem = entry["peak_host_rss_mb"] + max(sets) * side * side * 3 / 2**20
-        out = {"runtime": max(MIN_RUNTIME_MIN, math.ceil(TIME_SAFETY * seconds / 60)) * attempt,
-               "mem_mb": math.ceil(MEM_SAFETY * mem), "source": str(self.path)}
-        if entry.get("peak_device_mb") is not None:
-            out["gpu_mem_mb"] = math.ceil(MEM_SAFETY * entry["peak_device_mb"])
-        return out
+        return self._measured(seconds, mem, entry.get("peak_device_mb"), attempt)
 
     def _seconds(self, entry: Mapping[str, Any], sizes: tuple[int, int, int, int],
                  points: int) -> float:
