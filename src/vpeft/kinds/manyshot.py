@@ -63,6 +63,16 @@ class ManyShotKind(StudyKind):
     def _generated(self, dataset: str) -> bool:
         return OmegaConf.select(self.cfg, f"study.data.datasets.{dataset}.synthetic") is not None
 
+    def _generated_root(self, task: str) -> Path | None:
+        """Where rule synth writes ``task``'s raw data (its dataset's, or the pretraining set);
+        None for the users' data."""
+        from vpeft.data.manyshot import resolve_task
+
+        if task == layout.SOURCE_TASK:
+            return self.raw_task(task) if self.generates_data else None
+        dataset = resolve_task(self.cfg, task).dataset.name
+        return layout.data_root_dir(self.cfg, dataset) if self._generated(dataset) else None
+
     def synthesize_task(self, task: str, *, seed: int) -> None:
         from vpeft.demo.manyshot import generate_demo_dataset
 
@@ -88,19 +98,14 @@ class ManyShotKind(StudyKind):
         """The view `vpeft subsets` would write (the saved index file read, or drawn in memory
         as it would be), checked as `vpeft prepare` reads it. The miniature's generated
         datasets and pretraining set are noted until rule synth has written them."""
-        from vpeft.data.manyshot import resolve_task, write_view
+        from vpeft.data.manyshot import write_view
 
+        generated = self._generated_root(task)
+        pending = generated is not None and self.not_yet_generated(task, classes, generated)
+        if pending:
+            return pending
         if task == layout.SOURCE_TASK:
-            pending = self.generates_data and self.not_yet_generated(task, classes,
-                                                                     self.raw_task(task))
-            return pending or super().check_task(task, classes, decode)
-        dataset = resolve_task(self.cfg, task).dataset.name
-        if self._generated(dataset):
-            pending = self.not_yet_generated(task, classes,
-                                             layout.data_root_dir(self.cfg, dataset))
-            if pending:
-                return pending
-
+            return super().check_task(task, classes, decode)
         return self.check_staged(task, classes, decode, lambda out, unwritten: write_view(
             self.cfg, task, out, save_index=False, unwritten=unwritten))
 
